@@ -1,0 +1,1 @@
+"""llamaship build side: locks, the portable llama.cpp wheel, backend.spec, bundle, benchmarks."""

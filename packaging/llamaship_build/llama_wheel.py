@@ -1,0 +1,163 @@
+"""The llama-cpp-python wheel, compiled once from its pinned sdist and kept in a wheelhouse.
+
+PyPI has only an sdist. The wheel is keyed by the sdist's sha256 and the CMake flags, so each
+flavour compiles once per machine; the result is normalized so that every native library,
+including the dynamically loaded ggml backends, sits in `llama_cpp/lib/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamaship_build.errors import BuildError
+
+_log = logging.getLogger(__name__)
+
+PACKAGE = "llama-cpp-python"
+_NATIVE_SUFFIX = re.compile(r"\.(so(\.\d+)*|dll|dylib)$")
+_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+
+
+@dataclass(frozen=True)
+class Flavour:
+    """A named set of CMake flags for llama.cpp."""
+
+    name: str
+    cmake_args: tuple[str, ...]
+
+
+# Portable: no -march=native; every x86-64 CPU level as its own backend library, chosen at
+# run time (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS). LLAVA_BUILD=OFF: no multimodal library.
+PORTABLE = Flavour("portable", ("-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON",
+                                "-DGGML_CPU_ALL_VARIANTS=ON", "-DLLAVA_BUILD=OFF"))
+# The benchmark's reference: tuned for the build machine's CPU only.
+NATIVE = Flavour("native", ("-DGGML_NATIVE=ON", "-DLLAVA_BUILD=OFF"))
+FLAVOURS = {flavour.name: flavour for flavour in (PORTABLE, NATIVE)}
+
+
+@dataclass(frozen=True)
+class Pin:
+    """llama-cpp-python's version and sdist hashes, as written in a lock file."""
+
+    version: str
+    sha256: tuple[str, ...]
+
+    @classmethod
+    def from_lock(cls, lock: Path) -> Pin:
+        text = lock.read_text()
+        match = re.search(rf"^{PACKAGE}==(\S+)((?:\s*\\\n\s*--hash=sha256:[0-9a-f]{{64}})+)",
+                          text, re.MULTILINE)
+        if match is None:
+            msg = f"{lock} has no hashed pin of {PACKAGE}: run `nox -s lock`"
+            raise BuildError(msg)
+        return cls(match.group(1), tuple(_HASH.findall(match.group(2))))
+
+    def requirement_line(self) -> str:
+        hashes = " ".join(f"--hash=sha256:{digest}" for digest in self.sha256)
+        return f"{PACKAGE}=={self.version} {hashes}\n"
+
+
+def wheel_key(pin: Pin, flavour: Flavour) -> str:
+    """Cache key: sdist hashes, CMake flags, interpreter and machine."""
+    material = json.dumps({
+        "sdist_sha256": sorted(pin.sha256), "version": pin.version,
+        "cmake_args": flavour.cmake_args, "machine": platform.machine(),
+        "platform": sys.platform, "python": sys.implementation.cache_tag,
+    }, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def ensure_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
+    """The normalized wheel for this pin and flavour, compiling it on a cache miss."""
+    slot = wheelhouse / f"{flavour.name}-{wheel_key(pin, flavour)}"
+    existing = sorted(slot.glob("*.whl"))
+    if existing:
+        return existing[0]
+    _log.info("compiling %s %s (%s): this takes 10-25 minutes on 2 cores",
+              PACKAGE, pin.version, flavour.name)
+    with tempfile.TemporaryDirectory(prefix="llama-wheel-") as scratch:
+        raw = _compile(pin, flavour, Path(scratch))
+        staged = Path(scratch) / "normalized"
+        staged.mkdir()
+        normalized = normalize_wheel(raw, staged)
+        slot.mkdir(parents=True, exist_ok=True)
+        target = slot / normalized.name
+        shutil.move(normalized, target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+    return target
+
+
+def _compile(pin: Pin, flavour: Flavour, scratch: Path) -> Path:
+    requirement = scratch / "requirement.txt"
+    requirement.write_text(pin.requirement_line())
+    out = scratch / "raw"
+    env = {**os.environ, "CMAKE_ARGS": " ".join(flavour.cmake_args),
+           "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another flavour.
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
+               "--no-binary", PACKAGE, "--require-hashes", "-r", str(requirement), "-w", str(out)]
+    result = subprocess.run(command, env=env, check=False)
+    wheels = sorted(out.glob("*.whl"))
+    if result.returncode != 0 or not wheels:
+        msg = (f"compiling {PACKAGE} {pin.version} ({flavour.name}) failed (exit "
+               f"{result.returncode}): check the compiler output above; it needs a C/C++ "
+               "compiler and CMake >= 3.21")
+        raise BuildError(msg)
+    return wheels[0]
+
+
+def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
+    """Rewrite a llama-cpp-python wheel so `llama_cpp/lib/` holds every native library.
+
+    The raw wheel puts the ggml backends in a top-level `bin/` and second copies of all
+    libraries in top-level `lib/` and `include/`; those would land loose in site-packages.
+    """
+    target = out_dir / wheel.name
+    records: list[str] = []
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(target, "w",
+                                                           zipfile.ZIP_DEFLATED) as sink:
+        dist_info = next(name.split("/")[0] for name in source.namelist()
+                         if name.split("/")[0].endswith(".dist-info"))
+        for info in sorted(source.infolist(), key=lambda item: item.filename):
+            name = _normalized_name(info.filename, dist_info)
+            if name is None:
+                continue
+            data = source.read(info)
+            copy = zipfile.ZipInfo(name, date_time=info.date_time)
+            copy.external_attr = info.external_attr
+            copy.compress_type = zipfile.ZIP_DEFLATED
+            sink.writestr(copy, data)
+            records.append(_record_line(name, data))
+        record_name = f"{dist_info}/RECORD"
+        records.append(f"{record_name},,")
+        sink.writestr(record_name, "\n".join(records) + "\n")
+    return target
+
+
+def _normalized_name(name: str, dist_info: str) -> str | None:
+    top = name.split("/")[0]
+    if name == f"{dist_info}/RECORD" or name.endswith("/"):
+        return None
+    if top in ("llama_cpp", dist_info):
+        return name
+    if top == "bin" and _NATIVE_SUFFIX.search(name):
+        return f"llama_cpp/lib/{name.split('/')[-1]}"
+    return None
+
+
+def _record_line(name: str, data: bytes) -> str:
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    return f"{name},sha256={digest},{len(data)}"

@@ -1,0 +1,201 @@
+"""Build the signed two-layer CUDA overlay from a llama-cpp-python CUDA wheel (Linux).
+
+Output in `out_dir`, per layer: `<layer>-<overlay version>-<platform>.tar.zst`, its manifest
+`<same>.json` and the manifest's signature `<same>.json.sig`. The cuda-runtime layer is built
+first: the llama-cuda manifest `requires` its exact id and sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from llamaship.overlay.manifest import (
+    FORMAT,
+    ArchiveRef,
+    FileEntry,
+    LayerManifest,
+    ManifestError,
+    RequiredLayer,
+    dump_manifest,
+    layer_id,
+    parse_manifest,
+)
+from llamaship.overlay.signing import public_key_of, sign
+from llamaship_build.elf import Patchelf, find_patchelf
+from llamaship_build.errors import BuildError
+from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
+from llamaship_build.overlay_layers import (
+    WheelInfo,
+    external_needs,
+    stage_llama_layer,
+    stage_runtime_layer,
+)
+
+_log = logging.getLogger(__name__)
+
+RUNTIME_PACKAGES = ("nvidia-cuda-runtime", "nvidia-cublas")
+_MB = 1_000_000
+
+
+def _timestamp(created: datetime | None) -> str:
+    moment = created or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class OverlayTarget:
+    """What a release promises in both manifests: version, serial and GPU requirements."""
+
+    overlay_version: str
+    serial: int
+    cuda_version: str
+    min_driver: Mapping[str, str]
+    cuda_archs: tuple[str, ...]
+    ptx_archs: tuple[str, ...]
+    min_vram_mb: int
+
+
+def _manifest(layer: str, info: WheelInfo, requires: RequiredLayer | None,
+              archive: ArchiveRef, files: tuple[FileEntry, ...], created: str,
+              target: OverlayTarget) -> LayerManifest:
+    return LayerManifest(
+        format=FORMAT, layer=layer, overlay_version=target.overlay_version,
+        serial=target.serial, requires=requires, llama_cpp_version=info.version,
+        python_tag=info.python_tag, platform=info.platform, cuda_version=target.cuda_version,
+        min_driver=dict(target.min_driver), cuda_archs=target.cuda_archs,
+        ptx_archs=target.ptx_archs, min_vram_mb=target.min_vram_mb, archive=archive,
+        unpacked_size=sum(entry.size for entry in files if entry.link is None),
+        files=files, created=created)
+
+
+def _checked(manifest: LayerManifest) -> bytes:
+    """The canonical manifest bytes, after the runtime's own validation accepted them."""
+    data = dump_manifest(manifest)
+    try:
+        parse_manifest(data, origin=f"the {manifest.layer} manifest being built")
+    except ManifestError as error:
+        msg = f"{error} (check the overlay options passed to the build)"
+        raise BuildError(msg) from None
+    return data
+
+
+def _pack_layer(layer: str, root: Path, out_dir: Path, stem: str, level: int,
+                info: WheelInfo, requires: RequiredLayer | None, created: str,
+                target: OverlayTarget, signing_key_b64: str) -> tuple[LayerManifest, list[Path]]:
+    files = layer_files(root)
+    archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
+    manifest = _manifest(layer, info, requires, archive, files, created, target)
+    manifest_path = out_dir / f"{stem}.json"
+    data = _checked(manifest)
+    manifest_path.write_bytes(data)
+    signature_path = manifest_path.with_name(manifest_path.name + ".sig")
+    signature_path.write_bytes(sign(data, signing_key_b64))
+    _log.info("layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d)", layer,
+              layer_id(manifest), len(files), manifest.unpacked_size / _MB, archive.size / _MB,
+              archive.name, level)
+    return manifest, [out_dir / archive.name, manifest_path, signature_path]
+
+
+def build_overlay(wheel: Path, out_dir: Path, *, cuda_version: str, cuda_archs: Sequence[str],
+                  ptx_archs: Sequence[str], min_driver: Mapping[str, str], min_vram_mb: int,
+                  serial: int, overlay_version: str, signing_key_b64: str,
+                  runtime_wheels: Sequence[Path],
+                  runtime_libraries: Sequence[str] | None = None,
+                  compression_level: int = DEFAULT_LEVEL, created: datetime | None = None,
+                  patchelf: Patchelf | None = None) -> list[Path]:
+    """Build, sign and write both layers; returns [archive, manifest, signature] per layer.
+
+    `runtime_libraries`: the CUDA libraries to ship (plus what they need in turn); by default
+    whatever the wheel's libraries link and the system does not provide. Tests pass only
+    `libcudart.so.13` to avoid the 444 MB cuBLAS wheel.
+    """
+    public_key_of(signing_key_b64)  # a bad key fails now, not after minutes of compression
+    tool = patchelf or Patchelf(find_patchelf())
+    target = OverlayTarget(overlay_version=overlay_version, serial=serial,
+                           cuda_version=cuda_version, min_driver=dict(min_driver),
+                           cuda_archs=tuple(cuda_archs), ptx_archs=tuple(ptx_archs),
+                           min_vram_mb=min_vram_mb)
+    created_text = _timestamp(created)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as staging_text:
+        staging = Path(staging_text)
+        llama_root = staging / "llama-cuda"
+        info = stage_llama_layer(wheel, llama_root, staging / "scratch", tool)
+        if not info.platform.startswith("linux_"):
+            msg = (f"{wheel.name} is a {info.platform} wheel: the overlay build handles Linux "
+                   "wheels (ELF libraries, patchelf) only")
+            raise BuildError(msg)
+        wanted = tuple(runtime_libraries) if runtime_libraries is not None else \
+            external_needs(llama_root, tool)
+        if not wanted:
+            msg = (f"{wheel.name} links no CUDA runtime library: it is not a CUDA build "
+                   "(build llama-cpp-python with -DGGML_CUDA=ON)")
+            raise BuildError(msg)
+        runtime_root = staging / "cuda-runtime"
+        stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
+        runtime, written = _pack_layer(
+            "cuda-runtime", runtime_root, out_dir,
+            f"cuda-runtime-{overlay_version}-{info.platform}", compression_level, info, None,
+            created_text, target, signing_key_b64)
+        requires = RequiredLayer(layer="cuda-runtime", id=layer_id(runtime),
+                                 sha256=runtime.archive.sha256)
+        _, llama_written = _pack_layer(
+            "llama-cuda", llama_root, out_dir, f"llama-cuda-{overlay_version}-{info.platform}",
+            compression_level, info, requires, created_text, target, signing_key_b64)
+    return written + llama_written
+
+
+_PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>\S+)(?P<hashes>(?:\s*\\\n\s*"
+                  r"--hash=sha256:[0-9a-f]{64})+)", re.MULTILINE)
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements(lock_file: Path, packages: Sequence[str] = RUNTIME_PACKAGES) -> str:
+    """The hashed pins of `packages` from a lock file, as a requirements text."""
+    pins = {_normalized(match.group("name")): match.group(0)
+            for match in _PIN.finditer(lock_file.read_text(encoding="utf-8"))}
+    missing = [name for name in packages if _normalized(name) not in pins]
+    if missing:
+        msg = (f"{lock_file} has no hashed pin of {', '.join(missing)}: add them to "
+               "requirements/gpu.in and run `nox -s lock`")
+        raise BuildError(msg)
+    return "".join(pins[_normalized(name)] + "\n" for name in packages)
+
+
+def download_runtime_wheels(lock_file: Path, dest: Path,
+                            packages: Sequence[str] = RUNTIME_PACKAGES) -> list[Path]:
+    """Download the pinned `nvidia-*` wheels (hash-checked) into `dest`; pip reuses files
+    already there after checking their hashes. Returns the wheel paths, one per package."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="llamaship-runtime-") as scratch:
+        requirements = Path(scratch) / "runtime.txt"
+        requirements.write_text(runtime_requirements(lock_file, packages), encoding="utf-8")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+                   "--only-binary=:all:", "--disable-pip-version-check", "-r", str(requirements),
+                   "-d", str(dest)]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        msg = (f"downloading the CUDA runtime wheels failed (exit {result.returncode}): "
+               f"{result.stderr.strip()[-2000:]}")
+        raise BuildError(msg)
+    text = runtime_requirements(lock_file, packages)
+    wheels: list[Path] = []
+    for match in _PIN.finditer(text):
+        stem = f"{_normalized(match.group('name')).replace('-', '_')}-{match.group('version')}-"
+        found = sorted(dest.glob(f"{stem}*.whl"))
+        if not found:
+            msg = f"pip reported success but no {stem}*.whl is in {dest}"
+            raise BuildError(msg)
+        wheels.append(found[0])
+    return wheels

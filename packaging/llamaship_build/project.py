@@ -1,0 +1,55 @@
+"""Paths and metadata of the llamaship checkout being built."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Project:
+    """A llamaship checkout: where its inputs are and where outputs go."""
+
+    root: Path
+
+    @classmethod
+    def here(cls) -> Project:
+        """The checkout this module was imported from (or LLAMASHIP_ROOT)."""
+        if "LLAMASHIP_ROOT" in os.environ:
+            return cls(Path(os.environ["LLAMASHIP_ROOT"]).resolve())
+        return cls(Path(__file__).resolve().parents[2])
+
+    @property
+    def requirements(self) -> Path:
+        return self.root / "requirements"
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def dist(self) -> Path:
+        return self.root / "dist"
+
+    @property
+    def build_dir(self) -> Path:
+        return self.root / "build"
+
+    @property
+    def docs(self) -> Path:
+        return self.root / "docs"
+
+    def version(self) -> str:
+        with open(self.root / "pyproject.toml", "rb") as file:
+            return str(tomllib.load(file)["project"]["version"])
+
+
+def cache_dir() -> Path:
+    """Cache shared by every checkout on this machine (wheelhouse, build venvs)."""
+    if "LLAMASHIP_BUILD_CACHE" in os.environ:
+        return Path(os.environ["LLAMASHIP_BUILD_CACHE"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("llamaship-build", appauthor=False))

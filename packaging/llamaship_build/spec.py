@@ -1,0 +1,71 @@
+"""Render templates/backend.spec.j2 into the PyInstaller spec of the `backend` executable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from llamaship_build.errors import BuildError
+from llamaship_build.platforms import TargetPlatform
+from llamaship_build.project import Project
+
+TEMPLATE = "backend.spec.j2"
+ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
+# Heavy frameworks that must never be pulled in by an optional import somewhere.
+EXCLUDES = ("IPython", "PyInstaller", "llamaship_build", "matplotlib", "pytest", "scipy",
+            "tensorflow", "tkinter", "torch")
+HIDDEN_IMPORT_PACKAGES = ("llamaship", "llamaship_backend")
+# Distributions whose metadata the bundle reads at run time (importlib.metadata.version).
+METADATA_OF = ("llama_cpp_python", "llamaship")
+
+
+def trusted_keys(project: Project) -> list[str]:
+    """The release public keys shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
+    path = project.root / "runtime" / "llamaship" / "trusted_keys.json"
+    try:
+        keys = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        msg = f"cannot read the release public keys from {path}: {error}"
+        raise BuildError(msg) from None
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        msg = f"{path} must hold a JSON list of base64 public keys"
+        raise BuildError(msg)
+    return sorted(keys)
+
+
+def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> dict[str, Any]:
+    """The one context the spec template is rendered from (sorted, no timestamps)."""
+    return {
+        "name": "backend",
+        "variant": "cpu",
+        "platform": target.name,
+        "entry_script": ENTRY_SCRIPT,
+        "llama_libraries": list(target.llama_libraries),
+        "excludes": sorted(EXCLUDES),
+        "hidden_import_packages": list(HIDDEN_IMPORT_PACKAGES),
+        "metadata_of": list(METADATA_OF),
+        "trusted_keys": sorted(keys),
+        "strip": target.strip,
+        "version": project.version(),
+    }
+
+
+def render_spec(templates: Path, context: dict[str, Any]) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True, autoescape=False,
+    )
+    try:
+        return environment.get_template(TEMPLATE).render(context)
+    except jinja2.TemplateError as error:
+        msg = f"cannot render {templates / TEMPLATE}: {error}"
+        raise BuildError(msg) from None
+
+
+def write_spec(project: Project, target: TargetPlatform, out: Path) -> Path:
+    text = render_spec(project.templates, build_context(project, target, trusted_keys(project)))
+    out.write_text(text)
+    return out

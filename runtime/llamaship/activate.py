@@ -1,0 +1,84 @@
+"""Make an installed CUDA overlay's llama_cpp win the import, before anything imports it.
+
+Linux: the CUDA runtime libraries the overlay carries are preloaded with RTLD_GLOBAL, so
+libggml-cuda finds them by soname; Windows: their folder is added to the DLL search path.
+Then the overlay directory goes first on sys.path (in a PyInstaller bundle a sys.path entry
+placed before the first import beats the frozen copy: tests check this in a real bundle).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from llamaship.errors import LlamashipError
+
+# Load order: each library's dependencies first.
+_PRELOAD_ORDER = ("libcudart", "libcublasLt", "libcublas")
+
+
+class ActivationError(LlamashipError):
+    """The overlay could not be put in place of the CPU build."""
+
+
+def _preload_order(lib_dir: Path) -> list[Path]:
+    libraries = sorted(path for path in lib_dir.iterdir() if ".so" in path.name)
+
+    def rank(path: Path) -> int:
+        stem = path.name.split(".so")[0]
+        return _PRELOAD_ORDER.index(stem) if stem in _PRELOAD_ORDER else len(_PRELOAD_ORDER)
+
+    return sorted(libraries, key=rank)
+
+
+def preload_runtime_libraries(runtime_lib_dir: Path) -> list[str]:
+    """Load the CUDA runtime libraries the overlay carries; returns their names."""
+    if not runtime_lib_dir.is_dir():
+        msg = f"the overlay's CUDA runtime folder {runtime_lib_dir} is missing: reinstall it"
+        raise ActivationError(msg)
+    if os.name == "nt":
+        os.add_dll_directory(os.fspath(runtime_lib_dir))
+        return []
+    loaded = []
+    for library in _preload_order(runtime_lib_dir):
+        try:
+            ctypes.CDLL(os.fspath(library), mode=ctypes.RTLD_GLOBAL)
+        except OSError as error:
+            msg = f"cannot load {library.name} from the overlay: {error}"
+            raise ActivationError(msg) from None
+        loaded.append(library.name)
+    return loaded
+
+
+def activate(llama_dir: Path, runtime_lib_dir: Path) -> None:
+    """Put the overlay first; must run before the first `import llama_cpp`."""
+    if "llama_cpp" in sys.modules:
+        msg = "llama_cpp was imported before the overlay could be activated (a bug in the caller)"
+        raise ActivationError(msg)
+    if not (llama_dir / "llama_cpp" / "__init__.py").is_file():
+        msg = f"the overlay at {llama_dir} has no llama_cpp package: reinstall it"
+        raise ActivationError(msg)
+    preload_runtime_libraries(runtime_lib_dir)
+    sys.path.insert(0, os.fspath(llama_dir))
+    importlib.invalidate_caches()
+
+
+def deactivate(llama_dir: Path) -> None:
+    """Undo `activate` after a failed import, so the CPU build can be imported instead."""
+    entry = os.fspath(llama_dir)
+    while entry in sys.path:
+        sys.path.remove(entry)
+    for name in [name for name in sys.modules if name == "llama_cpp" or
+                 name.startswith("llama_cpp.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def imported_from(llama_dir: Path) -> bool:
+    """Whether the imported llama_cpp is the overlay's copy."""
+    module = sys.modules.get("llama_cpp")
+    origin = Path(getattr(module, "__file__", "") or "").resolve()
+    return origin.is_relative_to(llama_dir.resolve())

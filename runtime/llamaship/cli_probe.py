@@ -1,0 +1,31 @@
+"""`probe`: the child process of `llamaship.probe.run_probe` (not meant to be run by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("probe", help=argparse.SUPPRESS)
+    parser.add_argument("--llama-dir", type=Path, required=True)
+    parser.add_argument("--runtime-lib-dir", type=Path, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llamaship.activate import ActivationError, activate, imported_from
+    from llamaship.native import load_ggml_backends
+
+    activate(args.llama_dir, args.runtime_lib_dir)
+    import llama_cpp
+
+    if not imported_from(args.llama_dir):
+        msg = f"llama_cpp was imported from {llama_cpp.__file__}, not from the overlay"
+        raise ActivationError(msg)
+    loaded = load_ggml_backends()
+    print(json.dumps({"llama_cpp_version": llama_cpp.__version__,
+                      "llama_cpp_path": llama_cpp.__file__,
+                      "backends": loaded.backends, "devices": loaded.devices}))
+    return 0

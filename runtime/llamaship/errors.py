@@ -1,0 +1,13 @@
+"""Exception hierarchy of the runtime: libraries raise, the CLI turns these into exit codes."""
+
+
+class LlamashipError(Exception):
+    """Root of every error llamaship raises on purpose; the message says how to fix it."""
+
+    exit_code = 1
+
+
+class ConfigError(LlamashipError):
+    """A configuration value (default, .env, environment or CLI) is invalid."""
+
+    exit_code = 2

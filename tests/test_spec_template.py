@@ -1,0 +1,41 @@
+"""The spec template renders deterministically from one context (golden file)."""
+
+from pathlib import Path
+
+import pytest
+
+from llamaship.errors import LlamashipError
+from llamaship_build.platforms import PLATFORMS
+from llamaship_build.project import Project
+from llamaship_build.spec import build_context, render_spec
+
+GOLDEN = Path(__file__).parent / "golden" / "backend-linux.spec"
+KEYS = ["b64-key-two", "b64-key-one"]
+
+
+def _render() -> str:
+    project = Project.here()
+    context = build_context(project, PLATFORMS["linux"], KEYS)
+    context["version"] = "0.0.0-golden"
+    return render_spec(project.templates, context)
+
+
+def test_spec_matches_golden_file() -> None:
+    assert _render() == GOLDEN.read_text()
+
+
+def test_spec_is_deterministic_and_cpu_only() -> None:
+    text = _render()
+    assert text == _render()
+    assert "collect_all(" not in text
+    assert '"torch"' in text and '"tensorflow"' in text and '"scipy"' in text
+    assert "cuda" not in text.lower()
+    assert ".gguf" not in text
+    # keys are sorted, so the order they were found in does not matter
+    assert text.index("b64-key-one") < text.index("b64-key-two")
+
+
+def test_template_error_names_the_template(tmp_path: Path) -> None:
+    (tmp_path / "backend.spec.j2").write_text("{{ missing_value }}")
+    with pytest.raises(LlamashipError, match="backend.spec.j2"):
+        render_spec(tmp_path, {})
