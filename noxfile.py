@@ -78,9 +78,17 @@ def overlay(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["build"], default=False)
 def release(session: nox.Session) -> None:
-    """Bundle + overlay + the signed releases.json index, into dist/release/."""
+    """Bundle + overlay (posargs go to overlay) + the signed releases.json, in dist/release/."""
     build_env(session)
     session.run("python", "-m", "llamaship_build", "bundle")
+    session.run("python", "-m", "llamaship_build", "overlay", *session.posargs)
+    session.run("python", "-m", "llamaship_build", "release")
+
+
+@nox.session(python=PYTHON, tags=["build"], default=False)
+def index(session: nox.Session) -> None:
+    """Only the signed releases.json over the layers already in dist/overlay/ (release CI)."""
+    build_env(session)
     session.run("python", "-m", "llamaship_build", "release", *session.posargs)
 
 

@@ -2,5 +2,9 @@
 
 pytest_plugins = [
     "fixtures_backend",
+    "fixtures_bundle",
     "fixtures_hardware",
+    "fixtures_overlay",
+    "fixtures_overlay_server",
+    "fixtures_release",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,51 @@ def _bundle(args: argparse.Namespace, project: Project) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build import bench
+
+    report = bench.run(project, launches=args.launches, rounds=args.rounds,
+                       n_tokens=args.tokens, threads=args.threads)
+    print(report)
+    out = project.docs / "benchmarks.md"
+    out.write_text(bench.HEADER + report)
+    print(f"written to {out}")
+    return 0
+
+
+def _overlay(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build import overlay_release
+
+    kind, *rest = args.source or [os.environ.get("LLAMASHIP_OVERLAY_SOURCE", "wheel-index")]
+    if args.if_reachable and not args.source and "LLAMASHIP_OVERLAY_SOURCE" not in os.environ \
+            and not overlay_release.wheel_index_reachable(project):
+        print("overlay skipped: the CUDA wheel index is not reachable from here; set "
+              "LLAMASHIP_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
+              "run `nox -s overlay -- --source wheel PATH`", file=sys.stderr)
+        return 0
+    if kind not in ("wheel-index", "build", "wheel") or (kind == "wheel") != (len(rest) == 1):
+        print("error: --source takes wheel-index, build, or wheel PATH", file=sys.stderr)
+        return 2
+    options = overlay_release.OverlayOptions(
+        source=kind, wheel=Path(rest[0]) if rest else None, archs=tuple(args.archs.split(",")),
+        ptx_archs=tuple(filter(None, args.ptx_archs.split(","))),
+        serial=args.serial or overlay_release.default_serial(), level=args.level,
+        key_file=args.key_file, out_dir=project.dist / "overlay")
+    for path in overlay_release.build(project, options):
+        print(path)
+    return 0
+
+
+def _release(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build import overlay_release
+
+    for path in overlay_release.release(
+            project.dist / "overlay", project.dist / "release",
+            args.serial or overlay_release.default_serial(), args.base_url, args.key_file):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llamaship_build")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +104,32 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = commands.add_parser("bundle", help="build the CPU bundle into dist/")
     bundle.add_argument("--force", action="store_true", help="rebuild even if up to date")
     bundle.set_defaults(handler=_bundle)
+    overlay = commands.add_parser("overlay", help="build the signed CUDA overlay layers")
+    overlay.add_argument("--source", nargs="+", metavar="KIND",
+                         help="wheel-index | build | wheel PATH (default: LLAMASHIP_OVERLAY_SOURCE"
+                              " or wheel-index)")
+    overlay.add_argument("--if-reachable", action="store_true",
+                         help="skip quietly when no CUDA source is reachable")
+    overlay.add_argument("--archs", default="75,80,86,89,90",
+                         help="real CUDA architectures for --source build (comma-separated)")
+    overlay.add_argument("--ptx-archs", default="", help="PTX architectures (JIT on newer GPUs)")
+    overlay.add_argument("--serial", type=int, help="release serial (default: epoch seconds)")
+    overlay.add_argument("--level", type=int, default=19, help="zstd compression level")
+    overlay.add_argument("--key-file", type=Path,
+                         help="signing key file (default: $LLAMASHIP_SIGNING_KEY)")
+    overlay.set_defaults(handler=_overlay)
+    release = commands.add_parser("release", help="write the signed releases.json index")
+    release.add_argument("--serial", type=int, help="index serial (default: epoch seconds)")
+    release.add_argument("--base-url", default="", help="where the files will be published")
+    release.add_argument("--key-file", type=Path,
+                         help="signing key file (default: $LLAMASHIP_SIGNING_KEY)")
+    release.set_defaults(handler=_release)
+    bench = commands.add_parser("bench", help="measure the bundle; write docs/benchmarks.md")
+    bench.add_argument("--launches", type=int, default=5, help="launches to time (median)")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating generation rounds")
+    bench.add_argument("--tokens", type=int, default=64, help="tokens per generation")
+    bench.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

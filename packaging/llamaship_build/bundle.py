@@ -58,27 +58,32 @@ def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
         raise BuildError(msg)
 
 
-def build_venv(project: Project, llama_wheel: Path) -> Path:
-    """An isolated venv with the locked dependencies and the llama wheel; cached by their hashes."""
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def build_venv(project: Project, llama_wheel: Path, purpose: str = "bundle",
+               lock_names: tuple[str, ...] = ("base", "build")) -> Path:
+    """An isolated venv from the locks plus the llama wheel; cached by their hashes."""
     material = b"".join((project.requirements / f"{name}.txt").read_bytes()
-                        for name in ("base", "cpu", "build"))
+                        for name in (*lock_names, "cpu"))
     key = hashlib.sha256(material + sha256_file(llama_wheel).encode()).hexdigest()[:16]
-    venv = cache_dir() / "venvs" / f"bundle-{key}"
-    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    if python.exists():
+    venv = cache_dir() / "venvs" / f"{purpose}-{key}"
+    if venv_python(venv).exists():
         return venv
     staging = venv.with_name(venv.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
-    _run([sys.executable, "-m", "venv", str(staging)], "creating the build venv")
-    staged_python = staging / python.relative_to(venv)
+    _run([sys.executable, "-m", "venv", str(staging)], f"creating the {purpose} venv")
+    staged_python = str(venv_python(staging))
     with tempfile.TemporaryDirectory() as scratch:
         cpu_deps = Path(scratch) / "cpu-deps.txt"
         cpu_deps.write_text(locks.without_package(project.requirements / "cpu.txt",
                                                   "llama-cpp-python"))
-        _run([str(staged_python), "-m", "pip", "install", "--quiet", "--require-hashes",
-              "-r", str(project.requirements / "base.txt"), "-r", str(cpu_deps),
-              "-r", str(project.requirements / "build.txt")], "installing the locked build deps")
-    _run([str(staged_python), "-m", "pip", "install", "--quiet", "--no-deps", str(llama_wheel)],
+        requirements = [arg for name in lock_names
+                        for arg in ("-r", str(project.requirements / f"{name}.txt"))]
+        _run([staged_python, "-m", "pip", "install", "--quiet", "--require-hashes",
+              *requirements, "-r", str(cpu_deps)], f"installing the locked {purpose} deps")
+    _run([staged_python, "-m", "pip", "install", "--quiet", "--no-deps", str(llama_wheel)],
          "installing the llama-cpp-python wheel")
     # Built beside its final name, then renamed: a half-built venv is never used. Only
     # `python -m ...` runs from it, which survives the move (script shebangs would not).
@@ -86,8 +91,19 @@ def build_venv(project: Project, llama_wheel: Path) -> Path:
     return venv
 
 
-def build_project_wheel(project: Project, out_dir: Path) -> Path:
-    _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir),
+def install_project_wheel(project: Project, python: Path) -> None:
+    """Build the llamaship wheel and (re)install it into the venv of `python`."""
+    work = project.build_dir / "wheel"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work) as scratch:
+        own_wheel = build_project_wheel(project, python, Path(scratch))
+        _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall",
+              str(own_wheel)], f"installing the llamaship wheel into {python.parent.parent}")
+
+
+def build_project_wheel(project: Project, python: Path, out_dir: Path) -> Path:
+    """`python -m build` with the locked build tools of the venv of `python`."""
+    _run([str(python), "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out_dir),
           str(project.root)], "building the llamaship wheel")
     return next(out_dir.glob("llamaship-*.whl"))
 
@@ -104,14 +120,9 @@ def build_bundle(project: Project, force: bool = False) -> Path:
         _log.info("bundle is up to date (%s); nothing to do", manifest_path)
         return manifest_path
 
-    venv = build_venv(project, llama_wheel)
-    python = venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    python = venv_python(build_venv(project, llama_wheel))
+    install_project_wheel(project, python)
     work = project.build_dir / "bundle"
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work) as scratch:
-        own_wheel = build_project_wheel(project, Path(scratch))
-        _run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall",
-              str(own_wheel)], "installing the llamaship wheel into the build venv")
     spec = write_spec(project, target, project.root / "backend.spec")
     staging_dist = work / "dist"
     shutil.rmtree(staging_dist, ignore_errors=True)

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,12 +81,22 @@ def wheel_key(pin: Pin, flavour: Flavour) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def _slot(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
+    return wheelhouse / f"{flavour.name}-{wheel_key(pin, flavour)}"
+
+
+def cached_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path | None:
+    """The wheel already built for this pin and flavour, if any."""
+    existing = sorted(_slot(pin, flavour, wheelhouse).glob("*.whl"))
+    return existing[0] if existing else None
+
+
 def ensure_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
     """The normalized wheel for this pin and flavour, compiling it on a cache miss."""
-    slot = wheelhouse / f"{flavour.name}-{wheel_key(pin, flavour)}"
-    existing = sorted(slot.glob("*.whl"))
-    if existing:
-        return existing[0]
+    existing = cached_wheel(pin, flavour, wheelhouse)
+    if existing is not None:
+        return existing
+    slot = _slot(pin, flavour, wheelhouse)
     _log.info("compiling %s %s (%s): this takes 10-25 minutes on 2 cores",
               PACKAGE, pin.version, flavour.name)
     with tempfile.TemporaryDirectory(prefix="llama-wheel-") as scratch:
@@ -104,7 +115,8 @@ def _compile(pin: Pin, flavour: Flavour, scratch: Path) -> Path:
     requirement = scratch / "requirement.txt"
     requirement.write_text(pin.requirement_line())
     out = scratch / "raw"
-    env = {**os.environ, "CMAKE_ARGS": " ".join(flavour.cmake_args),
+    # scikit-build-core splits CMAKE_ARGS with shlex: quote paths that hold spaces.
+    env = {**os.environ, "CMAKE_ARGS": shlex.join(flavour.cmake_args),
            "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
     # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another flavour.
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",

@@ -62,7 +62,8 @@ def compile_lock(pair: LockPair, upgrade: bool = False) -> None:
     command = [
         sys.executable, "-m", "piptools", "compile", "--quiet", "--generate-hashes",
         "--allow-unsafe", "--strip-extras", "--no-emit-index-url", "--no-emit-find-links",
-        "--no-emit-trusted-host", "--output-file", str(pair.lock), str(pair.source),
+        # Names relative to requirements/, so no absolute path of this checkout is recorded.
+        "--no-emit-trusted-host", "--output-file", pair.lock.name, pair.source.name,
     ]
     if upgrade:
         command.append("--upgrade")

@@ -14,9 +14,10 @@ import os
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from llamaship.overlay.manifest import ArchiveRef, FileEntry
+
 from llamaship_build.archive import sha256_file
 from llamaship_build.errors import BuildError
 
@@ -102,7 +103,9 @@ def write_layer_archive(root: Path, files: Sequence[FileEntry], target: Path,
     try:
         with open(partial, "wb") as raw:
             hashing = _HashingWriter(raw)
-            with compressor.stream_writer(hashing, closefd=False) as compressed, \
+            # stream_writer only calls write() and flush(): the hashing wrapper is enough.
+            sink = cast(BinaryIO, hashing)
+            with compressor.stream_writer(sink, closefd=False) as compressed, \
                     tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 for entry in files:
                     info = _tar_info(root, entry)

@@ -29,12 +29,14 @@ from llamaship.overlay.manifest import (
     parse_manifest,
 )
 from llamaship.overlay.signing import public_key_of, sign
+
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
     external_needs,
+    read_wheel_info,
     stage_llama_layer,
     stage_runtime_layer,
 )
@@ -125,14 +127,15 @@ def build_overlay(wheel: Path, out_dir: Path, *, cuda_version: str, cuda_archs: 
                            min_vram_mb=min_vram_mb)
     created_text = _timestamp(created)
     out_dir.mkdir(parents=True, exist_ok=True)
+    platform = read_wheel_info(wheel).platform
+    if not platform.startswith("linux_"):
+        msg = (f"{wheel.name} is a {platform} wheel: the overlay build handles Linux wheels "
+               "(ELF libraries, patchelf) only")
+        raise BuildError(msg)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as staging_text:
         staging = Path(staging_text)
         llama_root = staging / "llama-cuda"
         info = stage_llama_layer(wheel, llama_root, staging / "scratch", tool)
-        if not info.platform.startswith("linux_"):
-            msg = (f"{wheel.name} is a {info.platform} wheel: the overlay build handles Linux "
-                   "wheels (ELF libraries, patchelf) only")
-            raise BuildError(msg)
         wanted = tuple(runtime_libraries) if runtime_libraries is not None else \
             external_needs(llama_root, tool)
         if not wanted:
@@ -153,8 +156,9 @@ def build_overlay(wheel: Path, out_dir: Path, *, cuda_version: str, cuda_archs: 
     return written + llama_written
 
 
-_PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>\S+)(?P<hashes>(?:\s*\\\n\s*"
-                  r"--hash=sha256:[0-9a-f]{64})+)", re.MULTILINE)
+# A pip-compile pin: name==version, an optional environment marker, then its hash lines.
+_PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s;\\]+)(?:\s*;[^\\\n]*)?"
+                  r"(?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+", re.MULTILINE)
 
 
 def _normalized(name: str) -> str:
@@ -178,9 +182,10 @@ def download_runtime_wheels(lock_file: Path, dest: Path,
     """Download the pinned `nvidia-*` wheels (hash-checked) into `dest`; pip reuses files
     already there after checking their hashes. Returns the wheel paths, one per package."""
     dest.mkdir(parents=True, exist_ok=True)
+    pinned = runtime_requirements(lock_file, packages)
     with tempfile.TemporaryDirectory(prefix="llamaship-runtime-") as scratch:
         requirements = Path(scratch) / "runtime.txt"
-        requirements.write_text(runtime_requirements(lock_file, packages), encoding="utf-8")
+        requirements.write_text(pinned, encoding="utf-8")
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
                    "--only-binary=:all:", "--disable-pip-version-check", "-r", str(requirements),
                    "-d", str(dest)]
@@ -189,9 +194,8 @@ def download_runtime_wheels(lock_file: Path, dest: Path,
         msg = (f"downloading the CUDA runtime wheels failed (exit {result.returncode}): "
                f"{result.stderr.strip()[-2000:]}")
         raise BuildError(msg)
-    text = runtime_requirements(lock_file, packages)
     wheels: list[Path] = []
-    for match in _PIN.finditer(text):
+    for match in _PIN.finditer(pinned):
         stem = f"{_normalized(match.group('name')).replace('-', '_')}-{match.group('version')}-"
         found = sorted(dest.glob(f"{stem}*.whl"))
         if not found:

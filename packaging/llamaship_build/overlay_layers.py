@@ -25,6 +25,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from llamaship.overlay.manifest import safe_relative_path
+
 from llamaship_build.elf import Patchelf, is_elf
 from llamaship_build.errors import BuildError
 

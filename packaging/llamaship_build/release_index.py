@@ -25,6 +25,7 @@ from llamaship.overlay.manifest import (
     parse_manifest,
 )
 from llamaship.overlay.signing import sign
+
 from llamaship_build.archive import sha256_file
 from llamaship_build.errors import BuildError
 

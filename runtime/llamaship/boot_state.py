@@ -30,3 +30,4 @@ class BootState:
     n_gpu_layers: int
     n_threads: int
     events: list[str] = field(default_factory=list)
+    cpu_backend: str | None = None

@@ -9,7 +9,8 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("probe", help=argparse.SUPPRESS)
+    parser = subparsers.add_parser(
+        "probe", help="(internal) load an overlay in a child process and report what it saw")
     parser.add_argument("--llama-dir", type=Path, required=True)
     parser.add_argument("--runtime-lib-dir", type=Path, required=True)
 

@@ -178,9 +178,13 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_KEY = {option.key: option for option in OPTIONS}
-# Environment variables with the LLAMASHIP_ prefix that are not options (read elsewhere).
-# LLAMASHIP_SIGNING_KEY is the build side's private key (a CI secret), never a runtime option.
-_IGNORED_ENV = frozenset({"LLAMASHIP_ENV_FILE", "LLAMASHIP_SIGNING_KEY"})
+# Environment variables with the LLAMASHIP_ prefix that are not options (read elsewhere):
+# the .env path, the release signing key (build side),
+# the build side's checkout, cache and overlay source, and the installer's test hooks.
+_IGNORED_ENV = frozenset({
+    "LLAMASHIP_ENV_FILE", "LLAMASHIP_SIGNING_KEY", "LLAMASHIP_ROOT",
+    "LLAMASHIP_BUILD_CACHE", "LLAMASHIP_OVERLAY_SOURCE", "LLAMASHIP_TEST_PAUSE_AT",
+})
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,7 @@ def resolve_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         text = raw.get(option.key)
-        if text is None:
+        if text is None or (not text.strip() and callable(option.default)):
             text = option.default_text()
         try:
             values[option.field] = option.parse(text)

@@ -32,14 +32,26 @@ class BackendLoadError(LlamashipError):
 
 @dataclass(frozen=True)
 class LoadedBackends:
-    """What ggml registered: backend names and device names."""
+    """What ggml registered: backend names, device names, the CPU variant library chosen."""
 
     lib_dir: Path
     backends: tuple[str, ...]
     devices: tuple[str, ...]
+    cpu_library: str | None
 
 
 _loaded: LoadedBackends | None = None
+_MAPS = Path("/proc/self/maps")
+
+
+def _mapped_cpu_library() -> str | None:
+    """The file name of the CPU backend variant ggml picked (Linux: from the memory map)."""
+    try:
+        maps = _MAPS.read_text()
+    except OSError:
+        return None
+    names = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/libggml-cpu-" in line}
+    return min(names) if names else None
 
 
 def _ggml_library(lib_dir: Path) -> Path:
@@ -86,5 +98,6 @@ def load_ggml_backends() -> LoadedBackends:
                "(libggml-cpu-*) are missing or none fits this CPU; reinstall the application")
         raise BackendLoadError(msg)
     _log.debug("ggml backends %s, devices %s from %s", backends, devices, lib_dir)
-    _loaded = LoadedBackends(lib_dir=lib_dir, backends=backends, devices=devices)
+    _loaded = LoadedBackends(lib_dir=lib_dir, backends=backends, devices=devices,
+                             cpu_library=_mapped_cpu_library())
     return _loaded

@@ -1,0 +1,1 @@
+"""The FastAPI backend shipped in the llamaship bundle (OpenAI-compatible llama.cpp server)."""

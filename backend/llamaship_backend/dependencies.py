@@ -1,0 +1,35 @@
+"""Typed access to what `create_app` stores on the app, for routes (`Depends`) and the server."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from llamaship.boot_state import BootState
+
+from llamaship_backend.engine import Engine
+from llamaship_backend.restart import RestartRequest
+
+
+def attach(app: FastAPI, state: BootState, engine: Engine) -> None:
+    """Store the boot state, the engine and a fresh restart link on `app`."""
+    app.state.boot_state = state
+    app.state.engine = engine
+    app.state.restart = RestartRequest()
+
+
+def restart_of(app: FastAPI) -> RestartRequest:
+    restart: RestartRequest = app.state.restart
+    return restart
+
+
+def get_boot_state(request: Request) -> BootState:
+    state: BootState = request.app.state.boot_state
+    return state
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_restart(request: Request) -> RestartRequest:
+    return restart_of(request.app)

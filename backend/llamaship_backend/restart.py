@@ -1,0 +1,92 @@
+"""Restarting the backend after `POST /api/admin/restart` (e.g. to activate a new GPU overlay).
+
+The route answers 202 and asks the server to stop; once uvicorn has shut down cleanly,
+`llamaship_backend.server.serve` restarts according to `LLAMASHIP_RESTART`:
+
+- `exec` (default): the process re-executes itself with the same command line (same pid on
+  POSIX), so the bootstrap runs again and may pick another llama.cpp build.
+- `exit`: the process exits with status 75 (`RESTART_EXIT_CODE`, EX_TEMPFAIL in sysexits.h),
+  which tells a supervising process (the Electron shell) to launch it again.
+
+See docs/restart.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+RESTART_EXIT_CODE = 75
+
+
+class RestartRequest:
+    """The link from the restart route to the server that can stop itself."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self._stop_server: Callable[[], None] | None = None
+
+    def bind(self, stop_server: Callable[[], None]) -> None:
+        """Called by the server that runs the app: `stop_server` starts a graceful shutdown."""
+        self._stop_server = stop_server
+
+    @property
+    def bound(self) -> bool:
+        return self._stop_server is not None
+
+    @property
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    def request(self) -> None:
+        """Mark the restart and stop the server (the route calls this after its 202 reply)."""
+        self._requested.set()
+        if self._stop_server is not None:
+            self._stop_server()
+
+
+def restart_command() -> list[str]:
+    """The command line that started this process, to run it again.
+
+    Frozen (PyInstaller): `sys.executable` is the `backend` executable itself and
+    `sys.argv[0]` names it too, so only `sys.argv[1:]` follows. Otherwise (`python -m
+    llamaship`, a console script, `python -c`): the interpreter with its original arguments.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, *sys.argv[1:]]
+    return [sys.executable, *sys.orig_argv[1:]]
+
+
+def restart_environment() -> dict[str, str]:
+    """The environment for the new process.
+
+    A frozen build asks the PyInstaller bootloader to start as a new application instance,
+    not as a worker subprocess of this one (PyInstaller >= 6.9).
+    """
+    environment = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        environment["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
+    return environment
+
+
+def exec_restart() -> int:
+    """Replace this process with a fresh run of the same command (returns only on Windows).
+
+    Windows has no real exec (its `os.execv` spawns a child with a new pid and mangles
+    arguments with spaces): there a new process is started and this one exits with 0.
+    """
+    command = restart_command()
+    environment = restart_environment()
+    logger.info("restarting: %s", subprocess.list2cmdline(command))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if sys.platform == "win32":
+        subprocess.Popen(command, env=environment)  # our own command line
+        return 0
+    os.execve(command[0], command, environment)

@@ -1,0 +1,111 @@
+"""`POST /api/admin/upgrade-gpu` (202 + job id) and `GET /api/admin/upgrade-gpu/{job_id}`.
+
+The upgrade runs in a background thread (`llamaship.overlay.jobs.UpgradeJobs`, one per app,
+created on first use); the new overlay is used after a restart (`/api/admin/restart`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from llamaship.boot_state import BootState
+from llamaship.overlay.install import (
+    Installer,
+    InstallResult,
+    NoMatchingOverlay,
+    ProgressFn,
+    Target,
+)
+from llamaship.overlay.jobs import UpgradeJobs
+from llamaship.overlay.signing import trusted_keys
+
+from llamaship_backend.dependencies import get_boot_state
+from llamaship_backend.errors import BackendError
+
+router = APIRouter()
+_jobs_lock = threading.Lock()
+
+InstallerFactory = Callable[[BootState, ProgressFn], Installer]
+
+
+class UpgradeNotConfigured(BackendError):
+    """No release URL is configured, so there is nothing to upgrade from."""
+
+    status_code = 409
+    error_type = "server_error"
+    code = "upgrade_not_configured"
+
+
+class UpgradeUnavailable(BackendError):
+    """No CUDA overlay exists for this operating system or processor."""
+
+    status_code = 409
+    error_type = "server_error"
+    code = "upgrade_unavailable"
+
+
+class UpgradeJobNotFound(BackendError):
+    """The job id is unknown (never started, or forgotten after newer jobs)."""
+
+    status_code = 404
+    code = "upgrade_job_not_found"
+
+
+def get_upgrade_jobs(request: Request) -> UpgradeJobs:
+    """The app's job runner, created on first use."""
+    with _jobs_lock:
+        jobs: UpgradeJobs | None = getattr(request.app.state, "upgrade_jobs", None)
+        if jobs is None:
+            jobs = UpgradeJobs()
+            request.app.state.upgrade_jobs = jobs
+        return jobs
+
+
+def _default_installer(state: BootState, progress: ProgressFn) -> Installer:
+    return Installer(state.dirs, trusted_keys(state.settings), progress=progress)
+
+
+def get_installer_factory() -> InstallerFactory:
+    """How an upgrade builds its installer (tests override this dependency to swap the probe)."""
+    return _default_installer
+
+
+@router.post("/api/admin/upgrade-gpu", status_code=202)
+def start_upgrade(
+    state: Annotated[BootState, Depends(get_boot_state)],
+    jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
+    make_installer: Annotated[InstallerFactory, Depends(get_installer_factory)],
+) -> dict[str, str]:
+    """Start installing the newest CUDA overlay for this machine; poll the returned job id.
+
+    While an upgrade runs, this returns the running job's id.
+    """
+    release_url = state.settings.release_url
+    if release_url is None:
+        msg = ("No release URL is configured: set LLAMASHIP_RELEASE_URL to the overlay's "
+               "releases.json.")
+        raise UpgradeNotConfigured(msg)
+    try:
+        target = Target.current(state.report, state.llama_cpp_version)
+    except NoMatchingOverlay as error:
+        raise UpgradeUnavailable(str(error)) from None
+
+    def work(progress: ProgressFn) -> InstallResult:
+        return make_installer(state, progress).install(release_url, target)
+
+    return {"job_id": jobs.start(work, running_overlay_version=state.overlay_version)}
+
+
+@router.get("/api/admin/upgrade-gpu/{job_id}")
+def upgrade_progress(
+    job_id: str, jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
+) -> dict[str, Any]:
+    """The job's state, phase, downloaded bytes, message and whether a restart is needed."""
+    progress = jobs.get(job_id)
+    if progress is None:
+        msg = f"No upgrade job {job_id!r}: start one with POST /api/admin/upgrade-gpu."
+        raise UpgradeJobNotFound(msg)
+    return progress

@@ -1,0 +1,137 @@
+"""`nox -s bench`: bundle size, launch-to-healthy, and tokens/s portable vs native, one table.
+
+Every number comes from this run; ratios compare builds measured side by side, alternating,
+so a noisy shared machine skews both alike. Results also go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamaship_build.bundle import MANIFEST_NAME, build_venv, install_project_wheel, venv_python
+from llamaship_build.launch import launched
+from llamaship_build.llama_wheel import NATIVE, PORTABLE, Pin, ensure_wheel
+from llamaship_build.models import gemma_model
+from llamaship_build.project import Project, cache_dir
+
+MB = 1_000_000
+HEADER = """# Benchmarks
+
+Written by `scripts/nox -s bench` on the machine named below; every ratio compares builds
+measured in the same run. Machines are shared and noisy: read absolute numbers as rough.
+
+"""
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One build of the backend to time: how to start it."""
+
+    name: str
+    command: tuple[str, ...]
+
+
+def _median_launch(command: Sequence[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as home, \
+                launched(command, {"LLAMASHIP_HOME": home}) as backend:
+            times.append(backend.seconds_to_healthy)
+    return statistics.median(times)
+
+
+def _tokens_per_second(command: Sequence[str], model: Path, threads: int, n_tokens: int) -> float:
+    import httpx
+
+    env = {"LLAMASHIP_MODEL": str(model), "LLAMACPP_N_THREADS": str(threads)}
+    with tempfile.TemporaryDirectory() as home, \
+            launched(command, {**env, "LLAMASHIP_HOME": home}) as backend:
+        speeds = []
+        for _ in range(3):  # the first request also loads the model
+            reply = httpx.post(f"{backend.url}/api/admin/benchmark",
+                               json={"n_tokens": n_tokens}, timeout=300)
+            reply.raise_for_status()
+            speeds.append(float(reply.json()["tokens_per_second"]))
+    return max(speeds[1:])
+
+
+def _contenders(project: Project) -> list[Contender]:
+    pin = Pin.from_lock(project.requirements / "cpu.txt")
+    wheelhouse = cache_dir() / "wheelhouse"
+    contenders = [Contender("bundle (portable build)",
+                            (str(project.dist / "backend" / "backend"),))]
+    for purpose, flavour in (("bench-native", NATIVE), ("bench-portable", PORTABLE)):
+        python = venv_python(build_venv(project, ensure_wheel(pin, flavour, wheelhouse),
+                                        purpose=purpose))
+        install_project_wheel(project, python)
+        label = f"venv ({flavour.name} build{', -march=native' if flavour is NATIVE else ''})"
+        contenders.append(Contender(label, (str(python), "-m", "llamaship")))
+    return contenders
+
+
+def _detection_table(project: Project) -> str:
+    script = project.root / "scripts" / "bench_detect.py"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            check=True, cwd=project.root)
+    return result.stdout.strip()
+
+
+def run(project: Project, launches: int, rounds: int, n_tokens: int, threads: int) -> str:
+    manifest = json.loads((project.dist / MANIFEST_NAME).read_text())
+    model = gemma_model(cache_dir() / "models")
+    bundle_command = (str(project.dist / "backend" / "backend"),)
+    launch_seconds = _median_launch(bundle_command, launches)
+
+    contenders = _contenders(project)
+    speeds: dict[str, list[float]] = {contender.name: [] for contender in contenders}
+    for _ in range(rounds):  # alternate, so load on the machine hits every build alike
+        for contender in contenders:
+            speeds[contender.name].append(
+                _tokens_per_second(contender.command, model, threads, n_tokens))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    bundled, native = median[contenders[0].name], median[contenders[1].name]
+
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "## CPU bundle",
+        "",
+        "| measure | value | target |",
+        "| --- | --- | --- |",
+        f"| archive size | {manifest['archive']['bytes'] / MB:.1f} MB | <= 50 MB |",
+        f"| unpacked size | {manifest['unpacked_bytes'] / MB:.1f} MB | <= 120 MB |",
+        f"| files | {manifest['file_count']} | |",
+        f"| launch to healthy (median of {launches}) | {launch_seconds:.2f} s | <= 2 s |",
+        f"| tokens/s, bundled portable / native venv | {bundled / native:.2f} | >= 0.90 |",
+        "",
+        "Largest components:",
+        "",
+        "| component | MB |",
+        "| --- | --- |",
+        *(f"| `{item['path']}` | {item['bytes'] / MB:.1f} |"
+          for item in manifest["largest_components"][:5]),
+        "",
+        f"Generation, gemma3-270m Q4_K_M, {n_tokens} tokens, {threads} thread(s), greedy; "
+        f"median of {rounds} alternating rounds (each the best of 2 timed requests):",
+        "",
+        "| build | tokens/s | runs |",
+        "| --- | --- | --- |",
+        *(f"| {name} | {median[name]:.1f} | {', '.join(f'{v:.1f}' for v in values)} |"
+          for name, values in speeds.items()),
+        "",
+        "## GPU detection",
+        "",
+        _detection_table(project),
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,157 @@
+"""`llamaship overlay install|status|rollback|remove`: manage the CUDA overlay by hand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from llamaship.config import Settings
+    from llamaship.overlay.install import InstallProgress
+    from llamaship.overlay.store import InstalledOverlay, OverlayStore
+
+_LLAMA_DISTRIBUTION = "llama_cpp_python"
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("overlay", help="install, inspect or remove the CUDA overlay")
+    actions = parser.add_subparsers(dest="overlay_command", metavar="ACTION", required=True)
+    install = actions.add_parser(
+        "install", help="install the overlay from a release (directory, releases.json or URL)",
+        description="Verify, download, unpack, probe and activate the overlay the signed "
+                    "release index offers this machine. Progress goes to stderr.")
+    install.add_argument("source", help="a release directory, its releases.json, or an "
+                         "http(s):// URL of releases.json")
+    install.add_argument("--llama-cpp-version",
+                         help="the bundle's llama-cpp-python version (default: the installed one)")
+    status = actions.add_parser("status", help="show the active and previous overlay")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    actions.add_parser("rollback", help="switch back to the previously active overlay")
+    actions.add_parser("remove", help="deactivate the overlay (run on CPU; rollback restores it)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    from llamaship.config import default_env_file, resolve_settings
+
+    env_file = Path(args.env_file) if args.env_file else default_env_file()
+    return resolve_settings(env_file=env_file)
+
+
+def _bundle_llama_cpp_version(given: str | None) -> str:
+    import importlib.metadata
+
+    from llamaship.errors import ConfigError
+
+    if given:
+        return given
+    try:
+        return importlib.metadata.version(_LLAMA_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        msg = ("cannot tell which llama-cpp-python version this bundle carries: "
+               "pass --llama-cpp-version")
+        raise ConfigError(msg) from None
+
+
+class _ProgressPrinter:
+    """Prints phase changes and every tenth of the download to stderr."""
+
+    def __init__(self) -> None:
+        self._phase = ""
+        self._tenth = -1
+
+    def __call__(self, progress: InstallProgress) -> None:
+        if progress.phase != self._phase:
+            self._phase = progress.phase
+            print(f"[{progress.phase}] {progress.message}", file=sys.stderr)
+        if progress.phase == "download" and progress.bytes_total:
+            tenth = 10 * progress.bytes_done // progress.bytes_total
+            if tenth != self._tenth:
+                self._tenth = tenth
+                print(f"  {progress.bytes_done / 1e6:.1f} / {progress.bytes_total / 1e6:.1f} MB",
+                      file=sys.stderr)
+
+
+def _install(args: argparse.Namespace) -> int:
+    import llamaship
+    from llamaship.detect import load_or_detect
+    from llamaship.overlay.download import local_path
+    from llamaship.overlay.install import Installer, Target, index_location_of
+    from llamaship.overlay.signing import trusted_keys
+    from llamaship.paths import DataDirs
+
+    settings = _settings(args)
+    dirs = DataDirs(settings.home)
+    report = load_or_detect(settings, dirs, {"bundle": llamaship.__version__})
+    target = Target.current(report, _bundle_llama_cpp_version(args.llama_cpp_version))
+    path = local_path(args.source)
+    location = args.source if path is None else index_location_of(path)
+    installer = Installer(dirs, trusted_keys(settings), progress=_ProgressPrinter())
+    result = installer.install(location, target)
+    overlay = result.overlay
+    if not result.changed:
+        print(f"overlay {overlay.overlay_version} is already active")
+        return 0
+    reused = f", reused {', '.join(result.reused_layers)}" if result.reused_layers else ""
+    print(f"overlay {overlay.overlay_version} is active (fetched "
+          f"{', '.join(result.fetched_layers)}{reused}); restart the app to use it")
+    return 0
+
+
+def _describe(overlay: InstalledOverlay | None) -> dict[str, Any] | None:
+    if overlay is None:
+        return None
+    return {"overlay_version": overlay.overlay_version, "serial": overlay.serial,
+            "llama_cpp_version": overlay.llama_cpp_version,
+            "cuda_version": overlay.requirements.cuda_version, "layers": dict(overlay.layers),
+            "llama_dir": str(overlay.llama_dir), "runtime_lib_dir": str(overlay.runtime_lib_dir)}
+
+
+def status_document(store: OverlayStore) -> dict[str, Any]:
+    """The overlay state as `overlay status --json` prints it."""
+    accepted = store.accepted_serials()
+    return {"active": _describe(store.active()), "previous": _describe(store.previous()),
+            "quarantined": store.quarantined(),
+            "accepted_serials": {"index": accepted.index, "manifest": accepted.manifest}}
+
+
+def _status(args: argparse.Namespace, store: OverlayStore) -> int:
+    import json
+
+    document = status_document(store)
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    for role in ("active", "previous"):
+        overlay = document[role]
+        if overlay is None:
+            print(f"{role}: none" + (" (the app runs on CPU)" if role == "active" else ""))
+        else:
+            print(f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
+                  f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}")
+    for version, reason in sorted(document["quarantined"].items()):
+        print(f"quarantined: {version}: {reason}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from llamaship.overlay.store import OverlayStore
+    from llamaship.paths import DataDirs
+
+    if args.overlay_command == "install":
+        return _install(args)
+    store = OverlayStore(DataDirs(_settings(args).home))
+    if args.overlay_command == "status":
+        return _status(args, store)
+    if args.overlay_command == "rollback":
+        overlay = store.rollback()
+        print(f"overlay {overlay.overlay_version} is active again; restart the app to use it")
+        return 0
+    removed = store.remove()
+    if removed is None:
+        print("no overlay was active; the app runs on CPU")
+    else:
+        print(f"overlay {removed.overlay_version} is deactivated (the app runs on CPU after a "
+              "restart); `llamaship overlay rollback` brings it back")
+    return 0

@@ -1,0 +1,15 @@
+"""Why one detection source gave no answer; `detect_gpus` records these in the report."""
+
+from llamaship.errors import LlamashipError
+
+
+class DetectionError(LlamashipError):
+    """A detection source (NVML, nvidia-smi) gave no usable answer."""
+
+
+class SourceMissing(DetectionError):
+    """The source is not installed: the normal state of a machine without an NVIDIA driver."""
+
+
+class SourceFailed(DetectionError):
+    """The source is installed but failed, hung or answered garbage: worth retrying next launch."""

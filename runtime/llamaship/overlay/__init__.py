@@ -1,0 +1,1 @@
+"""The CUDA overlay: signed layer manifests, the release index, install and activation."""

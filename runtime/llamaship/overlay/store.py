@@ -1,0 +1,494 @@
+"""The installed overlay store under `DataDirs.overlays`.
+
+Layout: `layers/<layer id>/` (verified, immutable), `active.json` and `previous.json` (which
+layers make the active and the previous overlay), `quarantine.json` ({overlay_version: reason}).
+A layer directory only ever appears by an atomic rename of a fully verified staging directory
+and only disappears by an atomic rename into `.trash-*`, so `layers/<id>` existing means the
+layer is complete. Pointer files are replaced atomically. Every change to layers or pointers
+happens under the install lock (`OverlayStore.install_lock`). `quarantine.json` and
+`DataDirs.state/accepted_serial.json` (the newest index and manifest serials accepted, against
+replays) share a small state lock instead, so the launch can quarantine while an install runs.
+Broken state files never raise: they are treated as absent and the reason is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamaship.errors import LlamashipError
+from llamaship.overlay._fs import TEMP_SUFFIX, atomic_write_json, fsync_dir
+from llamaship.overlay.manifest import LAYER_NAMES
+from llamaship.paths import DataDirs
+
+if TYPE_CHECKING:
+    from filelock import FileLock
+
+    from llamaship.decide import OverlayRequirements
+
+_log = logging.getLogger(__name__)
+
+POINTER_SCHEMA = 1
+RUNTIME_LAYER = "cuda-runtime"
+LLAMA_LAYER = "llama-cuda"
+ACTIVE_FILE = "active.json"
+PREVIOUS_FILE = "previous.json"
+QUARANTINE_FILE = "quarantine.json"
+ACCEPTED_SERIAL_FILE = "accepted_serial.json"  # in DataDirs.state
+# The files this module writes atomically; their temp files are leftovers after a crash.
+_POINTER_FILES = (ACTIVE_FILE, PREVIOUS_FILE, QUARANTINE_FILE)
+_STATE_FILES = (ACCEPTED_SERIAL_FILE,)
+STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+PART_SUFFIX = ".part"
+INSTALL_LOCK = "overlay-install.lock"
+STATE_LOCK = "overlay-state.lock"
+# A partial download is kept this long for resuming (Range) by a later install, then removed.
+PARTIAL_DOWNLOAD_MAX_AGE_S = 7 * 24 * 3600
+# How long a state change waits for the install lock before giving up.
+STATE_LOCK_TIMEOUT_S = 10.0
+# How long an installer waits for another one to finish before failing with InstallBusy.
+INSTALL_LOCK_TIMEOUT_S = 5.0
+_REQUIREMENT_FIELDS = (
+    "overlay_version", "serial", "cuda_version", "min_driver", "cuda_archs", "ptx_archs",
+    "min_vram_mb",
+)
+
+
+class StoreError(LlamashipError):
+    """The overlay store cannot do what was asked."""
+
+    exit_code = 6
+
+
+class InstallBusy(StoreError):
+    """Another process holds the overlay install lock."""
+
+    exit_code = 7
+
+
+@dataclass(frozen=True)
+class OverlayRecord:
+    """What a pointer file (`active.json`, `previous.json`) says an overlay is made of."""
+
+    overlay_version: str
+    serial: int
+    llama_cpp_version: str
+    layers: Mapping[str, str]
+    requirements: OverlayRequirements
+
+    def to_json(self) -> dict[str, Any]:
+        requirements = asdict(self.requirements)
+        for key in ("cuda_archs", "ptx_archs"):
+            requirements[key] = list(requirements[key])
+        return {
+            "schema": POINTER_SCHEMA,
+            "overlay_version": self.overlay_version,
+            "serial": self.serial,
+            "llama_cpp_version": self.llama_cpp_version,
+            "layers": dict(self.layers),
+            "requirements": requirements,
+        }
+
+
+@dataclass(frozen=True)
+class AcceptedSerials:
+    """The newest release index and layer manifest serials this machine has accepted."""
+
+    index: int = 0
+    manifest: int = 0
+
+
+@dataclass(frozen=True)
+class InstalledOverlay:
+    """An overlay whose pointer is valid and whose layer directories exist."""
+
+    record: OverlayRecord
+    llama_dir: Path
+    runtime_lib_dir: Path
+
+    @property
+    def overlay_version(self) -> str:
+        return self.record.overlay_version
+
+    @property
+    def serial(self) -> int:
+        return self.record.serial
+
+    @property
+    def llama_cpp_version(self) -> str:
+        return self.record.llama_cpp_version
+
+    @property
+    def requirements(self) -> OverlayRequirements:
+        return self.record.requirements
+
+    @property
+    def layers(self) -> Mapping[str, str]:
+        return self.record.layers
+
+
+def runtime_lib_subdir() -> str:
+    """Where the cuda-runtime layer keeps its libraries on this OS (the loader's search dir)."""
+    return "bin" if sys.platform == "win32" else "lib"
+
+
+def _parse_requirements(value: Any) -> OverlayRequirements:
+    from llamaship.decide import OverlayRequirements  # lazy: decide is not needed to read paths
+
+    if not isinstance(value, dict) or set(value) != set(_REQUIREMENT_FIELDS):
+        raise ValueError(f"requirements must hold exactly {', '.join(_REQUIREMENT_FIELDS)}")
+    archs = {key: value[key] for key in ("cuda_archs", "ptx_archs")}
+    if not all(isinstance(v, list) and all(isinstance(a, str) for a in v) for v in archs.values()):
+        raise ValueError("requirements.cuda_archs and ptx_archs must be lists of strings")
+    texts = ("overlay_version", "cuda_version", "min_driver")
+    if not all(isinstance(value[key], str) for key in texts):
+        raise ValueError("requirements.overlay_version, cuda_version, min_driver must be strings")
+    if not all(_is_int(value[key]) for key in ("serial", "min_vram_mb")):
+        raise ValueError("requirements.serial and min_vram_mb must be whole numbers")
+    return OverlayRequirements(
+        overlay_version=value["overlay_version"], serial=value["serial"],
+        cuda_version=value["cuda_version"], min_driver=value["min_driver"],
+        cuda_archs=tuple(archs["cuda_archs"]), ptx_archs=tuple(archs["ptx_archs"]),
+        min_vram_mb=value["min_vram_mb"],
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_record(data: Any) -> OverlayRecord:
+    """Validate a decoded pointer file; raises ValueError naming the bad field."""
+    if not isinstance(data, dict):
+        raise TypeError("the pointer is not a JSON object")
+    if data.get("schema") != POINTER_SCHEMA:
+        raise ValueError(f"schema is {data.get('schema')!r}, expected {POINTER_SCHEMA}")
+    for key in ("overlay_version", "llama_cpp_version"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise ValueError(f"{key} must be a non-empty string")
+    if not _is_int(data.get("serial")):
+        raise ValueError("serial must be a whole number")
+    layers = data.get("layers")
+    if (not isinstance(layers, dict) or sorted(layers) != sorted(LAYER_NAMES)
+            or not all(isinstance(v, str) and v.startswith(f"{k}-") and "/" not in v
+                       and "\\" not in v for k, v in layers.items())):
+        raise ValueError(f"layers must map each of {', '.join(LAYER_NAMES)} to its layer id")
+    return OverlayRecord(
+        overlay_version=data["overlay_version"], serial=data["serial"],
+        llama_cpp_version=data["llama_cpp_version"], layers=dict(layers),
+        requirements=_parse_requirements(data.get("requirements")),
+    )
+
+
+class OverlayStore:
+    """The installed overlays of one data directory."""
+
+    def __init__(self, dirs: DataDirs) -> None:
+        self.dirs = dirs
+        self.root = dirs.overlays
+        self.layers_dir = self.root / "layers"
+        self._install_lock: FileLock | None = None
+        self._state_lock: FileLock | None = None
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> FileLock:
+        from filelock import FileLock  # lazy: the boot path only reads pointers
+
+        self.dirs.locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(self.dirs.locks / name)
+
+    @contextlib.contextmanager
+    def install_lock(self, timeout: float = STATE_LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Hold the one-installer-at-a-time lock (re-entrant within this store object).
+
+        Waits up to `timeout` seconds, then raises `InstallBusy`.
+        """
+        from filelock import Timeout
+
+        if self._install_lock is None:
+            self._install_lock = self._lock(INSTALL_LOCK)
+        try:
+            self._install_lock.acquire(timeout=timeout)
+        except Timeout:
+            msg = (f"another overlay install is running (lock {self._install_lock.lock_file} is "
+                   "held); wait for it to finish, then try again")
+            raise InstallBusy(msg) from None
+        try:
+            yield
+        finally:
+            self._install_lock.release()
+
+    @contextlib.contextmanager
+    def _state_locked(self) -> Iterator[None]:
+        from filelock import Timeout
+
+        if self._state_lock is None:
+            self._state_lock = self._lock(STATE_LOCK)
+        try:
+            self._state_lock.acquire(timeout=STATE_LOCK_TIMEOUT_S)
+        except Timeout:
+            msg = (f"the overlay state lock {self._state_lock.lock_file} stayed held for "
+                   f"{STATE_LOCK_TIMEOUT_S:g} s; is another llamaship process stuck? Try again")
+            raise StoreError(msg) from None
+        try:
+            yield
+        finally:
+            self._state_lock.release()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def layer_dir(self, layer_id: str) -> Path:
+        return self.layers_dir / layer_id
+
+    def has_layer(self, layer_id: str) -> bool:
+        """Whether a complete, verified layer with this id is installed."""
+        return self.layer_dir(layer_id).is_dir()
+
+    def _read_json(self, path: Path) -> Any:
+        """The decoded file, or None if it is missing or not JSON (logged)."""
+        try:
+            return json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            _log.warning("ignoring %s: it cannot be read as JSON (%s)", path, error)
+            return None
+
+    def _read_record(self, name: str) -> OverlayRecord | None:
+        path = self.root / name
+        data = self._read_json(path)
+        if data is None:
+            return None
+        try:
+            return parse_record(data)
+        except (TypeError, ValueError) as error:
+            _log.warning("ignoring %s: %s", path, error)
+            return None
+
+    def _installed(self, record: OverlayRecord | None, name: str) -> InstalledOverlay | None:
+        if record is None:
+            return None
+        llama_dir = self.layer_dir(record.layers[LLAMA_LAYER])
+        runtime_lib_dir = self.layer_dir(record.layers[RUNTIME_LAYER]) / runtime_lib_subdir()
+        for needed in (llama_dir / "llama_cpp", runtime_lib_dir):
+            if not needed.is_dir():
+                _log.warning("ignoring %s: %s is missing", name, needed)
+                return None
+        return InstalledOverlay(record=record, llama_dir=llama_dir, runtime_lib_dir=runtime_lib_dir)
+
+    def installed(self, record: OverlayRecord) -> InstalledOverlay:
+        """`record` with its layer paths; raises StoreError if a layer is not installed."""
+        installed = self._installed(record, f"overlay {record.overlay_version}")
+        if installed is None:
+            msg = (f"overlay {record.overlay_version} is incomplete: a layer directory is "
+                   f"missing under {self.layers_dir}; install it again")
+            raise StoreError(msg)
+        return installed
+
+    def active(self) -> InstalledOverlay | None:
+        """The active overlay, or None (CPU) when the pointer or a layer is missing or broken."""
+        return self._installed(self._read_record(ACTIVE_FILE), str(self.root / ACTIVE_FILE))
+
+    def previous(self) -> InstalledOverlay | None:
+        """The overlay that was active before the current one, if it is still complete."""
+        return self._installed(self._read_record(PREVIOUS_FILE), str(self.root / PREVIOUS_FILE))
+
+    def quarantined(self) -> dict[str, str]:
+        """Every quarantined overlay version and why; a broken file reads as empty (logged)."""
+        data = self._read_json(self.root / QUARANTINE_FILE)
+        if data is None:
+            return {}
+        if not isinstance(data, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            _log.warning("ignoring %s: it must map overlay versions to reasons",
+                         self.root / QUARANTINE_FILE)
+            return {}
+        return data
+
+    def quarantine_reason(self, version: str) -> str | None:
+        return self.quarantined().get(version)
+
+    def accepted_serials(self) -> AcceptedSerials:
+        """What `accept_serials` recorded; a missing or broken file reads as nothing (logged)."""
+        path = self.dirs.state / ACCEPTED_SERIAL_FILE
+        data = self._read_json(path)
+        if data is None:
+            return AcceptedSerials()
+        if (not isinstance(data, dict) or data.get("schema") != POINTER_SCHEMA
+                or not all(_is_int(data.get(key)) for key in ("index_serial", "manifest_serial"))):
+            _log.warning("ignoring %s: it must hold schema, index_serial and manifest_serial", path)
+            return AcceptedSerials()
+        return AcceptedSerials(index=data["index_serial"], manifest=data["manifest_serial"])
+
+    # -- changing ------------------------------------------------------------------------------
+
+    def accept_serials(self, index: int, manifest: int) -> None:
+        """Raise the accepted serials to at least `index` and `manifest` (never lowers them)."""
+        with self._state_locked():
+            current = self.accepted_serials()
+            if index <= current.index and manifest <= current.manifest:
+                return
+            atomic_write_json(self.dirs.state / ACCEPTED_SERIAL_FILE, {
+                "schema": POINTER_SCHEMA,
+                "index_serial": max(index, current.index),
+                "manifest_serial": max(manifest, current.manifest),
+            })
+
+    def quarantine(self, version: str, reason: str) -> None:
+        """Record that overlay `version` must not be used, and why."""
+        with self._state_locked():
+            entries = self.quarantined()
+            entries[version] = reason
+            atomic_write_json(self.root / QUARANTINE_FILE, entries)
+        _log.warning("quarantined overlay %s: %s", version, reason)
+
+    def release_quarantine(self, version: str) -> None:
+        """Forget a quarantine (after the version installed and probed successfully again)."""
+        with self._state_locked():
+            entries = self.quarantined()
+            if entries.pop(version, None) is not None:
+                atomic_write_json(self.root / QUARANTINE_FILE, entries)
+
+    def activate(self, record: OverlayRecord) -> InstalledOverlay:
+        """Make `record` active, keeping the current active overlay as the previous one."""
+        from llamaship.overlay._testhook import pause_if_requested
+
+        with self.install_lock():
+            installed = self.installed(record)
+            current = self._read_record(ACTIVE_FILE)
+            if current is not None and current != record:
+                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
+            pause_if_requested("switch")
+            atomic_write_json(self.root / ACTIVE_FILE, record.to_json())
+            self.collect_garbage()
+        _log.info("overlay %s is active", record.overlay_version)
+        return installed
+
+    def rollback(self) -> InstalledOverlay:
+        """Swap the active and the previous overlay; raises StoreError if there is no previous."""
+        with self.install_lock():
+            previous = self.previous()
+            if previous is None:
+                msg = ("there is no previous overlay to roll back to "
+                       "(see `llamaship overlay status`)")
+                raise StoreError(msg)
+            current = self._read_record(ACTIVE_FILE)
+            if current is not None:
+                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
+            else:
+                self._unlink_durably(self.root / PREVIOUS_FILE)
+            atomic_write_json(self.root / ACTIVE_FILE, previous.record.to_json())
+            self.collect_garbage()
+        _log.info("rolled back to overlay %s", previous.overlay_version)
+        return previous
+
+    def remove(self) -> OverlayRecord | None:
+        """Deactivate the overlay (the app runs on CPU); it stays as `previous` for rollback."""
+        with self.install_lock():
+            current = self._read_record(ACTIVE_FILE)
+            if current is not None:
+                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
+            self._unlink_durably(self.root / ACTIVE_FILE)
+            self.collect_garbage()
+        return current
+
+    def new_staging_dir(self) -> Path:
+        """A fresh, empty directory on the store's file system for one layer's extraction."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        staging.mkdir()
+        return staging
+
+    def commit_layer(self, staging: Path, layer_id: str) -> Path:
+        """Rename a verified staging directory into `layers/<layer_id>` (atomic)."""
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        target = self.layer_dir(layer_id)
+        staging.rename(target)
+        fsync_dir(self.layers_dir)
+        fsync_dir(self.root)
+        return target
+
+    def discard(self, path: Path) -> None:
+        """Remove a staging or layer directory: atomic rename out of the way, then delete."""
+        if not path.exists():
+            return
+        trash = self.root / f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        path.rename(trash)
+        fsync_dir(path.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def collect_garbage(self) -> list[str]:
+        """Remove layer dirs neither the active nor the previous pointer names; caller locks."""
+        referenced: set[str] = set()
+        for name in (ACTIVE_FILE, PREVIOUS_FILE):
+            record = self._read_record(name)
+            if record is not None:
+                referenced.update(record.layers.values())
+        removed: list[str] = []
+        if self.layers_dir.is_dir():
+            for layer in sorted(self.layers_dir.iterdir()):
+                if layer.name not in referenced:
+                    self.discard(layer)
+                    removed.append(layer.name)
+        if removed:
+            _log.info("removed unused overlay layers: %s", ", ".join(removed))
+        return removed
+
+    def cleanup_leftovers(self) -> list[str]:
+        """Remove what an interrupted install left behind; call at launch. Never raises.
+
+        Removes `.staging-*` and `.trash-*` dirs, half-written pointer temp files, stale partial
+        downloads, and unreferenced layers. Partial downloads younger than
+        `PARTIAL_DOWNLOAD_MAX_AGE_S` are kept so the next install resumes them. Does nothing
+        while another process installs (it holds the lock and owns those files).
+        """
+        removed: list[str] = []
+        try:
+            with self.install_lock(timeout=0), self._state_locked():
+                removed += self._remove_leftovers()
+                removed += self.collect_garbage()
+        except StoreError as error:
+            _log.info("skipping overlay cleanup: %s", error)
+        except OSError as error:
+            _log.warning("overlay cleanup stopped early: %s", error)
+        return removed
+
+    def _remove_leftovers(self) -> list[str]:
+        removed: list[str] = []
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith((STAGING_PREFIX, TRASH_PREFIX)) and entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(str(entry))
+        for directory, names in ((self.root, _POINTER_FILES), (self.dirs.state, _STATE_FILES)):
+            for name in names:
+                for temp in directory.glob(f".{name}.*{TEMP_SUFFIX}"):
+                    temp.unlink(missing_ok=True)
+                    removed.append(str(temp))
+        if self.dirs.downloads.is_dir():
+            now = time.time()
+            for entry in self.dirs.downloads.iterdir():
+                stale = now - entry.stat().st_mtime > PARTIAL_DOWNLOAD_MAX_AGE_S
+                is_partial = entry.name.endswith((PART_SUFFIX, f"{PART_SUFFIX}.meta"))
+                if entry.is_file() and (stale or not is_partial):
+                    entry.unlink(missing_ok=True)
+                    removed.append(str(entry))
+        if removed:
+            _log.info("removed overlay install leftovers: %s", ", ".join(removed))
+        return removed
+
+    def _unlink_durably(self, path: Path) -> None:
+        if path.exists():
+            path.unlink()
+            fsync_dir(path.parent)

@@ -1,0 +1,110 @@
+"""Fixtures for the CUDA overlay: signing keys, the real CUDA wheel and a built, signed overlay.
+
+The overlay is built by the real pipeline from the genuine CUDA build of llama-cpp-python in
+shared/fixtures; its cuda-runtime layer holds the real libcudart from NVIDIA's PyPI wheel
+(downloaded once into ~/.cache/llamaship-tests), not cuBLAS (444 MB, `nox -s overlay` only).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from llamaship.overlay.signing import generate_keypair
+from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA_FIXTURE = Path("fixtures", "llama-cpp-python-0.3.36-cuda-sm75",
+                    "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl")
+# The libcudart wheel the tests use (hash-pinned like requirements/gpu.txt; 2.5 MB).
+CUDART_LOCK = (
+    "nvidia-cuda-runtime==13.5.37 \\\n"
+    "    --hash=sha256:df2b79a8852f10d1fef8c848489c49eebb5754051bf870202a862831412b179d\n"
+)
+OVERLAY_VERSION = "0.3.36-cu13.0-1"
+MIN_DRIVER = {"linux": "580.65.06", "windows": "580.88"}
+CREATED = datetime(2026, 11, 25, tzinfo=UTC)
+TEST_LEVEL = 3  # zstd level for tests: the release uses 19; the format is the same
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A base64 ed25519 key pair made for the test session."""
+
+    private: str
+    public: str
+
+
+@dataclass(frozen=True)
+class BuiltOverlay:
+    """The files `build_overlay` wrote, by layer, and the key that signed them."""
+
+    out_dir: Path
+    keys: KeyPair
+    runtime_archive: Path
+    runtime_manifest: Path
+    llama_archive: Path
+    llama_manifest: Path
+
+
+def shared_file(relative: Path) -> Path:
+    """A file of the project's shared/ folder (beside the repository, or inside it)."""
+    for base in (REPO.parent / "shared", REPO / "shared"):
+        if (base / relative).is_file():
+            return base / relative
+    msg = f"shared/{relative} is missing: the tests need the project's shared/ folder"
+    raise FileNotFoundError(msg)
+
+
+def python_with_path(first: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter with `first` ahead of everything on sys.path."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(first)!r})\n{code}"],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="session")
+def signing_keys() -> KeyPair:
+    """A fresh ed25519 key pair (never the project's release key)."""
+    private, public = generate_keypair()
+    return KeyPair(private=private, public=public)
+
+
+@pytest.fixture(scope="session")
+def cuda_wheel() -> Path:
+    """The genuine CUDA (sm_75) build of llama-cpp-python 0.3.36 from shared/fixtures."""
+    return shared_file(CUDA_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def cudart_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """NVIDIA's nvidia-cuda-runtime wheel from PyPI, hash-checked, cached between runs."""
+    lock = tmp_path_factory.mktemp("cudart-lock") / "gpu.txt"
+    lock.write_text(CUDART_LOCK)
+    cache = Path.home() / ".cache" / "llamaship-tests" / "cuda-wheels"
+    (wheel,) = download_runtime_wheels(lock, cache, packages=("nvidia-cuda-runtime",))
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def built_overlay(tmp_path_factory: pytest.TempPathFactory, cuda_wheel: Path,
+                  cudart_wheel: Path, signing_keys: KeyPair) -> BuiltOverlay:
+    """Both layers built and signed from the CUDA fixture wheel (runtime layer: cudart only)."""
+    out_dir = tmp_path_factory.mktemp("overlay")
+    build_overlay(
+        cuda_wheel, out_dir, cuda_version="13.0", cuda_archs=["75"], ptx_archs=[],
+        min_driver=MIN_DRIVER, min_vram_mb=1024, serial=7, overlay_version=OVERLAY_VERSION,
+        signing_key_b64=signing_keys.private, runtime_wheels=[cudart_wheel],
+        runtime_libraries=["libcudart.so.13"], compression_level=TEST_LEVEL, created=CREATED)
+    stem = f"{OVERLAY_VERSION}-linux_x86_64"
+    return BuiltOverlay(
+        out_dir=out_dir, keys=signing_keys,
+        runtime_archive=out_dir / f"cuda-runtime-{stem}.tar.zst",
+        runtime_manifest=out_dir / f"cuda-runtime-{stem}.json",
+        llama_archive=out_dir / f"llama-cuda-{stem}.tar.zst",
+        llama_manifest=out_dir / f"llama-cuda-{stem}.json",
+    )

@@ -1,0 +1,54 @@
+"""Pytest fixtures of the overlay install tests: signing keys, a release factory, an empty
+data dir and the fault-injecting HTTP server (helpers live in the `overlay_kit` package)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from llamaship.overlay.signing import generate_keypair
+from llamaship.paths import DataDirs
+from overlay_kit.releases import Keys, ReleaseFactory
+from overlay_kit.server import OverlayServer
+
+
+@pytest.fixture(scope="session")
+def release_keys() -> Keys:
+    """The key pair the test releases are signed with (trusted by the tests' installers)."""
+    return Keys(*generate_keypair())
+
+
+@pytest.fixture(scope="session")
+def stranger_keys() -> Keys:
+    """A valid key pair nobody trusts."""
+    return Keys(*generate_keypair())
+
+
+@pytest.fixture
+def releases(tmp_path: Path, release_keys: Keys) -> ReleaseFactory:
+    return ReleaseFactory(tmp_path / "scratch", release_keys)
+
+
+@pytest.fixture
+def data_dirs(tmp_path: Path) -> DataDirs:
+    """An empty LLAMASHIP_HOME for one test."""
+    return DataDirs(tmp_path / "home")
+
+
+@pytest.fixture
+def overlay_server(tmp_path: Path) -> Iterator[OverlayServer]:
+    """An HTTP server on 127.0.0.1 serving `tmp_path / "www"`, with fault injection."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = OverlayServer(root)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="overlay-server",
+                              daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

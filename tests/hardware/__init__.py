@@ -1,0 +1,1 @@
+"""Test doubles at the hardware boundary: the fake NVIDIA driver."""

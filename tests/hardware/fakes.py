@@ -1,0 +1,197 @@
+"""The only test doubles of llamaship: a fake NVIDIA driver (libnvidia-ml.so.1 and nvidia-smi).
+
+Used by the pytest plugin `fixtures_hardware` and by `scripts/bench_detect.py`. Both fakes read
+the same description of the hardware from the environment (FAKE_GPUS, FAKE_DRIVER_VERSION,
+FAKE_CUDA_VERSION), so a test states the machine once and picks which parts of the driver exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HARDWARE_DIR = Path(__file__).resolve().parent
+FAKE_NVML_SOURCE = HARDWARE_DIR / "fake_nvml.c"
+NVML_LIBRARY_NAME = "libnvidia-ml.so.1"
+
+# Environment variables of the caller that must not reach a detection subprocess.
+_SCRUBBED_PREFIXES = ("LLAMASHIP_", "FAKE_", "GPU_DETECTION_", "LLAMACPP_")
+_SCRUBBED_KEYS = frozenset({"LD_LIBRARY_PATH", "LD_PRELOAD", "AUTO_UPGRADE_GPU", "PATH"})
+
+# A fake nvidia-smi: FAKE_SMI_MODE = normal | garbage | fail | hang.
+_FAKE_SMI = '''#!{python}
+"""Fake nvidia-smi written by llamaship's tests (tests/hardware/fakes.py)."""
+import os
+import sys
+import time
+
+mode = os.environ.get("FAKE_SMI_MODE", "normal")
+if os.environ.get("FAKE_SMI_LOG"):
+    with open(os.environ["FAKE_SMI_LOG"], "a") as log:
+        log.write(" ".join(sys.argv[1:]) + "\\n")
+if mode == "hang":
+    child = os.fork()
+    if child == 0:
+        time.sleep(3600)  # a descendant in the same process group, as a hung driver call leaves
+        os._exit(0)
+    with open(os.environ["FAKE_SMI_PIDFILE"], "w") as pidfile:
+        pidfile.write(f"{{os.getpid()}} {{child}}")
+    time.sleep(3600)
+if mode == "fail":
+    print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+          "Make sure that the latest NVIDIA driver is installed and running.")
+    sys.exit(9)
+if mode == "garbage":
+    print("\\x1b[31mSegmentation fault in libnvidia-ml\\x1b[0m\\n<<garbage>>")
+    sys.exit(0)
+driver = os.environ.get("FAKE_DRIVER_VERSION", "535.104.05")
+cuda = int(os.environ.get("FAKE_CUDA_VERSION", "12020"))
+gpus = [entry.split("|") for entry in os.environ.get("FAKE_GPUS", "").split(";") if entry]
+queries = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--query-gpu=")]
+if not gpus:
+    print("No devices were found")
+    sys.exit(6)
+if queries:
+    for index, (name, uuid, total, free, capability) in enumerate(gpus):
+        values = {{"index": index, "name": name, "uuid": uuid, "memory.total": total,
+                  "memory.free": free, "compute_cap": capability, "driver_version": driver}}
+        print(", ".join(str(values[key]) for key in queries[0].split(",")))
+else:
+    print("+" + "-" * 89 + "+")
+    print(f"| NVIDIA-SMI {{driver}}   Driver Version: {{driver}}   "
+          f"CUDA Version: {{cuda // 1000}}.{{cuda % 1000 // 10}}     |")
+    print("+" + "-" * 89 + "+")
+'''
+
+
+def compile_fake_nvml(out_dir: Path) -> Path:
+    """Build the fake `libnvidia-ml.so.1` into `out_dir` with gcc; return its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    library = out_dir / NVML_LIBRARY_NAME
+    command = ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
+               f"-Wl,-soname,{NVML_LIBRARY_NAME}", "-o", str(library), str(FAKE_NVML_SOURCE)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return library
+
+
+def write_fake_smi(bin_dir: Path) -> Path:
+    """Write the fake `nvidia-smi` (run by this Python) into `bin_dir`; return its path."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    script = bin_dir / "nvidia-smi"
+    script.write_text(_FAKE_SMI.format(python=sys.executable))
+    script.chmod(0o755)
+    return script
+
+
+@dataclass
+class FakeGpu:
+    """One fake GPU; `spec()` is its FAKE_GPUS entry."""
+
+    name: str
+    uuid: str
+    total_mb: int
+    free_mb: int
+    compute_capability: str
+
+    def spec(self) -> str:
+        return "|".join([self.name, self.uuid, str(self.total_mb), str(self.free_mb),
+                         self.compute_capability])
+
+
+GTX_1060 = FakeGpu("NVIDIA GeForce GTX 1060 6GB", "GPU-1060aaaa-0000-0000-0000-000000000000",
+                   6144, 5760, "6.1")
+RTX_3060 = FakeGpu("NVIDIA GeForce RTX 3060", "GPU-3060bbbb-0000-0000-0000-000000000000",
+                   12288, 11800, "8.6")
+
+
+@dataclass
+class FakeHardware:
+    """A fake machine under `root`: which driver parts exist, what they report, where data goes.
+
+    `lib_dir` is always first on LD_LIBRARY_PATH (empty until `install_nvml()`); the fake
+    nvidia-smi is on PATH only while `smi_mode` is set.
+    """
+
+    root: Path
+    nvml_build: Path
+    smi_bin: Path
+    gpus: list[FakeGpu] = field(default_factory=list)
+    driver_version: str = "535.104.05"
+    cuda_version: int = 12020
+    nvml_fail: str | None = None  # "function:code", e.g. "nvmlInitWithFlags:9"
+    smi_mode: str | None = None
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.root / "lib"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def nvml_library(self) -> Path:
+        return self.lib_dir / NVML_LIBRARY_NAME
+
+    @property
+    def cache_file(self) -> Path:
+        return self.home / ".gpu_detection_cache.json"
+
+    def install_nvml(self) -> Path:
+        """Put the fake driver library where the loader looks first (a fresh file each time)."""
+        self.lib_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.nvml_build, self.nvml_library)
+        return self.nvml_library
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a process running on this fake machine."""
+        env = {key: value for key, value in os.environ.items()
+               if key not in _SCRUBBED_KEYS and not key.startswith(_SCRUBBED_PREFIXES)}
+        empty_bin = self.root / "empty-bin"
+        empty_bin.mkdir(parents=True, exist_ok=True)
+        self.lib_dir.mkdir(parents=True, exist_ok=True)
+        env.update({
+            "PATH": str(self.smi_bin if self.smi_mode is not None else empty_bin),
+            "LD_LIBRARY_PATH": str(self.lib_dir),
+            "LLAMASHIP_HOME": str(self.home),
+            "LLAMASHIP_ENV_FILE": str(self.root / "absent.env"),
+            "FAKE_GPUS": ";".join(gpu.spec() for gpu in self.gpus),
+            "FAKE_DRIVER_VERSION": self.driver_version,
+            "FAKE_CUDA_VERSION": str(self.cuda_version),
+            "FAKE_NVML_LOG": str(self.root / "nvml-calls.log"),
+            "FAKE_SMI_LOG": str(self.root / "smi-calls.log"),
+            "FAKE_SMI_PIDFILE": str(self.root / "smi.pids"),
+        })
+        if self.nvml_fail is not None:
+            env["FAKE_NVML_FAIL"] = self.nvml_fail
+        if self.smi_mode is not None:
+            env["FAKE_SMI_MODE"] = self.smi_mode
+        env.update(extra)
+        return env
+
+    def run_cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        """Run `python -m llamaship ARGS` on this machine (extra: more environment variables)."""
+        return subprocess.run([sys.executable, "-m", "llamaship", *args], env=self.env(**extra),
+                              cwd=self.root, capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    def detect(self, *args: str, **extra: str) -> dict[str, Any]:
+        """`llamaship detect --json ARGS`: the report it printed (it must exit 0)."""
+        result = self.run_cli("detect", "--json", *args, **extra)
+        assert result.returncode == 0, result.stderr
+        report: dict[str, Any] = json.loads(result.stdout)
+        return report
+
+    def nvml_calls(self) -> list[str]:
+        log = self.root / "nvml-calls.log"
+        return log.read_text().split() if log.exists() else []
+
+    def smi_calls(self) -> list[str]:
+        log = self.root / "smi-calls.log"
+        return log.read_text().splitlines() if log.exists() else []

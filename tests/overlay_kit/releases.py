@@ -1,0 +1,227 @@
+"""Small signed overlay releases for tests, packed with the build side's own functions
+(`layer_files`, `write_layer_archive`, `write_release_index`), plus hand-made hostile archives."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zstandard
+from llamaship.overlay.download import DownloadLimits
+from llamaship.overlay.install import InstallOptions, Target
+from llamaship.overlay.manifest import (
+    FORMAT,
+    ArchiveRef,
+    FileEntry,
+    LayerManifest,
+    RequiredLayer,
+    dump_index,
+    dump_manifest,
+    layer_id,
+    parse_index,
+)
+from llamaship.overlay.signing import sign
+from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
+from llamaship_build.release_index import write_release_index
+
+LLAMA_CPP_VERSION = "0.3.36"
+CUDA_VERSION = "13.0"
+TARGET = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
+                llama_cpp_version=LLAMA_CPP_VERSION, cuda_driver_version=CUDA_VERSION)
+GPU_REPORT: dict[str, Any] = {
+    "schema": 1, "source": "nvml", "cached": False, "driver_version": "580.95.05",
+    "cuda_driver_version": CUDA_VERSION,
+    "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 2060", "uuid": "GPU-0",
+              "vram_total_mb": 6144, "vram_free_mb": 5760, "compute_capability": "7.5"}],
+    "errors": [],
+}
+# Fast retries and a short overall deadline (0.5 s grace + size at >= 256 KiB/s).
+FAST_LIMITS = DownloadLimits(connect_timeout_s=5.0, read_timeout_s=5.0,
+                             min_bytes_per_second=256 * 1024, deadline_grace_s=0.5,
+                             max_attempts=3, retry_pause_s=0.0)
+FAST_OPTIONS = InstallOptions(limits=FAST_LIMITS, probe_timeout_s=60.0, lock_timeout_s=0.2)
+_LIB_SIZE = 48 * 1024
+
+
+@dataclass(frozen=True)
+class Keys:
+    private: str
+    public: str
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symlink in a test layer (relative target)."""
+
+    target: str
+
+
+Files = Mapping[str, "bytes | Link"]
+ArchiveWriter = Callable[[Path, Sequence[FileEntry]], bytes]
+"""Makes a layer's .tar.zst bytes from its staged root and file list (for hostile archives)."""
+
+
+def _payload(name: str, size: int = _LIB_SIZE) -> bytes:
+    """`size` incompressible bytes determined by `name` (a sha256 chain)."""
+    block = hashlib.sha256(name.encode()).digest()
+    blocks = []
+    for _ in range(size // len(block) + 1):
+        blocks.append(block)
+        block = hashlib.sha256(block).digest()
+    return b"".join(blocks)[:size]
+
+
+def runtime_files(flavour: str = "13.0", size: int = _LIB_SIZE) -> dict[str, bytes | Link]:
+    return {
+        "lib/libcudart.so.13": _payload(f"cudart {flavour}", size),
+        "lib/libcublas.so.13": _payload(f"cublas {flavour}", size),
+        "lib/libcudart.so": Link("libcudart.so.13"),
+    }
+
+
+def llama_files(mark: str, init: str | None = None) -> dict[str, bytes | Link]:
+    source = init if init is not None else (
+        f'__version__ = "{LLAMA_CPP_VERSION}"\nOVERLAY = "{mark}"\n')
+    return {
+        "llama_cpp/__init__.py": source.encode(),
+        "llama_cpp/lib/libggml-cuda.so": _payload(f"ggml-cuda {mark}"),
+        "llama_cpp/lib/libggml.so.0": _payload(f"ggml {mark}", 4096),
+        "llama_cpp/lib/libggml.so": Link("libggml.so.0"),
+    }
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """One overlay release of test layers; overrides change signed manifest fields."""
+
+    overlay_version: str = "0.3.36-cu13.0-1"
+    serial: int = 1
+    llama_cpp_version: str = LLAMA_CPP_VERSION
+    cuda_version: str = CUDA_VERSION
+    platform: str = "linux_x86_64"
+    runtime: Files = field(default_factory=runtime_files)
+    llama: Files | None = None
+    runtime_overrides: Mapping[str, Any] = field(default_factory=dict)
+    llama_overrides: Mapping[str, Any] = field(default_factory=dict)
+    runtime_archive: ArchiveWriter | None = None
+    llama_archive: ArchiveWriter | None = None
+
+
+def tar_zst(members: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """A .tar.zst of exactly these members (PAX format, as the build writes)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, None if data is None else io.BytesIO(data))
+    return zstandard.ZstdCompressor(level=3).compress(raw.getvalue())
+
+
+def member(name: str, data: bytes = b"", **attributes: Any) -> tuple[tarfile.TarInfo, bytes | None]:
+    """A tar member; `attributes` set TarInfo fields (type, linkname, mode, size, ...)."""
+    info = tarfile.TarInfo(name)
+    info.mtime = MTIME
+    info.mode = 0o644
+    info.size = len(data)
+    for key, value in attributes.items():
+        setattr(info, key, value)
+    return info, (data if info.isreg() else None)
+
+
+Member = tuple[tarfile.TarInfo, "bytes | None"]
+
+
+def layer_members(root: Path, files: Sequence[FileEntry]) -> list[Member]:
+    """The members the build would write for `files` (to extend with hostile ones)."""
+    members = []
+    for entry in files:
+        if entry.link is not None:
+            members.append(member(entry.path, type=tarfile.SYMTYPE, linkname=entry.link,
+                                  mode=0o777))
+        else:
+            members.append(member(entry.path, (root / entry.path).read_bytes()))
+    return members
+
+
+class ReleaseFactory:
+    """Writes signed releases (archives, manifests, signatures, releases.json) into folders."""
+
+    def __init__(self, scratch: Path, keys: Keys) -> None:
+        self.scratch = scratch
+        self.keys = keys
+        self._count = 0
+
+    def _stage(self, files: Files) -> Path:
+        self._count += 1
+        root = self.scratch / f"stage-{self._count}"
+        for name, content in files.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Link):
+                path.symlink_to(content.target)
+            else:
+                path.write_bytes(content)
+        return root
+
+    def layer(self, out_dir: Path, layer: str, spec: ReleaseSpec, files: Files,
+              requires: RequiredLayer | None, overrides: Mapping[str, Any],
+              writer: ArchiveWriter | None) -> tuple[LayerManifest, Path]:
+        """Pack, describe and sign one layer; returns its manifest and manifest path."""
+        root = self._stage(files)
+        entries = layer_files(root)
+        stem = f"{layer}-{spec.overlay_version}-{spec.platform}"
+        archive_path = out_dir / f"{stem}.tar.zst"
+        if writer is None:
+            archive = write_layer_archive(root, entries, archive_path, level=3)
+        else:
+            data = writer(root, entries)
+            archive_path.write_bytes(data)
+            archive = ArchiveRef(archive_path.name, len(data), hashlib.sha256(data).hexdigest())
+        manifest = LayerManifest(
+            format=FORMAT, layer=layer, overlay_version=spec.overlay_version,
+            serial=spec.serial, requires=requires, llama_cpp_version=spec.llama_cpp_version,
+            python_tag="py3", platform=spec.platform, cuda_version=spec.cuda_version,
+            min_driver={"linux": "580.65.06", "windows": "580.88"}, cuda_archs=("75",),
+            ptx_archs=(), min_vram_mb=1024, archive=archive,
+            unpacked_size=sum(entry.size for entry in entries if entry.link is None),
+            files=entries, created="2026-11-25T00:00:00Z")
+        manifest = dataclasses.replace(manifest, **overrides)
+        manifest_path = out_dir / f"{stem}.json"
+        data = dump_manifest(manifest)
+        manifest_path.write_bytes(data)
+        manifest_path.with_name(manifest_path.name + ".sig").write_bytes(
+            sign(data, self.keys.private))
+        return manifest, manifest_path
+
+    def release(self, out_dir: Path, spec: ReleaseSpec) -> list[Path]:
+        """Both layers of `spec`; returns the manifest paths (runtime, llama)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runtime, runtime_path = self.layer(out_dir, "cuda-runtime", spec, spec.runtime, None,
+                                           spec.runtime_overrides, spec.runtime_archive)
+        requires = RequiredLayer("cuda-runtime", layer_id(runtime), runtime.archive.sha256)
+        llama = spec.llama if spec.llama is not None else llama_files(spec.overlay_version)
+        _, llama_path = self.layer(out_dir, "llama-cuda", spec, llama, requires,
+                                   spec.llama_overrides, spec.llama_archive)
+        return [runtime_path, llama_path]
+
+    def publish(self, out_dir: Path, *specs: ReleaseSpec, serial: int | None = None) -> Path:
+        """A release folder with every spec and a signed releases.json; returns the index."""
+        entries = [self.release(out_dir, spec) for spec in specs]
+        index_serial = serial if serial is not None else max(spec.serial for spec in specs)
+        index, _ = write_release_index(out_dir, entries, index_serial, self.keys.private, "")
+        return index
+
+
+def rewrite_index(index: Path, keys: Keys, change: Callable[[dict[str, Any]], None]) -> None:
+    """Edit a published releases.json (as JSON) and sign it again with `keys`."""
+    document = json.loads(index.read_bytes())
+    change(document)
+    data = dump_index(parse_index(json.dumps(document).encode()))
+    index.write_bytes(data)
+    index.with_name(index.name + ".sig").write_bytes(sign(data, keys.private))

@@ -1,0 +1,63 @@
+"""`llamaship detect`: output for people and programs, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from hardware.fakes import GTX_1060, RTX_3060, FakeHardware
+
+
+def test_summary_lists_every_gpu(hardware: FakeHardware) -> None:
+    hardware.install_nvml()
+    hardware.gpus = [RTX_3060, GTX_1060]
+
+    result = hardware.run_cli("detect")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "NVIDIA driver 535.104.05, CUDA 12.2 (from nvml)",
+        "  GPU 0: NVIDIA GeForce RTX 3060, 12288 MB VRAM (11800 MB free), compute capability 8.6",
+        ("  GPU 1: NVIDIA GeForce GTX 1060 6GB, 6144 MB VRAM (5760 MB free), "
+         "compute capability 6.1"),
+    ]
+    assert "(from nvml, cached)" in hardware.run_cli("detect").stdout
+
+
+def test_summary_without_gpu_says_why_and_exits_zero(hardware: FakeHardware) -> None:
+    hardware.smi_mode = "fail"
+
+    result = hardware.run_cli("detect")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "No NVIDIA GPU detected (from none)."
+    assert lines[2].startswith("  note: nvidia-smi exited with status 9")
+
+
+def test_json_output_is_only_the_report(hardware: FakeHardware) -> None:
+    hardware.install_nvml()
+    hardware.gpus = [GTX_1060]
+
+    result = hardware.run_cli("detect", "--json")
+
+    report = json.loads(result.stdout)
+    assert sorted(report) == ["cached", "cuda_driver_version", "driver_version", "errors",
+                              "gpus", "schema", "source"]
+
+
+def test_invalid_configuration_exits_with_the_config_error_code(hardware: FakeHardware) -> None:
+    result = hardware.run_cli("detect", GPU_DETECTION_TIMEOUT="soon")
+
+    assert result.returncode == 2
+    assert "GPU_DETECTION_TIMEOUT='soon' is invalid" in result.stderr
+
+
+def test_env_file_settings_apply(hardware: FakeHardware) -> None:
+    hardware.install_nvml()
+    env_file = hardware.root / "custom.env"
+    env_file.write_text("GPU_DETECTION_CACHE=false\n")
+
+    result = hardware.run_cli("--env-file", str(env_file), "detect", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert not hardware.cache_file.exists()

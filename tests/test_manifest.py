@@ -1,0 +1,230 @@
+"""Layer manifests and the release index: validation collects every problem, dumps are canonical."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any
+
+import pytest
+from llamaship.decide import OverlayRequirements
+from llamaship.overlay.manifest import (
+    ManifestError,
+    dump_index,
+    dump_manifest,
+    layer_id,
+    parse_index,
+    parse_manifest,
+    to_requirements,
+)
+
+RUNTIME_SHA = hashlib.sha256(b"runtime archive").hexdigest()
+ARCHIVE_SHA = hashlib.sha256(b"llama archive").hexdigest()
+LIB_SHA = hashlib.sha256(b"libggml").hexdigest()
+PY_SHA = hashlib.sha256(b"__init__").hexdigest()
+
+
+def manifest_doc() -> dict[str, Any]:
+    """A valid llama-cuda manifest, as the contract shows it."""
+    return {
+        "format": 1, "layer": "llama-cuda", "overlay_version": "0.3.36-cu13.0-1", "serial": 7,
+        "requires": {"layer": "cuda-runtime", "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
+                     "sha256": RUNTIME_SHA},
+        "llama_cpp_version": "0.3.36", "python_tag": "py3", "platform": "linux_x86_64",
+        "cuda_version": "13.0", "min_driver": {"linux": "580.65.06", "windows": "580.88"},
+        "cuda_archs": ["75"], "ptx_archs": [], "min_vram_mb": 1024,
+        "archive": {"name": "llama-cuda-0.3.36-cu13.0-1-linux_x86_64.tar.zst", "size": 4096,
+                    "sha256": ARCHIVE_SHA},
+        "unpacked_size": 1070,
+        "files": [
+            {"path": "llama_cpp/__init__.py", "size": 70, "sha256": PY_SHA},
+            {"path": "llama_cpp/lib/libggml.so", "size": 1000, "sha256": LIB_SHA,
+             "link": "libggml.so.0"},
+            {"path": "llama_cpp/lib/libggml.so.0", "size": 1000, "sha256": LIB_SHA},
+        ],
+        "created": "2026-11-25T00:00:00Z",
+    }
+
+
+def index_doc() -> dict[str, Any]:
+    return {
+        "format": 1, "serial": 9, "created": "2026-11-25T00:00:00Z",
+        "overlays": [{
+            "overlay_version": "0.3.36-cu13.0-1", "serial": 7, "platform": "linux_x86_64",
+            "python_tag": "py3", "llama_cpp_version": "0.3.36", "cuda_version": "13.0",
+            "layers": [
+                {"layer": "cuda-runtime", "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
+                 "manifest": "cuda-runtime.json", "manifest_sha256": RUNTIME_SHA,
+                 "archive": "https://example.invalid/cuda-runtime.tar.zst"},
+                {"layer": "llama-cuda", "id": f"llama-cuda-{ARCHIVE_SHA[:16]}",
+                 "manifest": "llama-cuda.json", "manifest_sha256": ARCHIVE_SHA,
+                 "archive": "llama-cuda.tar.zst"},
+            ],
+        }],
+    }
+
+
+def encode(document: Any) -> bytes:
+    return json.dumps(document).encode()
+
+
+def problems_of(document: Any) -> str:
+    with pytest.raises(ManifestError) as raised:
+        parse_manifest(encode(document))
+    return str(raised.value)
+
+
+def test_valid_manifest_parses_and_dumps_canonically() -> None:
+    manifest = parse_manifest(encode(manifest_doc()))
+    assert manifest.layer == "llama-cuda"
+    assert manifest.requires is not None and manifest.requires.sha256 == RUNTIME_SHA
+    assert manifest.files[1].link == "libggml.so.0"
+    data = dump_manifest(manifest)
+    assert data == json.dumps(manifest_doc(), sort_keys=True, separators=(",", ":")).encode()
+    assert parse_manifest(data) == manifest
+    assert layer_id(manifest) == f"llama-cuda-{ARCHIVE_SHA[:16]}"
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    document = manifest_doc()
+    document["serial"] = -1
+    document["cuda_version"] = "thirteen"
+    document["archive"]["sha256"] = "ABC"
+    document["files"][0]["path"] = "../escape.py"
+    del document["min_vram_mb"]
+    message = problems_of(document)
+    for field in ("serial", "cuda_version", "archive.sha256", "files[0].path", "min_vram_mb"):
+        assert field in message
+    assert "5 problem(s)" in message
+
+
+@pytest.mark.parametrize("path", [
+    "../x", "/etc/passwd", "llama_cpp/../../x", "C:/x", "llama_cpp\\lib\\x.dll",
+    "llama_cpp//x", "llama_cpp/./x", "", "other/x.py", "lib/libcudart.so.13",
+])
+def test_unsafe_or_foreign_file_paths_are_refused(path: str) -> None:
+    document = manifest_doc()
+    document["files"][0]["path"] = path
+    assert "files[0].path" in problems_of(document)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("serial", True), ("serial", "7"), ("serial", 1.5), ("min_vram_mb", None),
+    ("layer", "everything"), ("platform", "Linux x86-64"), ("cuda_archs", ["sm_75"]),
+    ("min_driver", {"linux": "new"}), ("min_driver", {"beos": "580.1"}), ("min_driver", {}),
+    ("created", "yesterday"), ("files", {}), ("requires", "cuda-runtime"),
+])
+def test_wrong_types_and_values_are_named(field: str, value: Any) -> None:
+    document = manifest_doc()
+    document[field] = value
+    assert field in problems_of(document)
+
+
+@pytest.mark.parametrize("sha", ["", "0" * 63, "0" * 65, "G" * 64, "A" * 64, 5])
+def test_sha256_must_be_64_lowercase_hex(sha: Any) -> None:
+    document = manifest_doc()
+    document["files"][2]["sha256"] = sha
+    assert "files[2].sha256" in problems_of(document)
+
+
+def test_newer_format_says_to_update() -> None:
+    document = manifest_doc()
+    document["format"] = 2
+    assert "update the application" in problems_of(document)
+
+
+def test_archive_name_must_be_a_plain_tar_zst_name() -> None:
+    for name in ("../x.tar.zst", "dir/x.tar.zst", "x.zip"):
+        document = manifest_doc()
+        document["archive"]["name"] = name
+        assert "archive.name" in problems_of(document)
+
+
+@pytest.mark.parametrize(("link", "reason"), [
+    ("../../../etc/passwd", "must point to a regular file"),
+    ("/llama_cpp/lib/libggml.so.0", "must point to a regular file"),
+    ("libmissing.so", "must point to a regular file"),
+])
+def test_links_must_stay_on_listed_files(link: str, reason: str) -> None:
+    document = manifest_doc()
+    document["files"][1]["link"] = link
+    assert reason in problems_of(document)
+
+
+def test_link_must_repeat_its_targets_hash() -> None:
+    document = manifest_doc()
+    document["files"][1]["sha256"] = PY_SHA
+    assert "repeat its target" in problems_of(document)
+
+
+def test_duplicate_paths_and_wrong_unpacked_size() -> None:
+    document = manifest_doc()
+    document["files"].append(copy.deepcopy(document["files"][0]))
+    message = problems_of(document)
+    assert "twice" in message and "unpacked_size" in message
+
+
+def test_a_file_cannot_also_be_a_directory() -> None:
+    document = manifest_doc()
+    document["files"].append({"path": "llama_cpp/lib/libggml.so/evil", "size": 0,
+                              "sha256": PY_SHA})
+    assert "lies under 'llama_cpp/lib/libggml.so'" in problems_of(document)
+
+
+def test_layer_requirements_are_checked() -> None:
+    document = manifest_doc()
+    document["requires"] = None
+    assert "must name the cuda-runtime layer" in problems_of(document)
+    document = manifest_doc()
+    document["requires"]["id"] = "cuda-runtime-0000000000000000"
+    assert "requires.id" in problems_of(document)
+    document = manifest_doc()
+    document["layer"] = "cuda-runtime"
+    document["files"] = [{"path": "lib/libcudart.so.13", "size": 5, "sha256": LIB_SHA}]
+    document["unpacked_size"] = 5
+    assert "must be null for a cuda-runtime layer" in problems_of(document)
+    document["requires"] = None
+    assert parse_manifest(encode(document)).requires is None
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b"\xff", b"[1, 2]", b"null"])
+def test_not_an_object_is_refused(data: bytes) -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest(data)
+
+
+def test_to_requirements_picks_the_os_driver() -> None:
+    manifest = parse_manifest(encode(manifest_doc()))
+    assert to_requirements(manifest, "linux") == OverlayRequirements(
+        overlay_version="0.3.36-cu13.0-1", serial=7, cuda_version="13.0",
+        min_driver="580.65.06", cuda_archs=("75",), ptx_archs=(), min_vram_mb=1024)
+    assert to_requirements(manifest, "windows").min_driver == "580.88"
+    document = manifest_doc()
+    document["min_driver"] = {"linux": "580.65.06"}
+    with pytest.raises(ManifestError, match="no minimum driver for windows"):
+        to_requirements(parse_manifest(encode(document)), "windows")
+
+
+def test_valid_index_round_trips() -> None:
+    index = parse_index(encode(index_doc()))
+    entry = index.overlays[0]
+    assert entry.layer("llama-cuda").archive == "llama-cuda.tar.zst"
+    assert parse_index(dump_index(index)) == index
+    assert dump_index(index) == json.dumps(index_doc(), sort_keys=True,
+                                           separators=(",", ":")).encode()
+
+
+def test_index_problems_are_collected() -> None:
+    document = index_doc()
+    entry = document["overlays"][0]
+    entry["serial"] = 10
+    entry["layers"].pop()
+    entry["layers"][0]["manifest"] = "has space.json"
+    entry["layers"][0]["manifest_sha256"] = "nope"
+    with pytest.raises(ManifestError) as raised:
+        parse_index(encode(document))
+    message = str(raised.value)
+    for text in ("overlays[0].serial", "overlays[0].layers must list",
+                 "overlays[0].layers[0].manifest ", "overlays[0].layers[0].manifest_sha256"):
+        assert text in message
