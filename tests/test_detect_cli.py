@@ -19,6 +19,8 @@ def test_summary_lists_every_gpu(hardware: FakeHardware) -> None:
         "  GPU 0: NVIDIA GeForce RTX 3060, 12288 MB VRAM (11800 MB free), compute capability 8.6",
         ("  GPU 1: NVIDIA GeForce GTX 1060 6GB, 6144 MB VRAM (5760 MB free), "
          "compute capability 6.1"),
+        ("Decision: cpu (no CUDA overlay is installed and no release offers one for this "
+         "bundle; running on CPU)"),
     ]
     assert "(from nvml, cached)" in hardware.run_cli("detect").stdout
 

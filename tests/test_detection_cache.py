@@ -163,7 +163,8 @@ from llamaship.config import resolve_settings
 from llamaship.detect import load_or_detect
 from llamaship.paths import DataDirs
 settings = resolve_settings()
-report = load_or_detect(settings, DataDirs(settings.home), {"bundle": llamaship.__version__})
+report = load_or_detect(settings, DataDirs(settings.home),
+                        {"bundle": llamaship.__version__, "overlay": "none"})
 heavy = ["pynvml", "subprocess", "llamaship.detect.nvml", "llamaship.detect.smi"]
 print(json.dumps({"cached": report["cached"], "imported": [m for m in heavy if m in sys.modules]}))
 """

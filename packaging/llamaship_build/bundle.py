@@ -26,12 +26,13 @@ from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.spec import write_spec
+from llamaship_build.strip import strip_binaries
 
 _log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "bundle-manifest.json"
 # Everything that changes the bundle; a change anywhere here means a rebuild.
-_INPUTS = ("runtime", "backend", "packaging/pyinstaller", "templates", "requirements",
+_INPUTS = ("runtime", "backend", "packaging", "templates", "requirements",
            "pyproject.toml")
 
 
@@ -130,6 +131,8 @@ def build_bundle(project: Project, force: bool = False) -> Path:
           "--distpath", str(staging_dist), "--workpath", str(work / "pyinstaller"), str(spec)],
          "PyInstaller")
     bundle_dir = staging_dist / "backend"
+    if target.strip:
+        strip_binaries(bundle_dir)
     if target.name != "windows":
         link_duplicates(bundle_dir)
     return _publish(project, target, bundle_dir, key, pin.version, python)

@@ -17,12 +17,14 @@ from llamaship_build.errors import BuildError
 
 @dataclass(frozen=True)
 class RunningBackend:
-    """A launched backend: its process, base URL, launch-to-healthy seconds, output file."""
+    """A launched backend: its process, base URL, launch-to-healthy seconds, output file, and
+    the file it writes its port to (again after a restart)."""
 
     process: subprocess.Popen[bytes]
     url: str
     seconds_to_healthy: float
     log: Path
+    port_file: Path
 
 
 def _wait_healthy(process: subprocess.Popen[bytes], port_file: Path, log: Path,
@@ -68,7 +70,7 @@ def launched(command: Sequence[str], env: Mapping[str, str], timeout: float = 12
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             url = _wait_healthy(process, port_file, log, started + timeout)
-            yield RunningBackend(process, url, time.monotonic() - started, log)
+            yield RunningBackend(process, url, time.monotonic() - started, log, port_file)
         finally:
             process.send_signal(signal.SIGTERM)
             try:

@@ -11,7 +11,7 @@ from llamaship_build.errors import BuildError
 
 @dataclass(frozen=True)
 class TargetPlatform:
-    """Per-OS facts of the bundle: library names, archive format, strip."""
+    """Per-OS facts of the bundle: library names, archive format, whether to strip ELF files."""
 
     name: str
     # llama_cpp/lib file patterns to bundle: one copy per library, under the name llama_cpp

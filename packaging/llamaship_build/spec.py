@@ -15,9 +15,12 @@ from llamaship_build.project import Project
 TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
 # Heavy frameworks that must never be pulled in by an optional import somewhere.
+# zstandard's cffi backend duplicates its C backend (12 MB unstripped).
 EXCLUDES = ("IPython", "PyInstaller", "llamaship_build", "matplotlib", "pytest", "scipy",
-            "tensorflow", "tkinter", "torch")
+            "tensorflow", "tkinter", "torch", "zstandard._cffi", "zstandard.backend_cffi")
 HIDDEN_IMPORT_PACKAGES = ("llamaship", "llamaship_backend")
+# PyNaCl's compiled _sodium imports cffi's backend from C.
+HIDDEN_IMPORTS = ("_cffi_backend",)
 # Distributions whose metadata the bundle reads at run time (importlib.metadata.version).
 METADATA_OF = ("llama_cpp_python", "llamaship")
 
@@ -46,9 +49,9 @@ def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> 
         "llama_libraries": list(target.llama_libraries),
         "excludes": sorted(EXCLUDES),
         "hidden_import_packages": list(HIDDEN_IMPORT_PACKAGES),
+        "hidden_imports": list(HIDDEN_IMPORTS),
         "metadata_of": list(METADATA_OF),
         "trusted_keys": sorted(keys),
-        "strip": target.strip,
         "version": project.version(),
     }
 

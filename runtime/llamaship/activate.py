@@ -18,6 +18,10 @@ from llamaship.errors import LlamashipError
 
 # Load order: each library's dependencies first.
 _PRELOAD_ORDER = ("libcudart", "libcublasLt", "libcublas")
+# The overlay's own ggml, loaded by path before libllama: the dynamic loader then resolves
+# libllama's DT_NEEDED sonames to these copies, not to the CPU build's copies that a
+# PyInstaller bundle puts on LD_LIBRARY_PATH (searched before libllama's $ORIGIN RUNPATH).
+_GGML_SONAMES = ("libggml-base.so.0", "libggml.so.0")
 
 
 class ActivationError(LlamashipError):
@@ -53,6 +57,19 @@ def preload_runtime_libraries(runtime_lib_dir: Path) -> list[str]:
     return loaded
 
 
+def _preload_own_ggml(lib_dir: Path) -> None:
+    if os.name == "nt":
+        return
+    for name in _GGML_SONAMES:
+        library = lib_dir / name
+        if library.is_file():
+            try:
+                ctypes.CDLL(os.fspath(library))
+            except OSError as error:
+                msg = f"cannot load {name} from the overlay: {error}"
+                raise ActivationError(msg) from None
+
+
 def activate(llama_dir: Path, runtime_lib_dir: Path) -> None:
     """Put the overlay first; must run before the first `import llama_cpp`."""
     if "llama_cpp" in sys.modules:
@@ -62,6 +79,7 @@ def activate(llama_dir: Path, runtime_lib_dir: Path) -> None:
         msg = f"the overlay at {llama_dir} has no llama_cpp package: reinstall it"
         raise ActivationError(msg)
     preload_runtime_libraries(runtime_lib_dir)
+    _preload_own_ggml(llama_dir / "llama_cpp" / "lib")
     sys.path.insert(0, os.fspath(llama_dir))
     importlib.invalidate_caches()
 
@@ -82,3 +100,12 @@ def imported_from(llama_dir: Path) -> bool:
     module = sys.modules.get("llama_cpp")
     origin = Path(getattr(module, "__file__", "") or "").resolve()
     return origin.is_relative_to(llama_dir.resolve())
+
+
+def foreign_libraries(llama_dir: Path) -> list[Path]:
+    """llama.cpp libraries mapped into this process from outside the overlay (should be none)."""
+    from llamaship.native import mapped_llama_libraries
+
+    root = llama_dir.resolve()
+    return sorted(path for path in mapped_llama_libraries()
+                  if not path.resolve().is_relative_to(root))

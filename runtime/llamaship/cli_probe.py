@@ -16,7 +16,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.activate import ActivationError, activate, imported_from
+    from llamaship.activate import ActivationError, activate, foreign_libraries, imported_from
     from llamaship.native import load_ggml_backends
 
     activate(args.llama_dir, args.runtime_lib_dir)
@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
         msg = f"llama_cpp was imported from {llama_cpp.__file__}, not from the overlay"
         raise ActivationError(msg)
     loaded = load_ggml_backends()
+    foreign = foreign_libraries(args.llama_dir)
+    if foreign:
+        msg = f"the overlay's llama_cpp also loaded libraries from outside it: {foreign}"
+        raise ActivationError(msg)
     print(json.dumps({"llama_cpp_version": llama_cpp.__version__,
                       "llama_cpp_path": llama_cpp.__file__,
                       "backends": loaded.backends, "devices": loaded.devices}))

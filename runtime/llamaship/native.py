@@ -44,13 +44,21 @@ _loaded: LoadedBackends | None = None
 _MAPS = Path("/proc/self/maps")
 
 
-def _mapped_cpu_library() -> str | None:
-    """The file name of the CPU backend variant ggml picked (Linux: from the memory map)."""
+def mapped_llama_libraries() -> set[Path]:
+    """Paths of the llama.cpp libraries (libllama, libggml*) this process has mapped (Linux)."""
     try:
         maps = _MAPS.read_text()
     except OSError:
-        return None
-    names = {line.rsplit("/", 1)[-1] for line in maps.splitlines() if "/libggml-cpu-" in line}
+        return set()
+    paths = {Path(line.split(maxsplit=5)[-1]) for line in maps.splitlines()
+             if "/libggml" in line or "/libllama" in line}
+    return {path for path in paths if path.is_absolute()}
+
+
+def _mapped_cpu_library() -> str | None:
+    """The file name of the CPU backend variant ggml picked (Linux: from the memory map)."""
+    names = {path.name for path in mapped_llama_libraries()
+             if path.name.startswith("libggml-cpu-")}
     return min(names) if names else None
 
 
