@@ -1,0 +1,71 @@
+"""`python -m llamaship_build overlay|release`: source selection and the signed index."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures_overlay import BuiltOverlay
+from llamaship.overlay.manifest import parse_index
+from llamaship.overlay.signing import verify
+
+from llamaship_build.errors import BuildError
+from llamaship_build.overlay_release import release
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _build_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items()
+               if key != "LLAMASHIP_OVERLAY_SOURCE"}
+    return subprocess.run([sys.executable, "-m", "llamaship_build", *args], cwd=ROOT,
+                          env={**environ, **env}, capture_output=True, text=True, check=False)
+
+
+def test_release_signs_an_index_over_the_built_layers(built_overlay: BuiltOverlay,
+                                                      tmp_path: Path) -> None:
+    key_file = tmp_path / "signing-key.b64"
+    key_file.write_text(built_overlay.keys.private)
+    index, signature = release(built_overlay.out_dir, tmp_path / "release", serial=41,
+                               base_url="", key_file=key_file)
+    data = index.read_bytes()
+    assert verify(data, signature.read_bytes(), [built_overlay.keys.public])
+    parsed = parse_index(data, origin="test")
+    assert parsed.serial == 41
+    (entry,) = parsed.overlays
+    assert {layer.layer for layer in entry.layers} == {"cuda-runtime", "llama-cuda"}
+    for layer in entry.layers:
+        assert (tmp_path / "release" / layer.archive).is_file()
+    with pytest.raises(BuildError, match="serials only grow"):
+        release(built_overlay.out_dir, tmp_path / "release", serial=41, base_url="",
+                key_file=key_file)
+
+
+def test_release_without_layers_says_to_build_them(tmp_path: Path) -> None:
+    with pytest.raises(BuildError, match="nox -s overlay"):
+        release(tmp_path, tmp_path / "release", serial=1, base_url="", key_file=None)
+
+
+def test_overlay_is_skipped_when_no_cuda_source_is_reachable() -> None:
+    result = _build_cli("overlay", "--if-reachable")
+    assert result.returncode == 0, result.stderr
+    assert "overlay skipped" in result.stderr
+    assert "LLAMASHIP_OVERLAY_SOURCE=build" in result.stderr
+
+
+def test_overlay_source_wheel_needs_a_path() -> None:
+    result = _build_cli("overlay", "--source", "wheel")
+    assert result.returncode == 2
+    assert "wheel PATH" in result.stderr
+
+
+def test_overlay_without_a_signing_key_fails_before_any_download(tmp_path: Path) -> None:
+    wheel = tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+    wheel.write_bytes(b"not used")
+    result = _build_cli("overlay", "--source", "wheel", str(wheel), LLAMASHIP_SIGNING_KEY="")
+    assert result.returncode != 0
+    assert "LLAMASHIP_SIGNING_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
