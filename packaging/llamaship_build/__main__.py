@@ -46,8 +46,11 @@ def _bundle(args: argparse.Namespace, project: Project) -> int:
 def _bench(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import bench
 
+    fixture = (project.root.parent / "shared" / "fixtures" / "llama-cpp-python-0.3.36-cuda-sm75"
+               / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl")
+    overlay_wheel = args.overlay_wheel or (fixture if fixture.is_file() else None)
     report = bench.run(project, launches=args.launches, rounds=args.rounds,
-                       n_tokens=args.tokens, threads=args.threads)
+                       n_tokens=args.tokens, threads=args.threads, overlay_wheel=overlay_wheel)
     print(report)
     out = project.docs / "benchmarks.md"
     out.write_text(bench.HEADER + report)
@@ -129,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="alternating generation rounds")
     bench.add_argument("--tokens", type=int, default=64, help="tokens per generation")
     bench.add_argument("--threads", type=int, default=1, help="llama.cpp threads")
+    bench.add_argument("--overlay-wheel", type=Path,
+                       help="CUDA llama-cpp-python wheel for the overlay install bench "
+                            "(default: the shared/fixtures sm_75 build, when present)")
     bench.set_defaults(handler=_bench)
     return parser
 

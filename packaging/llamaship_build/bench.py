@@ -86,7 +86,8 @@ def _detection_table(project: Project) -> str:
     return result.stdout.strip()
 
 
-def run(project: Project, launches: int, rounds: int, n_tokens: int, threads: int) -> str:
+def run(project: Project, launches: int, rounds: int, n_tokens: int, threads: int,
+        overlay_wheel: Path | None) -> str:
     manifest = json.loads((project.dist / MANIFEST_NAME).read_text())
     model = gemma_model(cache_dir() / "models")
     bundle_command = (str(project.dist / "backend" / "backend"),)
@@ -133,5 +134,10 @@ def run(project: Project, launches: int, rounds: int, n_tokens: int, threads: in
         "## GPU detection",
         "",
         _detection_table(project),
+        "",
     ]
+    if overlay_wheel is not None:
+        from llamaship_build import bench_overlay
+
+        lines.append(bench_overlay.run(project, overlay_wheel))
     return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""Overlay part of `nox -s bench`: install throughput (verify + extract + fsync) and activation.
+
+The overlay is built here from a real CUDA wheel (shared/fixtures by default) at zstd level 3
+with the cudart-only runtime layer, so the bench stays minutes, not an hour; download sizes of
+the release build (level 19, with cuBLAS) are in docs/cuda-build.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from llamaship.overlay.install import Installer, Target
+from llamaship.overlay.signing import generate_keypair
+from llamaship.paths import DataDirs
+from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
+from llamaship_build.overlay_release import MIN_DRIVER
+from llamaship_build.project import Project, cache_dir
+from llamaship_build.release_index import write_release_index
+
+MB = 1_000_000
+_ACTIVATE = """
+import sys, time
+from pathlib import Path
+from llamaship.activate import activate
+started = time.perf_counter()
+activate(Path(sys.argv[1]), Path(sys.argv[2]))
+print((time.perf_counter() - started) * 1000)
+"""
+
+
+def _no_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
+    """The bench times the probe on its own; the install measures the file work only."""
+
+
+def run(project: Project, wheel: Path, rounds: int = 3) -> str:
+    private, public = generate_keypair()
+    runtime = download_runtime_wheels(project.requirements / "gpu.txt",
+                                      cache_dir() / "nvidia-wheels",
+                                      packages=("nvidia-cuda-runtime",))
+    with tempfile.TemporaryDirectory(prefix="llamaship-bench-") as scratch:
+        release = Path(scratch) / "release"
+        paths = build_overlay(wheel, release, cuda_version="13.0", cuda_archs=["75"],
+                              ptx_archs=[], min_driver=MIN_DRIVER["13"], min_vram_mb=1024,
+                              serial=1, overlay_version="bench", signing_key_b64=private,
+                              runtime_wheels=runtime, runtime_libraries=["libcudart.so.13"],
+                              compression_level=3)
+        manifests = [path for path in paths if path.suffix == ".json"]
+        write_release_index(release, [manifests], serial=1, signing_key_b64=private,
+                            base_url="")
+        archive_bytes = sum(path.stat().st_size for path in paths if path.name.endswith(".zst"))
+        unpacked = sum(json.loads(path.read_text())["unpacked_size"] for path in manifests)
+        target = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
+                        llama_cpp_version="0.3.36", cuda_driver_version="13.0")
+        seconds, activation_ms = [], []
+        for round_index in range(rounds):
+            dirs = DataDirs(Path(scratch) / f"home{round_index}")
+            started = time.perf_counter()
+            result = Installer(dirs, [public], probe=_no_probe).install(
+                str(release / "releases.json"), target)
+            seconds.append(time.perf_counter() - started)
+            overlay = result.overlay
+            output = subprocess.run(
+                [sys.executable, "-c", _ACTIVATE, str(overlay.llama_dir),
+                 str(overlay.runtime_lib_dir)], capture_output=True, text=True, check=True)
+            activation_ms.append(float(output.stdout.strip().splitlines()[-1]))
+    install = statistics.median(seconds)
+    lines = [
+        "## CUDA overlay install (layers built here from the sm_75 fixture wheel, zstd 3)",
+        "",
+        "| measure | value | target |",
+        "| --- | --- | --- |",
+        f"| archives (both layers, cudart-only runtime) | {archive_bytes / MB:.1f} MB "
+        f"({unpacked / MB:.1f} MB unpacked) | |",
+        f"| install: index + signatures + download (file://) + verify + extract + fsync + "
+        f"switch, median of {rounds} | {install:.2f} s | |",
+        f"| install throughput, archive bytes | {archive_bytes / MB / install:.0f} MB/s "
+        "| >= 200 MB/s |",
+        f"| activation (preload libraries, overlay first on sys.path), median of {rounds} | "
+        f"{statistics.median(activation_ms):.1f} ms | <= 50 ms |",
+    ]
+    return "\n".join(lines) + "\n"
+
