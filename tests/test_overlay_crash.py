@@ -24,7 +24,6 @@ from overlay_kit.releases import (
     Keys,
     ReleaseFactory,
     ReleaseSpec,
-    llama_files,
     runtime_files,
 )
 from overlay_kit.server import OverlayServer
@@ -100,8 +99,9 @@ def test_probe_that_crashes_quarantines_the_overlay(
     """The real probe (`llamaship.probe.run_probe`, a `llamaship probe` child process) meets
     an overlay whose llama_cpp kills its process with SIGSEGV on import."""
     crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
+    # No stand-in libraries: activation would refuse them (not ELF) before the import crashes.
     spec = dataclasses.replace(V2, runtime={"lib/README.txt": b"no libraries to preload"},
-                               llama=llama_files(V2.overlay_version, init=crash))
+                               llama={"llama_cpp/__init__.py": crash.encode()})
     index = releases.publish(tmp_path / "v2-release", spec)
     installer = Installer(v1_active, [release_keys.public], options=FAST_OPTIONS)
 

@@ -266,7 +266,6 @@ def resolve_settings(
     return Settings(**values)
 
 
-
 def default_env_file(env: Mapping[str, str] | None = None) -> Path:
     """The `.env` file to read: `LLAMASHIP_ENV_FILE` if set, else `.env` in the working dir."""
     environ = os.environ if env is None else env
