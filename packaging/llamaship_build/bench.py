@@ -65,6 +65,13 @@ def _tokens_per_second(command: Sequence[str], model: Path, threads: int, n_toke
     return max(speeds[1:])
 
 
+def _share(manifest: dict[str, object], count: int) -> float:
+    components = manifest["largest_components"]
+    assert isinstance(components, list)
+    top = sum(int(item["bytes"]) for item in components[:count])
+    return 100 * top / int(str(manifest["unpacked_bytes"]))
+
+
 def _contenders(project: Project) -> list[Contender]:
     pin = Pin.from_lock(project.requirements / "cpu.txt")
     wheelhouse = cache_dir() / "wheelhouse"
@@ -116,7 +123,8 @@ def run(project: Project, launches: int, rounds: int, n_tokens: int, threads: in
         f"| launch to healthy (median of {launches}) | {launch_seconds:.2f} s | <= 2 s |",
         f"| tokens/s, bundled portable / native venv | {bundled / native:.2f} | >= 0.90 |",
         "",
-        "Largest components:",
+        "Largest components (the two largest make up "
+        f"{_share(manifest, 2):.0f} % of the unpacked bundle):",
         "",
         "| component | MB |",
         "| --- | --- |",
