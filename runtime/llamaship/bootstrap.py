@@ -64,7 +64,7 @@ def bundle_llama_cpp_version() -> str:
         raise LlamashipError(msg) from None
 
 
-def _available(settings: Settings, dirs: DataDirs, store: OverlayStore, report: Any,
+def _available(settings: Settings, store: OverlayStore, report: Any,
                events: list[str]) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any."""
     from llamaship.overlay.download import DownloadLimits, Fetcher
@@ -109,7 +109,7 @@ def _plan(settings: Settings, dirs: DataDirs, store: OverlayStore) -> _Plan:
 
     decision = plan_decision(None)
     if decision.variant == "cpu" and report["gpus"] and settings.release_url:
-        available = _available(settings, dirs, store, report, events)
+        available = _available(settings, store, report, events)
         decision = plan_decision(available)
         if decision.upgrade_available and settings.auto_upgrade_gpu:
             from llamaship.overlay.install import ensure_overlay
