@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from llamaship.overlay.signing import generate_keypair
 from llamaship.paths import DataDirs
-from overlay_kit.releases import Keys, ReleaseFactory
+from overlay_kit.probe import install_release
+from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 from overlay_kit.server import OverlayServer
 
 
@@ -35,6 +36,15 @@ def releases(tmp_path: Path, release_keys: Keys) -> ReleaseFactory:
 def data_dirs(tmp_path: Path) -> DataDirs:
     """An empty LLAMASHIP_HOME for one test."""
     return DataDirs(tmp_path / "home")
+
+
+@pytest.fixture
+def v1_active(tmp_path: Path, releases: ReleaseFactory, release_keys: Keys,
+              data_dirs: DataDirs) -> DataDirs:
+    """`data_dirs` with the default test release (0.3.36-cu13.0-1, serial 1) active."""
+    index = releases.publish(tmp_path / "v1-release", ReleaseSpec())
+    install_release(data_dirs, str(index), release_keys)
+    return data_dirs
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from llamaship.overlay.store import InstallBusy, OverlayStore
 from llamaship.paths import DataDirs
 from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.child import start_installer
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import install_release
 from overlay_kit.releases import (
     FAST_OPTIONS,
     TARGET,
@@ -34,19 +34,6 @@ V2 = ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2,
                  runtime=runtime_files("v2", size=1024 * 1024))
 RUNTIME_ARCHIVE = f"cuda-runtime-{V2.overlay_version}-linux_x86_64.tar.zst"
 
-
-@pytest.fixture
-def v1_active(tmp_path: Path, releases: ReleaseFactory, release_keys: Keys,
-              data_dirs: DataDirs) -> DataDirs:
-    index = releases.publish(tmp_path / "v1-release", V1)
-    Installer(data_dirs, [release_keys.public], probe=import_probe,
-              options=FAST_OPTIONS).install(str(index), TARGET)
-    return data_dirs
-
-
-def install(dirs: DataDirs, location: str, keys: Keys) -> None:
-    Installer(dirs, [keys.public], probe=import_probe, options=FAST_OPTIONS).install(
-        location, TARGET)
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -66,7 +53,7 @@ def test_sigkill_at_each_step_leaves_the_previous_overlay_active(
     if step in ("extract", "renamed", "probed"):
         assert removed, "the killed install left something that the next start removed"
     overlay_server.requests.clear()
-    install(v1_active, index_url, release_keys)
+    install_release(v1_active, index_url, release_keys)
     assert_settled(v1_active, V2.overlay_version)
     if step == "download":  # the partial download survived and was resumed
         (resumed, *_) = overlay_server.requested(RUNTIME_ARCHIVE)
@@ -86,7 +73,7 @@ def test_second_installer_fails_fast_while_one_runs(
         assert OverlayStore(v1_active).cleanup_leftovers() == []
         assert staging[0].is_dir(), "a launch must not clean up under a running install"
         with pytest.raises(InstallBusy, match="another overlay install is running"):
-            install(v1_active, str(index), release_keys)
+            install_release(v1_active, str(index), release_keys)
     finally:
         child.kill()
     OverlayStore(v1_active).cleanup_leftovers()

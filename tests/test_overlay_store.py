@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from llamaship.overlay.install import Installer
 from llamaship.overlay.store import (
     PARTIAL_DOWNLOAD_MAX_AGE_S,
     AcceptedSerials,
@@ -18,20 +17,12 @@ from llamaship.overlay.store import (
 )
 from llamaship.paths import DataDirs
 from overlay_kit.checks import assert_settled
-from overlay_kit.probe import import_probe
-from overlay_kit.releases import FAST_OPTIONS, TARGET, Keys, ReleaseFactory, ReleaseSpec
+from overlay_kit.probe import install_release
+from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 
 V1 = ReleaseSpec(overlay_version="0.3.36-cu13.0-1", serial=1)
 V2 = ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2)
 
-
-@pytest.fixture
-def v1_active(tmp_path: Path, releases: ReleaseFactory, release_keys: Keys,
-              data_dirs: DataDirs) -> DataDirs:
-    index = releases.publish(tmp_path / "v1-release", V1)
-    Installer(data_dirs, [release_keys.public], probe=import_probe,
-              options=FAST_OPTIONS).install(str(index), TARGET)
-    return data_dirs
 
 
 def _pointer(dirs: DataDirs) -> dict[str, object]:
@@ -87,8 +78,7 @@ def test_install_over_a_corrupt_active_pointer_works(
     (v1_active.overlays / "active.json").write_bytes(b"\x00garbage")
     index = releases.publish(tmp_path / "v2-release", V2)
 
-    Installer(v1_active, [release_keys.public], probe=import_probe,
-              options=FAST_OPTIONS).install(str(index), TARGET)
+    install_release(v1_active, str(index), release_keys)
 
     assert OverlayStore(v1_active).previous() is None, "a corrupt pointer is not kept as previous"
     assert_settled(v1_active, V2.overlay_version)

@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 
 from llamaship.errors import LlamashipError
+from llamaship.overlay.install import Installer
+from llamaship.paths import DataDirs
+
+from overlay_kit.releases import FAST_OPTIONS, TARGET, Keys
 
 
 class FakeProbeFailed(LlamashipError):
@@ -28,3 +32,9 @@ def import_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None
         raise FakeProbeFailed(f"probe child exited {result.returncode}: {result.stderr.strip()}")
     if not Path(result.stdout.strip()).is_relative_to(llama_dir):
         raise FakeProbeFailed(f"llama_cpp came from {result.stdout.strip()}, not the overlay")
+
+
+def install_release(dirs: DataDirs, location: str, keys: Keys) -> None:
+    """Install the release at `location` with the fast test options and the import probe."""
+    Installer(dirs, [keys.public], probe=import_probe, options=FAST_OPTIONS).install(
+        location, TARGET)
