@@ -33,7 +33,7 @@ TRUSTED_KEYS_RESOURCE = "trusted_keys.json"
 class SignatureError(LlamashipError):
     """A signature is missing, malformed, from an unknown key or does not match the bytes."""
 
-    exit_code = 5
+    exit_code = 12
 
 
 class SigningKeyError(LlamashipError):
