@@ -27,7 +27,14 @@ from llamaship_build.cuda_toolchain import (
 )
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
-from llamaship_build.llama_wheel import PORTABLE, Flavour, Pin, cached_wheel, wheel_key
+from llamaship_build.llama_wheel import (
+    PORTABLE,
+    Flavour,
+    Pin,
+    cached_wheel,
+    normalize_wheel,
+    wheel_key,
+)
 
 # Verbatim output of nvcc 13.0 (CUDA 13.0.88), the toolkit DESIGN.md §7 measured.
 NVCC_VERSION = """nvcc: NVIDIA (R) Cuda compiler driver
@@ -269,3 +276,35 @@ def test_driver_stub_exports_only_the_driver_api(tmp_path: Path) -> None:
                              "-lcuda"], capture_output=True, text=True, check=False)
     assert result.returncode != 0
     assert "cuNotInTheHeader" in result.stderr
+
+
+def write_raw_cuda_wheel(path: Path, cuda_in_bin: bytes) -> Path:
+    """A raw llama-cpp-python CUDA wheel's layout: the CUDA backend in bin/ and llama_cpp/lib/."""
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("bin/libggml-cuda.so", cuda_in_bin)
+        wheel.writestr("bin/libggml-cpu-x64.so", b"cpu backend")
+        wheel.writestr("lib/libggml-cuda.so", b"cuda backend")
+        wheel.writestr("llama_cpp/__init__.py", b"")
+        wheel.writestr("llama_cpp/lib/libggml-cuda.so", b"cuda backend")
+        wheel.writestr("llama_cpp_python-0.3.36.dist-info/RECORD", b"")
+    return path
+
+
+def test_normalizing_a_cuda_wheel_stores_the_cuda_backend_once(tmp_path: Path) -> None:
+    raw = write_raw_cuda_wheel(tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl",
+                               b"cuda backend")
+    (tmp_path / "out").mkdir()
+    with zipfile.ZipFile(normalize_wheel(raw, tmp_path / "out")) as wheel:
+        names = wheel.namelist()
+        record = wheel.read("llama_cpp_python-0.3.36.dist-info/RECORD").decode()
+    assert names.count("llama_cpp/lib/libggml-cuda.so") == 1
+    assert "llama_cpp/lib/libggml-cpu-x64.so" in names
+    assert record.count("llama_cpp/lib/libggml-cuda.so,") == 1
+
+
+def test_two_different_cuda_backends_are_refused(tmp_path: Path) -> None:
+    raw = write_raw_cuda_wheel(tmp_path / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl",
+                               b"a stale cuda backend")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BuildError, match="two different libggml-cuda.so"):
+        normalize_wheel(raw, tmp_path / "out")

@@ -132,8 +132,9 @@ def check_archs(archs: Sequence[str], supported: Sequence[str], release: str) ->
                             f"{', '.join(supported)})")
     if problems:
         older = [arch for arch in archs if 0 < _arch_order(arch)[0] < int(supported[0])]
-        hint = (f"; {', '.join(older)} (e.g. 61 = GTX 10xx) need an older CUDA toolchain "
-                "(CUDA 12): build that overlay in release CI or take the official cu12x wheel"
+        hint = (f". {', '.join(older)} predate nvcc {release}'s oldest target (GTX 10xx is "
+                "61): build for them with an older CUDA toolchain (CUDA 12 targets 50-90) in "
+                "release CI or use the official cu12x wheels, or drop them from the list"
                 if older else "")
         msg = "unsupported CUDA architectures: " + "; ".join(problems) + hint
         raise UnsupportedArchError(msg)
@@ -160,7 +161,7 @@ def cuda_architectures(archs: Sequence[str], ptx_archs: Sequence[str] = ()) -> s
 
 @dataclass(frozen=True)
 class CudaToolchain:
-    """A toolkit plus the cuBLAS and driver stub prepared for it (paths; see `prepare`)."""
+    """A toolkit plus the cuBLAS and driver stub for it: paths, made by `prepare_toolchain`."""
 
     toolkit: CudaToolkit
     cublas_version: str

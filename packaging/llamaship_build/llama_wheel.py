@@ -136,9 +136,11 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
 
     The raw wheel puts the ggml backends in a top-level `bin/` and second copies of all
     libraries in top-level `lib/` and `include/`; those would land loose in site-packages.
+    A CUDA build has `libggml-cuda.so` in both `bin/` and `llama_cpp/lib/`: stored once.
     """
     target = out_dir / wheel.name
     records: list[str] = []
+    written: dict[str, bytes] = {}  # name -> sha256 of what was stored
     with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(target, "w",
                                                            zipfile.ZIP_DEFLATED) as sink:
         dist_info = next(name.split("/")[0] for name in source.namelist()
@@ -148,6 +150,14 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
             if name is None:
                 continue
             data = source.read(info)
+            digest = hashlib.sha256(data).digest()
+            if name in written:
+                if written[name] != digest:
+                    msg = (f"{wheel.name} holds two different {name.rsplit('/', 1)[-1]} "
+                           "(bin/ and llama_cpp/lib/): rebuild it from a clean build tree")
+                    raise BuildError(msg)
+                continue
+            written[name] = digest
             copy = zipfile.ZipInfo(name, date_time=info.date_time)
             copy.external_attr = info.external_attr
             copy.compress_type = zipfile.ZIP_DEFLATED
