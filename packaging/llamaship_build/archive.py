@@ -1,9 +1,8 @@
-"""Deterministic archives of a directory, and file hashes."""
+"""Deterministic archives of a directory."""
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import tarfile
 import zipfile
@@ -13,14 +12,6 @@ from llamaship_build.errors import BuildError
 
 # Fixed timestamp for reproducible archives (SOURCE_DATE_EPOCH wins when set).
 _EPOCH = int(os.environ.get("SOURCE_DATE_EPOCH", "315532800"))  # 1980-01-01, zip's minimum
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _members(root: Path) -> list[Path]:

@@ -18,8 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from llamaship.overlay.download import sha256_of
+
 from llamaship_build import locks, platforms
-from llamaship_build.archive import make_archive, sha256_file
+from llamaship_build.archive import make_archive
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.inventory import inventory
@@ -46,7 +48,7 @@ def input_key(project: Project, llama_wheel: Path) -> str:
         for path in files:
             digest.update(path.relative_to(project.root).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
-    digest.update(sha256_file(llama_wheel).encode())
+    digest.update(sha256_of(llama_wheel).encode())
     digest.update(sys.version.encode())
     return digest.hexdigest()
 
@@ -68,7 +70,7 @@ def build_venv(project: Project, llama_wheel: Path, purpose: str = "bundle",
     """An isolated venv from the locks plus the llama wheel; cached by their hashes."""
     material = b"".join((project.requirements / f"{name}.txt").read_bytes()
                         for name in (*lock_names, "cpu"))
-    key = hashlib.sha256(material + sha256_file(llama_wheel).encode()).hexdigest()[:16]
+    key = hashlib.sha256(material + sha256_of(llama_wheel).encode()).hexdigest()[:16]
     venv = cache_dir() / "venvs" / f"{purpose}-{key}"
     if venv_python(venv).exists():
         return venv
@@ -155,7 +157,7 @@ def _publish(project: Project, target: platforms.TargetPlatform, bundle_dir: Pat
     version = project.version()
     archive_name = f"backend-{version}-{target.tag()}-cpu{target.archive_suffix()}"
     archive = make_archive(bundle_dir, dist / archive_name, target.archive_format)
-    digest = sha256_file(archive)
+    digest = sha256_of(archive)
     (dist / f"{archive_name}.sha256").write_text(f"{digest}  {archive_name}\n")
     files = inventory(bundle_dir)
     pyinstaller_version = subprocess.run(

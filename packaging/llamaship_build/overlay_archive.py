@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
+from llamaship.overlay.download import sha256_of
 from llamaship.overlay.manifest import ArchiveRef, FileEntry
 
-from llamaship_build.archive import sha256_file
 from llamaship_build.errors import BuildError
 
 MTIME = 315532800  # 1980-01-01T00:00:00Z: fixed, so rebuilds are byte-identical
@@ -38,7 +38,7 @@ def layer_files(root: Path) -> tuple[FileEntry, ...]:
             links.append(path)
         elif path.is_file():
             regular[path] = FileEntry(path=relative, size=path.stat().st_size,
-                                      sha256=sha256_file(path))
+                                      sha256=sha256_of(path))
         else:
             msg = f"{path} is neither a regular file nor a symlink: a layer holds only those"
             raise BuildError(msg)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from llamaship.overlay.download import sha256_of
 from llamaship.overlay.manifest import (
     FORMAT,
     LAYER_NAMES,
@@ -26,7 +27,6 @@ from llamaship.overlay.manifest import (
 )
 from llamaship.overlay.signing import sign
 
-from llamaship_build.archive import sha256_file
 from llamaship_build.errors import BuildError
 
 INDEX_NAME = "releases.json"
@@ -61,7 +61,7 @@ def _release_entry(manifest_paths: Sequence[Path], base_url: str) -> ReleaseEntr
             raise BuildError(msg)
     layers = tuple(
         LayerRef(layer=name, id=layer_id(manifest), manifest=_url(base_url, path.name),
-                 manifest_sha256=sha256_file(path), archive=_url(base_url, manifest.archive.name))
+                 manifest_sha256=sha256_of(path), archive=_url(base_url, manifest.archive.name))
         for name, (path, manifest) in sorted(manifests.items()))
     return ReleaseEntry(overlay_version=llama.overlay_version, serial=llama.serial,
                         platform=llama.platform, python_tag=llama.python_tag,
