@@ -5,7 +5,13 @@ Run them through `scripts/nox` (it installs nox itself from requirements/tools.t
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+from pathlib import Path
+
 import nox
+from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
@@ -13,13 +19,32 @@ nox.options.sessions = ["dist"]
 
 PYTHON = "3.11"
 REQ = "requirements"
+# (sys.platform, machine) -> the folder of that OS's locks (llamaship_build.locks.TARGETS).
+LOCK_DIRS = {
+    ("linux", "x86_64"): REQ,
+    ("win32", "amd64"): f"{REQ}/windows-amd64",
+    ("darwin", "arm64"): f"{REQ}/macos-arm64",
+}
+# The build package from the checkout, without installing it (the lock venv has only tools).
+CHECKOUT_PATH = {"PYTHONPATH": os.pathsep.join(["packaging", "runtime"])}
+
+
+def lock_dir(session: nox.Session) -> str:
+    """This machine's locks: Linux, Windows and macOS each have their own."""
+    key = (sys.platform, platform.machine().lower())
+    if key not in LOCK_DIRS:
+        session.error(
+            f"no requirement locks for {key[0]} {key[1]}: locks exist for "
+            f"{', '.join(f'{os_} {machine}' for os_, machine in LOCK_DIRS)}"
+        )
+    return LOCK_DIRS[key]
 
 
 def install_locked(session: nox.Session, *locks: str) -> None:
-    """Install hash-locked requirements (llama-cpp-python comes from our own wheelhouse)."""
+    """Install this OS's hash-locked requirements (llama-cpp-python: our own wheelhouse)."""
     args = ["--require-hashes"]
     for lock in locks:
-        args += ["-r", f"{REQ}/{lock}.txt"]
+        args += ["-r", f"{lock_dir(session)}/{lock}.txt"]
     session.install(*args)
 
 
@@ -28,10 +53,22 @@ def install_project(session: nox.Session) -> None:
 
 
 def install_llama_wheel(session: nox.Session, flavour: str = "portable") -> None:
-    """Compile llama-cpp-python once per flavour (cached wheelhouse) and install it."""
-    wheel = session.run("python", "-m", "llamaship_build", "wheel", "--flavour", flavour,
-                        silent=True)
-    session.install("--no-deps", str(wheel).strip().splitlines()[-1])
+    """Compile llama-cpp-python once per flavour (cached wheelhouse) and install it.
+
+    The compile's output is shown (it takes minutes); the wheel's path comes back in a file.
+    """
+    path_file = Path(session.create_tmp()) / f"llama-wheel-{flavour}.txt"
+    session.run(
+        "python",
+        "-m",
+        "llamaship_build",
+        "wheel",
+        "--flavour",
+        flavour,
+        "--path-file",
+        str(path_file),
+    )
+    session.install("--no-deps", path_file.read_text(encoding="utf-8").strip())
 
 
 def build_env(session: nox.Session) -> None:
@@ -41,10 +78,45 @@ def build_env(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["maintenance"], default=False)
 def lock(session: nox.Session) -> None:
-    """Compile requirements/*.in into hash-locked *.txt (`-- --check`: fail on stale locks)."""
+    """Resolve requirements/*.in into per-OS hash locks with uv (`-- --check`: fail if stale)."""
     install_locked(session, "tools")
+    session.run("python", "-m", "llamaship_build.lock_command", *session.posargs, env=CHECKOUT_PATH)
+
+
+@nox.session(python=PYTHON, tags=["maintenance"], default=False)
+def lock_download(session: nox.Session) -> None:
+    """Download every OS's locks for its platform tags with --require-hashes (needs PyPI)."""
+    install_locked(session, "tools")
+    session.run(
+        "python", "-m", "llamaship_build.lock_download", *session.posargs, env=CHECKOUT_PATH
+    )
+
+
+@nox.session(python=PYTHON, tags=["lint"])
+def lint(session: nox.Session) -> None:
+    """ruff format --check, ruff check and mypy --strict (runtime, backend, packaging)."""
+    install_locked(session, "base", "build", "dev")
     install_project(session)
-    session.run("python", "-m", "llamaship_build", "lock", *session.posargs)
+    paths = session.posargs or ["."]
+    failed = []
+    for tool, args in (
+        ("ruff format", ["ruff", "format", "--check", *paths]),
+        ("ruff check", ["ruff", "check", *paths]),
+        ("mypy", ["mypy", *session.posargs]),
+    ):
+        try:
+            session.run(*args)
+        except CommandFailed:
+            failed.append(tool)
+    if failed:
+        session.error(f"lint findings from {', '.join(failed)} (see above)")
+
+
+@nox.session(python=PYTHON, tags=["maintenance"], default=False)
+def schemas(session: nox.Session) -> None:
+    """Export the JSON Schema of every contract document to docs/schemas/ (`-- --check`)."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "schemas", *session.posargs)
 
 
 @nox.session(python=PYTHON, tags=["build"], default=False)
@@ -92,9 +164,95 @@ def index(session: nox.Session) -> None:
     session.run("python", "-m", "llamaship_build", "release", *session.posargs)
 
 
+def reproducible_env(session: nox.Session) -> dict[str, str]:
+    """SOURCE_DATE_EPOCH from the commit and a fixed hash seed: byte-identical outputs."""
+    epoch = session.run("git", "log", "-1", "--format=%ct", external=True, silent=True)
+    return {"SOURCE_DATE_EPOCH": str(epoch).strip(), "PYTHONHASHSEED": "0"}
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def release_bundle(session: nox.Session) -> None:
+    """Release CI: the CPU bundle, reproducibly, and its per-OS named assets in dist/assets/."""
+    build_env(session)
+    env = reproducible_env(session)
+    session.run("python", "-m", "llamaship_build", "bundle", *session.posargs, env=env)
+    session.run("python", "-m", "llamaship_build", "release-assets", "dist/assets", env=env)
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def release_overlay(session: nox.Session) -> None:
+    """Release CI: the CUDA overlay layers, unsigned (the pinned wheel, else a source build)."""
+    build_env(session)
+    session.run(
+        "python",
+        "-m",
+        "llamaship_build",
+        "overlay",
+        "--unsigned",
+        *(session.posargs or ["--source", "auto"]),
+        env=reproducible_env(session),
+    )
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def check_signing_key(session: nox.Session) -> None:
+    """Fail unless $LLAMASHIP_SIGNING_KEY's public half is among the bundle's trusted keys."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "check-signing-key", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def sign_release(session: nox.Session) -> None:
+    """Release CI's one signing step: key check, manifest signatures, releases.json."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "sign-release", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def release_sums(session: nox.Session) -> None:
+    """Write SHA256SUMS over every release asset (default directory: dist/release)."""
+    build_env(session)
+    session.run(
+        "python",
+        "-m",
+        "llamaship_build",
+        "release-assets",
+        *(session.posargs or ["dist/release"]),
+        "--sums",
+    )
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def publish(session: nox.Session) -> None:
+    """Publish `-- TAG DIR` as a GitHub release: a draft until every asset is uploaded."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "publish", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["maintenance"], default=False)
+def pin_overlay_source(session: nox.Session) -> None:
+    """Pin the official CUDA wheel (`-- --index-url URL`): requirements/overlay-sources.json."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "pin-overlay-source", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["build"], default=False)
+def repro(session: nox.Session) -> None:
+    """Build the bundle twice from clean exports of HEAD at different paths; compare bytes."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "repro", *session.posargs)
+
+
+@nox.session(name="resign-index", python=PYTHON, tags=["build"], default=False)
+def resign_index(session: nox.Session) -> None:
+    """Re-sign the live release index before it expires (the scheduled release job)."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "resign-index", *session.posargs)
+
+
 @nox.session(python=PYTHON, tags=["test"])
 def tests(session: nox.Session) -> None:
-    """Lock check, then the whole test suite (integration tests build the bundle, cached)."""
+    """Lock check, then every test tier (docs/testing.md; `-- -m "not slow"`: the fast part)."""
     install_locked(session, "base", "build", "dev")
     install_project(session)
     session.run("python", "-m", "llamaship_build", "lock", "--check")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-
-from hardware.fakes import GTX_1060, RTX_3060, compile_fake_nvml, write_fake_smi
+# The tests' fakes are importable only once their folder is on the path.
+from hardware.fakes import GTX_1060, RTX_3060, compile_fake_nvml, write_fake_smi  # noqa: E402
 
 _CHILD_MARKER = "BENCH_DETECT_CHILD"
 _HANG_TIMEOUT_S = 1.0
@@ -48,19 +48,31 @@ def _measure(runs: int) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     start = time.perf_counter()
     first = detect_gpus(5.0)
-    rows.append(("first detection in the process (imports nvidia-ml-py, loads the library)",
-                 f"{(time.perf_counter() - start) * 1000:.2f} ms"))
+    rows.append(
+        (
+            "first detection in the process (imports nvidia-ml-py, loads the library)",
+            f"{(time.perf_counter() - start) * 1000:.2f} ms",
+        )
+    )
     assert first["source"] == "nvml", first
-    rows.append((f"cold detection via NVML, {len(first['gpus'])} GPUs (median of {runs})",
-                 f"{_median_ms(lambda: detect_gpus(5.0), runs):.3f} ms"))
+    rows.append(
+        (
+            f"cold detection via NVML, {len(first['gpus'])} GPUs (median of {runs})",
+            f"{_median_ms(lambda: detect_gpus(5.0), runs):.3f} ms",
+        )
+    )
 
     settings = resolve_settings(env=os.environ)
     dirs = DataDirs(settings.home)
     versions = {"bundle": llamaship.__version__}
     load_or_detect(settings, dirs, versions, refresh=True)  # writes the cache
     assert load_or_detect(settings, dirs, versions)["cached"] is True
-    rows.append((f"warm load_or_detect from the cache (median of {runs})",
-                 f"{_median_ms(lambda: load_or_detect(settings, dirs, versions), runs):.3f} ms"))
+    rows.append(
+        (
+            f"warm load_or_detect from the cache (median of {runs})",
+            f"{_median_ms(lambda: load_or_detect(settings, dirs, versions), runs):.3f} ms",
+        )
+    )
 
     os.environ["FAKE_NVML_FAIL"] = "nvmlInitWithFlags:9"
     os.environ["FAKE_SMI_MODE"] = "hang"
@@ -69,8 +81,9 @@ def _measure(runs: int) -> list[tuple[str, str]]:
     elapsed = time.perf_counter() - start
     assert hung["source"] == "none", hung
     bound = _HANG_TIMEOUT_S + 0.5
-    rows.append((f"hung nvidia-smi, timeout {_HANG_TIMEOUT_S:g} s (bound {bound:g} s)",
-                 f"{elapsed:.3f} s"))
+    rows.append(
+        (f"hung nvidia-smi, timeout {_HANG_TIMEOUT_S:g} s (bound {bound:g} s)", f"{elapsed:.3f} s")
+    )
     return rows
 
 
@@ -93,18 +106,24 @@ def main() -> int:
         root = Path(temporary)
         library = compile_fake_nvml(root / "lib")
         write_fake_smi(root / "bin")
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith(("LLAMASHIP_", "FAKE_", "GPU_DETECTION_"))}
-        env.update({
-            _CHILD_MARKER: "1",
-            "LD_LIBRARY_PATH": str(library.parent),
-            "PATH": str(root / "bin"),
-            "LLAMASHIP_HOME": str(root / "home"),
-            "FAKE_GPUS": f"{RTX_3060.spec()};{GTX_1060.spec()}",
-            "FAKE_SMI_PIDFILE": str(root / "smi.pids"),
-        })
-        return subprocess.run([sys.executable, __file__, "--runs", str(args.runs)],
-                              env=env, check=False).returncode
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("LLAMASHIP_", "FAKE_", "GPU_DETECTION_"))
+        }
+        env.update(
+            {
+                _CHILD_MARKER: "1",
+                "LD_LIBRARY_PATH": str(library.parent),
+                "PATH": str(root / "bin"),
+                "LLAMASHIP_HOME": str(root / "home"),
+                "FAKE_GPUS": f"{RTX_3060.spec()};{GTX_1060.spec()}",
+                "FAKE_SMI_PIDFILE": str(root / "smi.pids"),
+            }
+        )
+        return subprocess.run(
+            [sys.executable, __file__, "--runs", str(args.runs)], env=env, check=False
+        ).returncode
 
 
 if __name__ == "__main__":

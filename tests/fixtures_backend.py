@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from hardware.fakes import FakeHardware
 from llamaship.boot_state import BootState
 from llamaship.config import resolve_settings
@@ -25,11 +26,10 @@ from llamaship_backend.app import create_app
 from llamaship_backend.engine import Engine
 from llamaship_backend.server import BackendServer, bind_listener, listening_url
 from llamaship_build import models
+from llamaship_contract.detection import none_report
+from llamaship_contract.names import ADMIN_TOKEN_NAME
 
-NO_GPU_REPORT = {
-    "schema": 1, "source": "none", "cached": False, "driver_version": None,
-    "cuda_driver_version": None, "gpus": [], "errors": ["NVML: libnvidia-ml.so.1 not found"],
-}
+NO_GPU_REPORT = none_report(["NVML: libnvidia-ml.so.1 not found"])
 STARTUP_TIMEOUT = 30.0
 PROCESS_STARTUP_TIMEOUT = 90.0
 
@@ -45,19 +45,38 @@ def no_gpu_boot_state(home: Path, env: Mapping[str, str] | None = None) -> BootS
 
     One thread: the test machines have two cores, and llama.cpp's threads slow down badly
     when other processes take a core."""
-    settings = resolve_settings(env={"LLAMASHIP_HOME": str(home), "LLAMASHIP_PORT": "0",
-                                     "LLAMASHIP_N_CTX": "512", "LLAMACPP_N_THREADS": "1",
-                                     **(env or {})})
+    settings = resolve_settings(
+        env={
+            "LLAMASHIP_HOME": str(home),
+            "LLAMASHIP_PORT": "0",
+            "LLAMASHIP_N_CTX": "512",
+            "LLAMACPP_N_THREADS": "1",
+            **(env or {}),
+        }
+    )
     spec = importlib.util.find_spec("llama_cpp")
     assert spec is not None and spec.origin is not None, "llama-cpp-python is not installed"
     return BootState(
-        settings=settings, dirs=DataDirs(settings.home), report=dict(NO_GPU_REPORT),
-        decision="cpu", reason="no NVIDIA GPU detected", upgrade_available=False,
-        active_variant="cpu", overlay_version=None,
+        settings=settings,
+        dirs=DataDirs(settings.home),
+        report=NO_GPU_REPORT,
+        decision="cpu",
+        reason="no NVIDIA GPU detected",
+        upgrade_available=False,
+        active_variant="cpu",
+        overlay_version=None,
         llama_cpp_version=importlib.metadata.version("llama_cpp_python"),
-        llama_cpp_path=Path(spec.origin), gpu_offload=False, n_gpu_layers=0,
+        llama_cpp_path=Path(spec.origin),
+        gpu_offload=False,
+        n_gpu_layers=0,
         n_threads=settings.n_threads or 1,
     )
+
+
+def admin_headers(home: Path) -> dict[str, str]:
+    """`Authorization: Bearer <token>`, the token read from `home` as the desktop shell reads it
+    (the backend creates it on start)."""
+    return {"Authorization": f"Bearer {(home / ADMIN_TOKEN_NAME).read_text()}"}
 
 
 @dataclass
@@ -71,6 +90,12 @@ class RunningBackend:
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=120.0)
+
+    def admin_client(self) -> httpx.Client:
+        """A client that sends the admin token, as the desktop shell does."""
+        return httpx.Client(
+            base_url=self.url, timeout=120.0, headers=admin_headers(self.state.dirs.home)
+        )
 
 
 @contextmanager
@@ -167,13 +192,17 @@ def launch_backend(
         run_dir = tmp_path / f"run{len(launched)}"
         run_dir.mkdir()
         environment = hardware.env(
-            LLAMASHIP_PORT_FILE=str(run_dir / "port"), LLAMACPP_N_THREADS="1", **env)
+            LLAMASHIP_PORT_FILE=str(run_dir / "port"), LLAMACPP_N_THREADS="1", **env
+        )
         stderr_file = run_dir / "stderr.txt"
         with stderr_file.open("wb") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", "llamaship", "serve", *serve_args],
-                cwd=run_dir, env=environment, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=stderr,
+                [sys.executable, "-m", "llamaship_backend", "serve", *serve_args],
+                cwd=run_dir,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
             )
         backend = BackendProcess(process, run_dir / "port", stderr_file)
         launched.append(backend)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hardware.fakes import FakeHardware, compile_fake_nvml, write_fake_smi
 
 

@@ -7,6 +7,7 @@ shared/fixtures; its cuda-runtime layer holds the real libcudart from NVIDIA's P
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+
 from llamaship.overlay.signing import generate_keypair
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
+from llamaship_build.project import cache_dir
+from tiers import CUDA_FIXTURE_VARIABLE, cuda_fixture_path
 
-REPO = Path(__file__).resolve().parents[1]
-CUDA_FIXTURE = Path("fixtures", "llama-cpp-python-0.3.36-cuda-sm75",
-                    "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl")
 # The libcudart wheel the tests use (hash-pinned like requirements/gpu.txt; 2.5 MB).
 CUDART_LOCK = (
     "nvidia-cuda-runtime==13.5.37 \\\n"
@@ -51,33 +52,50 @@ class BuiltOverlay:
     llama_manifest: Path
 
 
-def shared_file(relative: Path) -> Path:
-    """A file of the project's shared/ folder (beside the repository, or inside it)."""
-    for base in (REPO.parent / "shared", REPO / "shared"):
-        if (base / relative).is_file():
-            return base / relative
-    msg = f"shared/{relative} is missing: the tests need the project's shared/ folder"
-    raise FileNotFoundError(msg)
-
-
 def python_with_path(first: Path, code: str) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh interpreter with `first` ahead of everything on sys.path."""
     return subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(first)!r})\n{code}"],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cached_test_keys(directory: Path) -> KeyPair:
+    """The tests' release key pair, made once per machine and kept in `directory`.
+
+    Stable, so the test bundle (which is built to trust it) is reused between runs; never the
+    project's release key, and trusted by no release bundle.
+    """
+    private_file, public_file = directory / "signing-key.b64", directory / "signing-key.pub.b64"
+    if not (private_file.is_file() and public_file.is_file()):
+        directory.mkdir(parents=True, exist_ok=True)
+        private, public = generate_keypair()
+        for path, text in ((private_file, private), (public_file, public)):
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            partial.write_text(text)
+            partial.chmod(0o600)
+            os.replace(partial, path)
+    return KeyPair(private=private_file.read_text().strip(), public=public_file.read_text().strip())
 
 
 @pytest.fixture(scope="session")
 def signing_keys() -> KeyPair:
-    """A fresh ed25519 key pair (never the project's release key)."""
-    private, public = generate_keypair()
-    return KeyPair(private=private, public=public)
+    """The tests' release key pair (see `cached_test_keys`), kept in the build cache."""
+    return cached_test_keys(cache_dir() / "test-release-key")
 
 
 @pytest.fixture(scope="session")
 def cuda_wheel() -> Path:
-    """The genuine CUDA (sm_75) build of llama-cpp-python 0.3.36 from shared/fixtures."""
-    return shared_file(CUDA_FIXTURE)
+    """The genuine CUDA (sm_75) build of llama-cpp-python 0.3.36 (tier `cuda_fixture`)."""
+    path = cuda_fixture_path()
+    if path is None or not path.is_file():
+        pytest.fail(
+            f"the CUDA fixture is missing ({path}): set {CUDA_FIXTURE_VARIABLE}", pytrace=False
+        )
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -91,18 +109,32 @@ def cudart_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def built_overlay(tmp_path_factory: pytest.TempPathFactory, cuda_wheel: Path,
-                  cudart_wheel: Path, signing_keys: KeyPair) -> BuiltOverlay:
+def built_overlay(
+    tmp_path_factory: pytest.TempPathFactory,
+    cuda_wheel: Path,
+    cudart_wheel: Path,
+    signing_keys: KeyPair,
+) -> BuiltOverlay:
     """Both layers built and signed from the CUDA fixture wheel (runtime layer: cudart only)."""
     out_dir = tmp_path_factory.mktemp("overlay")
     build_overlay(
-        cuda_wheel, out_dir, cuda_version="13.0", cuda_archs=["75"], ptx_archs=[],
-        min_driver=MIN_DRIVER, min_vram_mb=1024, serial=7, overlay_version=OVERLAY_VERSION,
-        signing_key_b64=signing_keys.private, runtime_wheels=[cudart_wheel],
-        runtime_libraries=["libcudart.so.13"], compression_level=TEST_LEVEL, created=CREATED)
+        cuda_wheel,
+        out_dir,
+        cuda_version="13.0",
+        min_driver=MIN_DRIVER,
+        min_vram_mb=1024,
+        serial=7,
+        overlay_version=OVERLAY_VERSION,
+        signing_key_b64=signing_keys.private,
+        runtime_wheels=[cudart_wheel],
+        runtime_libraries=["libcudart.so.13"],
+        compression_level=TEST_LEVEL,
+        created=CREATED,
+    )
     stem = f"{OVERLAY_VERSION}-linux_x86_64"
     return BuiltOverlay(
-        out_dir=out_dir, keys=signing_keys,
+        out_dir=out_dir,
+        keys=signing_keys,
         runtime_archive=out_dir / f"cuda-runtime-{stem}.tar.zst",
         runtime_manifest=out_dir / f"cuda-runtime-{stem}.json",
         llama_archive=out_dir / f"llama-cuda-{stem}.tar.zst",

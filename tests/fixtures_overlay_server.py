@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from llamaship.overlay.signing import generate_keypair
 from llamaship.paths import DataDirs
 from overlay_kit.probe import install_release
@@ -39,8 +40,9 @@ def data_dirs(tmp_path: Path) -> DataDirs:
 
 
 @pytest.fixture
-def v1_active(tmp_path: Path, releases: ReleaseFactory, release_keys: Keys,
-              data_dirs: DataDirs) -> DataDirs:
+def v1_active(
+    tmp_path: Path, releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs
+) -> DataDirs:
     """`data_dirs` with the default test release (0.3.36-cu13.0-1, serial 1) active."""
     index = releases.publish(tmp_path / "v1-release", ReleaseSpec())
     install_release(data_dirs, str(index), release_keys)
@@ -53,8 +55,9 @@ def overlay_server(tmp_path: Path) -> Iterator[OverlayServer]:
     root = tmp_path / "www"
     root.mkdir()
     server = OverlayServer(root)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="overlay-server",
-                              daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="overlay-server", daemon=True
+    )
     thread.start()
     try:
         yield server

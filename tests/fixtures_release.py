@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from fixtures_overlay import BuiltOverlay
+from hardware.fakes import FakeGpu, FakeHardware, llamaship_command
 from llamaship_build.release_index import write_release_index
 
-from hardware.fakes import FakeGpu, FakeHardware
-
-RTX_2080 = FakeGpu("NVIDIA GeForce RTX 2080", "GPU-2080cccc-0000-0000-0000-000000000000",
-                   8192, 7900, "7.5")
+RTX_2080 = FakeGpu(
+    "NVIDIA GeForce RTX 2080", "GPU-2080cccc-0000-0000-0000-000000000000", 8192, 7900, "7.5"
+)
 CUDA13_DRIVER = "580.95.05"
 
 
@@ -33,15 +33,25 @@ class Release:
 
 
 @pytest.fixture(scope="session")
-def overlay_release(built_overlay: BuiltOverlay, tmp_path_factory: pytest.TempPathFactory
-                    ) -> Release:
+def overlay_release(
+    built_overlay: BuiltOverlay, tmp_path_factory: pytest.TempPathFactory
+) -> Release:
     directory = tmp_path_factory.mktemp("release")
     for path in built_overlay.out_dir.iterdir():
         if path.is_file():
             shutil.copy2(path, directory / path.name)
-    write_release_index(directory, [[directory / built_overlay.runtime_manifest.name,
-                                     directory / built_overlay.llama_manifest.name]],
-                        serial=7, signing_key_b64=built_overlay.keys.private, base_url="")
+    write_release_index(
+        directory,
+        [
+            [
+                directory / built_overlay.runtime_manifest.name,
+                directory / built_overlay.llama_manifest.name,
+            ]
+        ],
+        serial=7,
+        signing_key_b64=built_overlay.keys.private,
+        base_url="",
+    )
     return Release(directory, built_overlay.keys.public)
 
 
@@ -56,9 +66,15 @@ def gpu_machine(hardware: FakeHardware, overlay_release: Release) -> FakeHardwar
 
 
 def install_overlay(machine: FakeHardware, release: Release, *command: str) -> None:
-    """`llamaship overlay install DIR` (or the given command prefix, e.g. the bundle's)."""
-    prefix = list(command) or [sys.executable, "-m", "llamaship"]
-    result = subprocess.run([*prefix, "overlay", "install", str(release.directory)],
-                            env=machine.env(LLAMASHIP_TRUSTED_KEYS=release.public_key),
-                            capture_output=True, text=True, timeout=300, check=False)
+    """`llamaship overlay install DIR` trusting the release's key (or the given command
+    prefix, e.g. the test bundle's, which trusts it since it was built with it)."""
+    prefix = list(command) or llamaship_command(release.public_key)
+    result = subprocess.run(
+        [*prefix, "overlay", "install", str(release.directory)],
+        env=machine.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr

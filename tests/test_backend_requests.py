@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
+
 from fixtures_backend import RunningBackend
 from llamaship.errors import LlamashipError
 
@@ -39,14 +40,19 @@ def test_capabilities_report_the_cpu_decision_without_gpus(start_backend: StartB
     assert capabilities["detection"]["source"] == "none"
     assert capabilities["detection"]["errors"] == ["NVML: libnvidia-ml.so.1 not found"]
     assert capabilities["decision"] == {
-        "variant": "cpu", "reason": "no NVIDIA GPU detected", "upgrade_available": False}
+        "variant": "cpu",
+        "reason": "no NVIDIA GPU detected",
+        "upgrade_available": False,
+    }
     assert capabilities["llama_cpp"]["variant"] == "cpu"
     assert capabilities["llama_cpp"]["gpu_offload"] is False
     assert capabilities["llama_cpp"]["version"] == backend.state.llama_cpp_version
     assert capabilities["llama_cpp"]["path"] == str(backend.state.llama_cpp_path)
-    assert capabilities["overlay"] == {"version": None}
+    assert capabilities["overlay"] == {"version": None, "installed": None}
     assert capabilities["recommendation"] == {
-        "n_gpu_layers": 0, "n_threads": backend.state.n_threads}
+        "n_gpu_layers": 0,
+        "n_threads": backend.state.n_threads,
+    }
     assert capabilities["model"] == {"id": None, "path": None, "loaded": False}
     assert capabilities["events"] == []
 
@@ -66,7 +72,7 @@ def test_no_model_configured_is_a_409_that_says_what_to_set(
     start_backend: StartBackend, path: str
 ) -> None:
     body = {"input": "hello"} if path == "/v1/embeddings" else CHAT if "chat" in path else {}
-    with start_backend().client() as client:
+    with start_backend().admin_client() as client:
         reply = client.post(path, json=body)
     assert_error(reply, 409, "model_not_configured", "LLAMASHIP_MODEL", "--model")
 
@@ -130,8 +136,12 @@ def test_chat_schema_violations_are_422_naming_the_field(
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"input": 3}, "input"), ({"input": ""}, "input"), ({"input": ["a", 2]}, "input"),
-     ({"input": "a", "encoding_format": "int8"}, "encoding_format")],
+    [
+        ({"input": 3}, "input"),
+        ({"input": ""}, "input"),
+        ({"input": ["a", 2]}, "input"),
+        ({"input": "a", "encoding_format": "int8"}, "encoding_format"),
+    ],
 )
 def test_embedding_schema_violations_are_422(
     start_backend: StartBackend, body: dict[str, object], field: str
@@ -144,32 +154,47 @@ def test_embedding_schema_violations_are_422(
 def test_benchmark_refuses_unknown_fields_and_out_of_range_counts(
     start_backend: StartBackend,
 ) -> None:
-    with start_backend().client() as client:
-        assert_error(client.post("/api/admin/benchmark", json={"tokens": 5}), 422,
-                     "invalid_request", "tokens", "Extra inputs")
-        assert_error(client.post("/api/admin/benchmark", json={"n_tokens": 1}), 422,
-                     "invalid_request", "n_tokens")
+    with start_backend().admin_client() as client:
+        assert_error(
+            client.post("/api/admin/benchmark", json={"tokens": 5}),
+            422,
+            "invalid_request",
+            "tokens",
+            "Extra inputs",
+        )
+        assert_error(
+            client.post("/api/admin/benchmark", json={"n_gen": 1}), 422, "invalid_request", "n_gen"
+        )
 
 
 def test_malformed_json_is_a_400_that_says_where(start_backend: StartBackend) -> None:
     with start_backend().client() as client:
-        reply = client.post("/v1/chat/completions", content=b'{"messages": [',
-                            headers={"Content-Type": "application/json"})
+        reply = client.post(
+            "/v1/chat/completions",
+            content=b'{"messages": [',
+            headers={"Content-Type": "application/json"},
+        )
     assert_error(reply, 400, "invalid_json", "not valid JSON", "at character")
 
 
 def test_a_body_without_json_content_type_is_refused(start_backend: StartBackend) -> None:
     with start_backend().client() as client:
-        reply = client.post("/v1/chat/completions", content=b'{"messages": []}',
-                            headers={"Content-Type": "text/plain"})
-    assert_error(reply, 422, "invalid_request", "Content-Type: application/json")
+        reply = client.post(
+            "/v1/chat/completions",
+            content=b'{"messages": []}',
+            headers={"Content-Type": "text/plain"},
+        )
+    assert_error(reply, 415, "unsupported_media_type", "Content-Type: application/json")
 
 
 def test_the_server_keeps_answering_after_bad_requests(start_backend: StartBackend) -> None:
     with start_backend().client() as client:
         for _ in range(3):
-            client.post("/v1/chat/completions", content=b"\xff\xfe not json",
-                        headers={"Content-Type": "application/json"})
+            client.post(
+                "/v1/chat/completions",
+                content=b"\xff\xfe not json",
+                headers={"Content-Type": "application/json"},
+            )
             client.post("/v1/chat/completions", json={"messages": 42})
             client.post("/v1/embeddings", json={"input": "x"})
         assert client.get("/api/health").json() == {"status": "ok"}

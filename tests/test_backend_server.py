@@ -10,7 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures_backend import BackendProcess
+
+from fixtures_backend import BackendProcess, admin_headers
 from hardware.fakes import GTX_1060, FakeHardware
 from llamaship_backend.restart import restart_command, restart_environment
 
@@ -40,16 +41,25 @@ def test_serve_options_override_the_environment(
     launch_backend: LaunchBackend, tmp_path: Path
 ) -> None:
     model = tmp_path / "chosen.gguf"
-    backend = launch_backend("--host", "127.0.0.1", "--port", "0", "--model", str(model),
-                             LLAMASHIP_MODEL=str(tmp_path / "from-env.gguf"))
+    model.write_bytes(b"GGUF" + bytes(60))  # passes the start-up check, fails to load
+    backend = launch_backend(
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--model",
+        str(model),
+        LLAMASHIP_MODEL=str(tmp_path / "from-env.gguf"),
+    )
     url = f"http://127.0.0.1:{backend.wait_for_port()}"
     capabilities = httpx.get(f"{url}/api/capabilities").json()
     assert capabilities["model"]["path"] == str(model)
     assert capabilities["llama_cpp"]["variant"] == "cpu"
     assert capabilities["gpus"] == []
-    reply = httpx.post(f"{url}/v1/chat/completions",
-                       json={"messages": [{"role": "user", "content": "Hi"}]})
-    assert reply.status_code == 409
+    reply = httpx.post(
+        f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]}
+    )
+    assert reply.status_code == 422  # the chosen file was loaded, not the environment's
     assert str(model) in reply.json()["error"]["message"]
 
 
@@ -70,31 +80,38 @@ def test_capabilities_report_what_the_boot_detected_and_decided(
     assert capabilities["decision"]["reason"]
     assert capabilities["llama_cpp"]["variant"] == "cpu"
     assert capabilities["llama_cpp"]["cpu_backend"].startswith("libggml-cpu-")
-    assert capabilities["overlay"] == {"version": None}
+    assert capabilities["overlay"] == {"version": None, "installed": None}
 
 
-def test_restart_in_exit_mode_replies_202_then_exits_75(launch_backend: LaunchBackend) -> None:
+def test_restart_in_exit_mode_replies_202_then_exits_75(
+    launch_backend: LaunchBackend, hardware: FakeHardware
+) -> None:
     backend = launch_backend("--port", "0", LLAMASHIP_RESTART="exit")
     port = backend.wait_for_port()
 
-    reply = httpx.post(f"http://127.0.0.1:{port}/api/admin/restart")
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/api/admin/restart", headers=admin_headers(hardware.home)
+    )
 
     assert reply.status_code == 202
     assert reply.json() == {"status": "restarting", "mode": "exit"}
     assert backend.wait() == 75, backend.stderr()
 
 
-def test_restart_in_exec_mode_runs_the_same_process_again(launch_backend: LaunchBackend) -> None:
+def test_restart_in_exec_mode_runs_the_same_process_again(
+    launch_backend: LaunchBackend, hardware: FakeHardware
+) -> None:
     backend = launch_backend("--port", "0")
     port = backend.wait_for_port()
     backend.wait_for_line(listening_line(port))
 
-    reply = httpx.post(f"http://127.0.0.1:{port}/api/admin/restart")
+    reply = httpx.post(
+        f"http://127.0.0.1:{port}/api/admin/restart", headers=admin_headers(hardware.home)
+    )
     assert reply.status_code == 202
     assert reply.json() == {"status": "restarting", "mode": "exec"}
 
-    backend.wait_for_line("uvicorn.error: Started server process "
-                          f"[{backend.process.pid}]", count=2)
+    backend.wait_for_line(f"uvicorn.error: Started server process [{backend.process.pid}]", count=2)
     new_port = backend.wait_for_port()
     backend.wait_for_line(listening_line(new_port), count=2 if new_port == port else 1)
     assert backend.process.poll() is None  # re-executed in place: the same pid lives on

@@ -11,11 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from fixtures_release import Release, install_overlay
-from overlay_kit.server import OverlayServer
 
+from fixtures_backend import admin_headers
+from fixtures_release import Release, install_overlay
 from hardware.fakes import FakeHardware
 from llamaship_build.launch import launched
+from overlay_kit.server import OverlayServer
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +27,23 @@ def _capabilities(url: str) -> dict[str, Any]:
 
 
 def _generate(url: str) -> str:
-    reply = httpx.post(f"{url}/v1/chat/completions", timeout=300, json={
-        "messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 6})
+    reply = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=300,
+        json={"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 6},
+    )
     assert reply.status_code == 200, reply.text
     text: str = reply.json()["choices"][0]["message"]["content"]
     return text
 
 
 def test_bundle_imports_the_overlay_installed_by_its_cli(
-        bundle_executable: Path, gpu_machine: FakeHardware, overlay_release: Release,
-        gemma_model: Path) -> None:
+    bundle_executable: Path, gpu_machine: FakeHardware, overlay_release: Release, gemma_model: Path
+) -> None:
     install_overlay(gpu_machine, overlay_release, str(bundle_executable))
-    env = gpu_machine.env(LLAMASHIP_TRUSTED_KEYS=overlay_release.public_key,
-                          LLAMASHIP_MODEL=str(gemma_model), LLAMACPP_N_THREADS="1",
-                          LLAMASHIP_N_CTX="512")
+    env = gpu_machine.env(
+        LLAMASHIP_MODEL=str(gemma_model), LLAMACPP_N_THREADS="1", LLAMASHIP_N_CTX="512"
+    )
     with launched([str(bundle_executable)], env, inherit_env=False) as backend:
         capabilities = _capabilities(backend.url)
         assert capabilities["llama_cpp"]["variant"] == "cuda", capabilities["decision"]
@@ -66,32 +70,40 @@ def _wait_for_restart(port_file: Path, old_url: str, timeout: float = 120) -> st
 
 
 def test_bundle_upgrades_from_a_loopback_server_and_restarts_onto_the_overlay(
-        bundle_executable: Path, gpu_machine: FakeHardware, overlay_release: Release,
-        overlay_server: OverlayServer, gemma_model: Path) -> None:
+    bundle_executable: Path,
+    gpu_machine: FakeHardware,
+    overlay_release: Release,
+    overlay_server: OverlayServer,
+    gemma_model: Path,
+) -> None:
     for path in overlay_release.directory.iterdir():
         shutil.copy2(path, overlay_server.root / path.name)
-    env = gpu_machine.env(LLAMASHIP_TRUSTED_KEYS=overlay_release.public_key,
-                          LLAMASHIP_RELEASE_URL=f"{overlay_server.url}/releases.json",
-                          LLAMASHIP_MODEL=str(gemma_model), LLAMACPP_N_THREADS="1",
-                          LLAMASHIP_N_CTX="512")
+    env = gpu_machine.env(
+        LLAMASHIP_RELEASE_URL=f"{overlay_server.url}/releases.json",
+        LLAMASHIP_MODEL=str(gemma_model),
+        LLAMACPP_N_THREADS="1",
+        LLAMASHIP_N_CTX="512",
+    )
     with launched([str(bundle_executable)], env, inherit_env=False) as backend:
         before = _capabilities(backend.url)
         assert before["llama_cpp"]["variant"] == "cpu"
         assert before["decision"]["upgrade_available"] is True, before["decision"]
 
-        started = httpx.post(f"{backend.url}/api/admin/upgrade-gpu", timeout=30)
+        admin = admin_headers(gpu_machine.home)
+        started = httpx.post(f"{backend.url}/api/admin/upgrade-gpu", timeout=30, headers=admin)
         assert started.status_code == 202, started.text
         job_url = f"{backend.url}/api/admin/upgrade-gpu/{started.json()['job_id']}"
         job: dict[str, Any] = {"state": "running"}
         deadline = time.monotonic() + 300
         while job["state"] == "running" and time.monotonic() < deadline:
-            job = httpx.get(job_url, timeout=30).json()
+            job = httpx.get(job_url, timeout=30, headers=admin).json()
             time.sleep(0.2)
         assert job["state"] == "succeeded", job
         assert job["bytes_total"] > 0 and job["bytes_done"] == job["bytes_total"]
         assert job["restart_required"] is True
 
-        assert httpx.post(f"{backend.url}/api/admin/restart", timeout=30).status_code == 202
+        restarted = httpx.post(f"{backend.url}/api/admin/restart", timeout=30, headers=admin)
+        assert restarted.status_code == 202
         url = _wait_for_restart(backend.port_file, backend.url)
         after = _capabilities(url)
         assert after["llama_cpp"]["variant"] == "cuda", after["decision"]

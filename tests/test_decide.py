@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
-from llamaship.decide import OverlayRequirements, decide, default_threads, recommend
-from llamaship.detect.report import DetectionReport, GpuInfo, none_report
 
-CU13 = OverlayRequirements(overlay_version="0.3.36-cu13.0-1", serial=7, cuda_version="13.0",
-                           min_driver="580.65.06", cuda_archs=("75", "86"), ptx_archs=(),
-                           min_vram_mb=4096)
-CU13_NEWER = replace(CU13, overlay_version="0.3.36-cu13.0-2", serial=8)
+from llamaship.decide import OverlayRequirements, decide, default_threads, recommend
+from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
+
+CU13 = OverlayRequirements(
+    overlay_version="0.3.36-cu13.0-1",
+    serial=7,
+    cuda_version="13.0",
+    min_driver="580.65.06",
+    cuda_archs=("75", "86"),
+    ptx_archs=(),
+    min_vram_mb=4096,
+)
+CU13_NEWER = CU13.model_copy(update={"overlay_version": "0.3.36-cu13.0-2", "serial": 8})
 
 
 def _gpu(index: int, name: str, capability: str, vram_mb: int) -> GpuInfo:
-    return {"index": index, "name": name, "uuid": f"GPU-{index}", "vram_total_mb": vram_mb,
-            "vram_free_mb": vram_mb - 100, "compute_capability": capability}
+    return GpuInfo(
+        index=index,
+        name=name,
+        uuid=f"GPU-{index}",
+        vram_total_mb=vram_mb,
+        vram_free_mb=vram_mb - 100,
+        compute_capability=capability,
+    )
 
 
-def _report(*gpus: GpuInfo, driver: str | None = "580.95.05",
-            cuda: str | None = "13.0") -> DetectionReport:
-    return {"schema": 1, "source": "nvml", "cached": False, "driver_version": driver,
-            "cuda_driver_version": cuda, "gpus": list(gpus), "errors": []}
+def _report(
+    *gpus: GpuInfo, driver: str | None = "580.95.05", cuda: str | None = "13.0"
+) -> DetectionReport:
+    return DetectionReport(
+        source="nvml", driver_version=driver, cuda_driver_version=cuda, gpus=gpus
+    )
 
 
 RTX_3060 = _gpu(0, "NVIDIA GeForce RTX 3060", "8.6", 12288)
@@ -51,14 +64,25 @@ def test_old_driver_boots_cpu_and_says_what_to_update() -> None:
     decision = decide(_report(RTX_3060, driver="470.82", cuda="11.4"), CU13, None, None)
 
     assert decision.variant == "cpu"
-    assert ("driver 470.82 is older than 580.65.06, which the CUDA 13.0 overlay needs: "
-            "update the NVIDIA driver") in decision.reason
+    assert (
+        "driver 470.82 is older than 580.65.06, which the CUDA 13.0 overlay needs: "
+        "update the NVIDIA driver"
+    ) in decision.reason
 
 
-@pytest.mark.parametrize(("driver", "older"), [
-    ("580.65.06", False), ("580.65.6", False), ("580.65.10", False), ("580.100", False),
-    ("580.65.05", True), ("580.9", True), ("580", True), ("1000.1", False),
-])
+@pytest.mark.parametrize(
+    ("driver", "older"),
+    [
+        ("580.65.06", False),
+        ("580.65.6", False),
+        ("580.65.10", False),
+        ("580.100", False),
+        ("580.65.05", True),
+        ("580.9", True),
+        ("580", True),
+        ("1000.1", False),
+    ],
+)
 def test_driver_versions_compare_per_numeric_component(driver: str, older: bool) -> None:
     decision = decide(_report(RTX_3060, driver=driver), CU13, None, None)
 
@@ -85,25 +109,29 @@ def test_too_low_compute_capability_boots_cpu() -> None:
     assert decision.variant == "cpu"
     assert decision.reason.startswith(
         "GPU 0 (NVIDIA GeForce GTX 1060) has compute capability 6.1; "
-        "the overlay is built for 7.5, 8.6")
+        "the overlay is built for 7.5, 8.6"
+    )
 
 
-@pytest.mark.parametrize(("capability", "archs", "ptx", "runs"), [
-    ("7.5", ("75",), (), True),
-    ("8.6", ("80",), (), True),  # SASS runs on a higher minor of the same major
-    ("8.0", ("86",), (), False),  # ... not on a lower minor
-    ("8.6", ("75",), (), False),  # ... nor on another major
-    ("8.6", ("75",), ("75",), True),  # PTX is JIT-compiled for newer GPUs
-    ("12.0", (), ("90",), True),
-    ("7.0", (), ("75",), False),  # ... never for older ones
-    ("12.0", ("120",), (), True),
-    ("9.0", ("90a",), (), True),  # arch-specific code runs on that GPU only
-    ("10.0", ("90a",), ("90a",), False),
-])
+@pytest.mark.parametrize(
+    ("capability", "archs", "ptx", "runs"),
+    [
+        ("7.5", ("75",), (), True),
+        ("8.6", ("80",), (), True),  # SASS runs on a higher minor of the same major
+        ("8.0", ("86",), (), False),  # ... not on a lower minor
+        ("8.6", ("75",), (), False),  # ... nor on another major
+        ("8.6", ("75",), ("75",), True),  # PTX is JIT-compiled for newer GPUs
+        ("12.0", (), ("90",), True),
+        ("7.0", (), ("75",), False),  # ... never for older ones
+        ("12.0", ("120",), (), True),
+        ("9.0", ("90a",), (), True),  # arch-specific code runs on that GPU only
+        ("10.0", ("90a",), ("90a",), False),
+    ],
+)
 def test_compute_capability_matching(
     capability: str, archs: tuple[str, ...], ptx: tuple[str, ...], runs: bool
 ) -> None:
-    overlay = replace(CU13, cuda_archs=archs, ptx_archs=ptx)
+    overlay = CU13.model_copy(update={"cuda_archs": archs, "ptx_archs": ptx})
 
     decision = decide(_report(_gpu(0, "GPU", capability, 8192)), overlay, None, None)
 
@@ -117,20 +145,24 @@ def test_too_little_vram_boots_cpu() -> None:
 
     assert decision.variant == "cpu"
     assert "GPU 0 (NVIDIA T400) has 2048 MB of VRAM; the overlay needs at least 4096 MB" in (
-        decision.reason)
+        decision.reason
+    )
 
 
 def test_best_usable_gpu_is_picked_and_named() -> None:
-    gpus = (_gpu(0, "NVIDIA GeForce GTX 1060", "6.1", 6144),
-            _gpu(1, "Tesla T4", "7.5", 15360),
-            _gpu(2, "NVIDIA GeForce RTX 3090", "8.6", 24576))
+    gpus = (
+        _gpu(0, "NVIDIA GeForce GTX 1060", "6.1", 6144),
+        _gpu(1, "Tesla T4", "7.5", 15360),
+        _gpu(2, "NVIDIA GeForce RTX 3090", "8.6", 24576),
+    )
 
     decision = decide(_report(*gpus), CU13, None, None)
 
     assert decision.variant == "cuda"
     assert decision.reason.startswith("using GPU 2 (NVIDIA GeForce RTX 3090)")
     assert "skipped: GPU 0 (NVIDIA GeForce GTX 1060) has compute capability 6.1" in (
-        decision.reason)
+        decision.reason
+    )
 
 
 def test_every_gpu_unusable_lists_every_problem() -> None:
@@ -150,7 +182,8 @@ def test_no_overlay_installed_offers_a_usable_one() -> None:
     assert decision.upgrade_available is True
     assert decision.reason.startswith(
         "no overlay installed; upgrade available (POST /api/admin/upgrade-gpu or "
-        "`llamaship overlay install`)")
+        "`llamaship overlay install`)"
+    )
 
 
 def test_no_overlay_installed_does_not_offer_an_unusable_one() -> None:
@@ -174,7 +207,8 @@ def test_quarantined_overlay_boots_cpu_and_says_how_to_remove_it() -> None:
     assert decision.variant == "cpu"
     assert decision.upgrade_available is False
     assert decision.reason.startswith(
-        "overlay 0.3.36-cu13.0-1 was quarantined: the probe crashed (signal 11); running on CPU")
+        "overlay 0.3.36-cu13.0-1 was quarantined: the probe crashed (signal 11); running on CPU"
+    )
     assert "`llamaship overlay remove`" in decision.reason
 
 
@@ -205,7 +239,7 @@ def test_same_or_older_release_is_not_an_upgrade() -> None:
 
 
 def test_newer_release_the_gpu_cannot_use_is_not_an_upgrade() -> None:
-    needs_more = replace(CU13_NEWER, min_vram_mb=16384)
+    needs_more = CU13_NEWER.model_copy(update={"min_vram_mb": 16384})
 
     assert decide(_report(RTX_3060), CU13, needs_more, None).upgrade_available is False
 

@@ -17,10 +17,14 @@ def test_summary_lists_every_gpu(hardware: FakeHardware) -> None:
     assert result.stdout.splitlines() == [
         "NVIDIA driver 535.104.05, CUDA 12.2 (from nvml)",
         "  GPU 0: NVIDIA GeForce RTX 3060, 12288 MB VRAM (11800 MB free), compute capability 8.6",
-        ("  GPU 1: NVIDIA GeForce GTX 1060 6GB, 6144 MB VRAM (5760 MB free), "
-         "compute capability 6.1"),
-        ("Decision: cpu (no CUDA overlay is installed and no release offers one for this "
-         "bundle; running on CPU)"),
+        (
+            "  GPU 1: NVIDIA GeForce GTX 1060 6GB, 6144 MB VRAM (5760 MB free), "
+            "compute capability 6.1"
+        ),
+        (
+            "Decision: cpu (no CUDA overlay is installed and no release offers one for this "
+            "bundle; running on CPU)"
+        ),
     ]
     assert "(from nvml, cached)" in hardware.run_cli("detect").stdout
 
@@ -43,8 +47,15 @@ def test_json_output_is_only_the_report(hardware: FakeHardware) -> None:
     result = hardware.run_cli("detect", "--json")
 
     report = json.loads(result.stdout)
-    assert sorted(report) == ["cached", "cuda_driver_version", "driver_version", "errors",
-                              "gpus", "schema", "source"]
+    assert sorted(report) == [
+        "cached",
+        "cuda_driver_version",
+        "driver_version",
+        "errors",
+        "gpus",
+        "schema",
+        "source",
+    ]
 
 
 def test_invalid_configuration_exits_with_the_config_error_code(hardware: FakeHardware) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from hardware.fakes import GTX_1060, RTX_3060, FakeGpu, FakeHardware
 from llamaship.detect.nvml import format_cuda_version
 
@@ -24,8 +25,13 @@ def test_driver_without_gpus_reports_zero_gpus(hardware: FakeHardware) -> None:
     report = hardware.detect()
 
     assert report == {
-        "schema": 1, "source": "nvml", "cached": False, "driver_version": "535.104.05",
-        "cuda_driver_version": "12.2", "gpus": [], "errors": [],
+        "schema": 1,
+        "source": "nvml",
+        "cached": False,
+        "driver_version": "535.104.05",
+        "cuda_driver_version": "12.2",
+        "gpus": [],
+        "errors": [],
     }
 
 
@@ -40,11 +46,16 @@ def test_one_gpu_is_described_completely(hardware: FakeHardware) -> None:
     assert report["source"] == "nvml"
     assert report["driver_version"] == "470.82.01"
     assert report["cuda_driver_version"] == "11.4"
-    assert report["gpus"] == [{
-        "index": 0, "name": "NVIDIA GeForce GTX 1060 6GB",
-        "uuid": "GPU-1060aaaa-0000-0000-0000-000000000000",
-        "vram_total_mb": 6144, "vram_free_mb": 5760, "compute_capability": "6.1",
-    }]
+    assert report["gpus"] == [
+        {
+            "index": 0,
+            "name": "NVIDIA GeForce GTX 1060 6GB",
+            "uuid": "GPU-1060aaaa-0000-0000-0000-000000000000",
+            "vram_total_mb": 6144,
+            "vram_free_mb": 5760,
+            "compute_capability": "6.1",
+        }
+    ]
 
 
 def test_two_gpus_keep_their_order_and_nvml_is_shut_down(hardware: FakeHardware) -> None:
@@ -54,7 +65,9 @@ def test_two_gpus_keep_their_order_and_nvml_is_shut_down(hardware: FakeHardware)
     report = hardware.detect()
 
     assert [(gpu["index"], gpu["name"]) for gpu in report["gpus"]] == [
-        (0, RTX_3060.name), (1, GTX_1060.name)]
+        (0, RTX_3060.name),
+        (1, GTX_1060.name),
+    ]
     assert [gpu["compute_capability"] for gpu in report["gpus"]] == ["8.6", "6.1"]
     calls = hardware.nvml_calls()
     assert calls[0] == "nvmlInitWithFlags"
@@ -100,11 +113,14 @@ def test_nvml_init_failure_without_nvidia_smi_reports_no_gpu(hardware: FakeHardw
     report = hardware.detect()
 
     assert report["source"] == "none"
-    assert report["errors"] == ["NVML: initialisation failed: Driver Not Loaded",
-                                "nvidia-smi: not found on PATH"]
+    assert report["errors"] == [
+        "NVML: initialisation failed: Driver Not Loaded",
+        "nvidia-smi: not found on PATH",
+    ]
 
 
-@pytest.mark.parametrize(("encoded", "text"), [(12020, "12.2"), (13000, "13.0"),
-                                               (12080, "12.8"), (11040, "11.4")])
+@pytest.mark.parametrize(
+    ("encoded", "text"), [(12020, "12.2"), (13000, "13.0"), (12080, "12.8"), (11040, "11.4")]
+)
 def test_cuda_driver_version_is_decoded(encoded: int, text: str) -> None:
     assert format_cuda_version(encoded) == text

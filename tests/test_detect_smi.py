@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hardware.fakes import GTX_1060, RTX_3060, FakeHardware
 from llamaship.detect.errors import SourceFailed
 from llamaship.detect.smi import parse_query_output
@@ -26,14 +27,19 @@ def test_nvidia_smi_answers_when_nvml_is_missing(hardware: FakeHardware) -> None
     assert report["driver_version"] == "580.65.06"
     assert report["cuda_driver_version"] == "13.0"
     assert report["gpus"][1] == {
-        "index": 1, "name": "NVIDIA GeForce GTX 1060 6GB",
+        "index": 1,
+        "name": "NVIDIA GeForce GTX 1060 6GB",
         "uuid": "GPU-1060aaaa-0000-0000-0000-000000000000",
-        "vram_total_mb": 6144, "vram_free_mb": 5760, "compute_capability": "6.1",
+        "vram_total_mb": 6144,
+        "vram_free_mb": 5760,
+        "compute_capability": "6.1",
     }
     assert len(report["errors"]) == 1 and "libnvidia-ml.so.1" in report["errors"][0]
     query, banner = hardware.smi_calls()
-    assert query == ("--query-gpu=index,name,uuid,memory.total,memory.free,compute_cap,"
-                     "driver_version --format=csv,noheader,nounits")
+    assert query == (
+        "--query-gpu=index,name,uuid,memory.total,memory.free,compute_cap,"
+        "driver_version --format=csv,noheader,nounits"
+    )
     assert banner == ""
 
 
@@ -95,24 +101,29 @@ def test_hung_nvidia_smi_and_its_children_are_killed(hardware: FakeHardware) -> 
 def test_csv_with_spaces_in_names_is_parsed() -> None:
     gpus, driver = parse_query_output(
         "0, NVIDIA RTX A6000, GPU-a, 49140, 48000, 8.6, 550.54.14\n"
-        "1, Tesla T4, GPU-b, 15360, 15000, 7.5, 550.54.14\n\n")
+        "1, Tesla T4, GPU-b, 15360, 15000, 7.5, 550.54.14\n\n"
+    )
 
     assert driver == "550.54.14"
-    assert [(gpu["name"], gpu["vram_total_mb"], gpu["compute_capability"]) for gpu in gpus] == [
-        ("NVIDIA RTX A6000", 49140, "8.6"), ("Tesla T4", 15360, "7.5")]
+    assert [(gpu.name, gpu.vram_total_mb, gpu.compute_capability) for gpu in gpus] == [
+        ("NVIDIA RTX A6000", 49140, "8.6"),
+        ("Tesla T4", 15360, "7.5"),
+    ]
 
 
 def test_empty_output_means_no_gpu() -> None:
     assert parse_query_output("\n") == ([], None)
 
 
-@pytest.mark.parametrize("line", [
-    "0, Tesla T4, GPU-b, 15360, 15000, 7.5",  # a column missing
-    "0, Tesla T4, GPU-b, [N/A], 15000, 7.5, 550.54.14",  # memory not a number
-    "0, Tesla T4, GPU-b, 15360, 15000, [Not Supported], 550.54.14",  # no compute capability
-    "Failed to initialize NVML: Driver/library version mismatch",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "0, Tesla T4, GPU-b, 15360, 15000, 7.5",  # a column missing
+        "0, Tesla T4, GPU-b, [N/A], 15000, 7.5, 550.54.14",  # memory not a number
+        "0, Tesla T4, GPU-b, 15360, 15000, [Not Supported], 550.54.14",  # no compute capability
+        "Failed to initialize NVML: Driver/library version mismatch",
+    ],
+)
 def test_unexpected_lines_are_refused(line: str) -> None:
     with pytest.raises(SourceFailed, match="not the expected CSV"):
         parse_query_output(line)
-

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from hardware.fakes import GTX_1060, RTX_3060, FakeGpu, FakeHardware
 from llamaship.detect.cache import read_cache, write_cache
 from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship.detect.report import none_report
+from llamaship_contract.detection import none_report
 
 RENAMED = FakeGpu("Renamed GPU", RTX_3060.uuid, RTX_3060.total_mb, RTX_3060.free_mb, "8.6")
 
@@ -166,7 +167,7 @@ settings = resolve_settings()
 report = load_or_detect(settings, DataDirs(settings.home),
                         {"bundle": llamaship.__version__, "overlay": "none"})
 heavy = ["pynvml", "subprocess", "llamaship.detect.nvml", "llamaship.detect.smi"]
-print(json.dumps({"cached": report["cached"], "imported": [m for m in heavy if m in sys.modules]}))
+print(json.dumps({"cached": report.cached, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
 
@@ -174,13 +175,20 @@ def test_warm_path_imports_no_nvml_and_starts_no_process(cached_machine: FakeHar
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", WARM_PROBE], env=cached_machine.env(),
-                            cwd=cached_machine.root, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", WARM_PROBE],
+        env=cached_machine.env(),
+        cwd=cached_machine.root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
 
     assert json.loads(result.stdout) == {"cached": True, "imported": []}
 
 
 # In-process checks of the cache file and the fingerprint.
+
 
 def test_fingerprint_changes_when_nvml_appears_on_ld_library_path(tmp_path: Path) -> None:
     env = {"LD_LIBRARY_PATH": str(tmp_path), "PATH": str(tmp_path)}
@@ -203,7 +211,8 @@ def test_fingerprint_follows_versions_and_nvidia_smi(tmp_path: Path) -> None:
 
     assert compute_fingerprint({"bundle": "1"}, env)["nvidia_smi"] is not None
     assert compute_fingerprint({"bundle": "1", "overlay": "x"}, {}) != compute_fingerprint(
-        {"bundle": "1"}, {})
+        {"bundle": "1"}, {}
+    )
     assert compute_fingerprint({"bundle": "1"}, env) != base
     assert json.loads(json.dumps(base)) == base  # stored as JSON, compared after a round trip
 
@@ -215,7 +224,7 @@ def test_cache_round_trip_marks_the_report_cached(tmp_path: Path) -> None:
 
     write_cache(path, fingerprint, report)
 
-    assert read_cache(path, fingerprint) == {**report, "cached": True}
+    assert read_cache(path, fingerprint) == report.model_copy(update={"cached": True})
     assert read_cache(path, {**fingerprint, "versions": {"bundle": "2"}}) is None
     assert json.loads(path.read_text())["report"]["cached"] is False
     assert [entry.name for entry in path.parent.iterdir()] == [path.name]  # no temp file left

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
+
 from llamaship.decide import OverlayRequirements
 from llamaship.overlay.manifest import (
     ManifestError,
@@ -28,19 +30,37 @@ PY_SHA = hashlib.sha256(b"__init__").hexdigest()
 def manifest_doc() -> dict[str, Any]:
     """A valid llama-cuda manifest, as the contract shows it."""
     return {
-        "format": 1, "layer": "llama-cuda", "overlay_version": "0.3.36-cu13.0-1", "serial": 7,
-        "requires": {"layer": "cuda-runtime", "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
-                     "sha256": RUNTIME_SHA},
-        "llama_cpp_version": "0.3.36", "python_tag": "py3", "platform": "linux_x86_64",
-        "cuda_version": "13.0", "min_driver": {"linux": "580.65.06", "windows": "580.88"},
-        "cuda_archs": ["75"], "ptx_archs": [], "min_vram_mb": 1024,
-        "archive": {"name": "llama-cuda-0.3.36-cu13.0-1-linux_x86_64.tar.zst", "size": 4096,
-                    "sha256": ARCHIVE_SHA},
+        "format": 1,
+        "layer": "llama-cuda",
+        "overlay_version": "0.3.36-cu13.0-1",
+        "serial": 7,
+        "requires": {
+            "layer": "cuda-runtime",
+            "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
+            "sha256": RUNTIME_SHA,
+        },
+        "llama_cpp_version": "0.3.36",
+        "python_tag": "py3",
+        "platform": "linux_x86_64",
+        "cuda_version": "13.0",
+        "min_driver": {"linux": "580.65.06", "windows": "580.88"},
+        "cuda_archs": ["75"],
+        "ptx_archs": [],
+        "min_vram_mb": 1024,
+        "archive": {
+            "name": "llama-cuda-0.3.36-cu13.0-1-linux_x86_64.tar.zst",
+            "size": 4096,
+            "sha256": ARCHIVE_SHA,
+        },
         "unpacked_size": 1070,
         "files": [
             {"path": "llama_cpp/__init__.py", "size": 70, "sha256": PY_SHA},
-            {"path": "llama_cpp/lib/libggml.so", "size": 1000, "sha256": LIB_SHA,
-             "link": "libggml.so.0"},
+            {
+                "path": "llama_cpp/lib/libggml.so",
+                "size": 1000,
+                "sha256": LIB_SHA,
+                "link": "libggml.so.0",
+            },
             {"path": "llama_cpp/lib/libggml.so.0", "size": 1000, "sha256": LIB_SHA},
         ],
         "created": "2026-11-25T00:00:00Z",
@@ -49,19 +69,40 @@ def manifest_doc() -> dict[str, Any]:
 
 def index_doc() -> dict[str, Any]:
     return {
-        "format": 1, "serial": 9, "created": "2026-11-25T00:00:00Z",
-        "overlays": [{
-            "overlay_version": "0.3.36-cu13.0-1", "serial": 7, "platform": "linux_x86_64",
-            "python_tag": "py3", "llama_cpp_version": "0.3.36", "cuda_version": "13.0",
-            "layers": [
-                {"layer": "cuda-runtime", "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
-                 "manifest": "cuda-runtime.json", "manifest_sha256": RUNTIME_SHA,
-                 "archive": "https://example.invalid/cuda-runtime.tar.zst"},
-                {"layer": "llama-cuda", "id": f"llama-cuda-{ARCHIVE_SHA[:16]}",
-                 "manifest": "llama-cuda.json", "manifest_sha256": ARCHIVE_SHA,
-                 "archive": "llama-cuda.tar.zst"},
-            ],
-        }],
+        "format": 1,
+        "serial": 9,
+        "created": "2026-11-25T00:00:00Z",
+        "expires": "2026-12-25T00:00:00Z",
+        "overlays": [
+            {
+                "overlay_version": "0.3.36-cu13.0-1",
+                "serial": 7,
+                "platform": "linux_x86_64",
+                "python_tag": "py3",
+                "llama_cpp_version": "0.3.36",
+                "cuda_version": "13.0",
+                "min_driver": {"linux": "580.65.06", "windows": "580.88"},
+                "cuda_archs": ["75"],
+                "ptx_archs": [],
+                "min_vram_mb": 1024,
+                "layers": [
+                    {
+                        "layer": "cuda-runtime",
+                        "id": f"cuda-runtime-{RUNTIME_SHA[:16]}",
+                        "manifest": "cuda-runtime.json",
+                        "manifest_sha256": RUNTIME_SHA,
+                        "archive": "https://example.invalid/cuda-runtime.tar.zst",
+                    },
+                    {
+                        "layer": "llama-cuda",
+                        "id": f"llama-cuda-{ARCHIVE_SHA[:16]}",
+                        "manifest": "llama-cuda.json",
+                        "manifest_sha256": ARCHIVE_SHA,
+                        "archive": "llama-cuda.tar.zst",
+                    },
+                ],
+            }
+        ],
     }
 
 
@@ -99,22 +140,45 @@ def test_all_problems_are_reported_at_once() -> None:
     assert "5 problem(s)" in message
 
 
-@pytest.mark.parametrize("path", [
-    "../x", "/etc/passwd", "llama_cpp/../../x", "C:/x", "llama_cpp\\lib\\x.dll",
-    "llama_cpp//x", "llama_cpp/./x", "", "other/x.py", "lib/libcudart.so.13",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../x",
+        "/etc/passwd",
+        "llama_cpp/../../x",
+        "C:/x",
+        "llama_cpp\\lib\\x.dll",
+        "llama_cpp//x",
+        "llama_cpp/./x",
+        "",
+        "other/x.py",
+        "lib/libcudart.so.13",
+    ],
+)
 def test_unsafe_or_foreign_file_paths_are_refused(path: str) -> None:
     document = manifest_doc()
     document["files"][0]["path"] = path
     assert "files[0].path" in problems_of(document)
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("serial", True), ("serial", "7"), ("serial", 1.5), ("min_vram_mb", None),
-    ("layer", "everything"), ("platform", "Linux x86-64"), ("cuda_archs", ["sm_75"]),
-    ("min_driver", {"linux": "new"}), ("min_driver", {"beos": "580.1"}), ("min_driver", {}),
-    ("created", "yesterday"), ("files", {}), ("requires", "cuda-runtime"),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("serial", True),
+        ("serial", "7"),
+        ("serial", 1.5),
+        ("min_vram_mb", None),
+        ("layer", "everything"),
+        ("platform", "Linux x86-64"),
+        ("cuda_archs", ["sm_75"]),
+        ("min_driver", {"linux": "new"}),
+        ("min_driver", {"beos": "580.1"}),
+        ("min_driver", {}),
+        ("created", "yesterday"),
+        ("files", {}),
+        ("requires", "cuda-runtime"),
+    ],
+)
 def test_wrong_types_and_values_are_named(field: str, value: Any) -> None:
     document = manifest_doc()
     document[field] = value
@@ -141,11 +205,14 @@ def test_archive_name_must_be_a_plain_tar_zst_name() -> None:
         assert "archive.name" in problems_of(document)
 
 
-@pytest.mark.parametrize(("link", "reason"), [
-    ("../../../etc/passwd", "must point to a regular file"),
-    ("/llama_cpp/lib/libggml.so.0", "must point to a regular file"),
-    ("libmissing.so", "must point to a regular file"),
-])
+@pytest.mark.parametrize(
+    ("link", "reason"),
+    [
+        ("../../../etc/passwd", "must point to a regular file"),
+        ("/llama_cpp/lib/libggml.so.0", "must point to a regular file"),
+        ("libmissing.so", "must point to a regular file"),
+    ],
+)
 def test_links_must_stay_on_listed_files(link: str, reason: str) -> None:
     document = manifest_doc()
     document["files"][1]["link"] = link
@@ -167,8 +234,7 @@ def test_duplicate_paths_and_wrong_unpacked_size() -> None:
 
 def test_a_file_cannot_also_be_a_directory() -> None:
     document = manifest_doc()
-    document["files"].append({"path": "llama_cpp/lib/libggml.so/evil", "size": 0,
-                              "sha256": PY_SHA})
+    document["files"].append({"path": "llama_cpp/lib/libggml.so/evil", "size": 0, "sha256": PY_SHA})
     assert "lies under 'llama_cpp/lib/libggml.so'" in problems_of(document)
 
 
@@ -197,8 +263,14 @@ def test_not_an_object_is_refused(data: bytes) -> None:
 def test_to_requirements_picks_the_os_driver() -> None:
     manifest = parse_manifest(encode(manifest_doc()))
     assert to_requirements(manifest, "linux") == OverlayRequirements(
-        overlay_version="0.3.36-cu13.0-1", serial=7, cuda_version="13.0",
-        min_driver="580.65.06", cuda_archs=("75",), ptx_archs=(), min_vram_mb=1024)
+        overlay_version="0.3.36-cu13.0-1",
+        serial=7,
+        cuda_version="13.0",
+        min_driver="580.65.06",
+        cuda_archs=("75",),
+        ptx_archs=(),
+        min_vram_mb=1024,
+    )
     assert to_requirements(manifest, "windows").min_driver == "580.88"
     document = manifest_doc()
     document["min_driver"] = {"linux": "580.65.06"}
@@ -211,20 +283,77 @@ def test_valid_index_round_trips() -> None:
     entry = index.overlays[0]
     assert entry.layer("llama-cuda").archive == "llama-cuda.tar.zst"
     assert parse_index(dump_index(index)) == index
-    assert dump_index(index) == json.dumps(index_doc(), sort_keys=True,
-                                           separators=(",", ":")).encode()
+    assert (
+        dump_index(index) == json.dumps(index_doc(), sort_keys=True, separators=(",", ":")).encode()
+    )
 
 
 def test_index_problems_are_collected() -> None:
     document = index_doc()
     entry = document["overlays"][0]
-    entry["serial"] = 10
-    entry["layers"].pop()
     entry["layers"][0]["manifest"] = "has space.json"
     entry["layers"][0]["manifest_sha256"] = "nope"
+    del document["expires"]
     with pytest.raises(ManifestError) as raised:
         parse_index(encode(document))
     message = str(raised.value)
-    for text in ("overlays[0].serial", "overlays[0].layers must list",
-                 "overlays[0].layers[0].manifest ", "overlays[0].layers[0].manifest_sha256"):
+    for text in (
+        "overlays[0].layers[0].manifest: must be a URL without spaces",
+        "overlays[0].layers[0].manifest_sha256: must be 64",
+        "expires: Field required",
+    ):
         assert text in message
+
+
+def test_index_checks_across_fields_name_their_fields() -> None:
+    """Once every field is valid, the checks between fields run and name what they concern."""
+    document = index_doc()
+    entry = document["overlays"][0]
+    entry["serial"] = 10
+    entry["layers"].pop()
+    with pytest.raises(ManifestError) as raised:
+        parse_index(encode(document))
+    message = str(raised.value)
+    assert "overlays[0].layers: must list each of cuda-runtime, llama-cuda once" in message
+    document["overlays"][0]["layers"] = index_doc()["overlays"][0]["layers"]
+    with pytest.raises(ManifestError, match=r"overlays\[0\]\.serial: 10 is newer than the index"):
+        parse_index(encode(document))
+
+
+@pytest.mark.parametrize(
+    "expires", ["2026-12-25T00:00:00+01:00", "2026-12-25T00:00:00", "next month"]
+)
+def test_index_expiry_must_be_a_utc_time(expires: str) -> None:
+    document = index_doc()
+    document["expires"] = expires
+    with pytest.raises(ManifestError, match="expires: must be an ISO 8601"):
+        parse_index(encode(document))
+
+
+def test_index_expiry_reads_as_an_aware_time() -> None:
+    expires_at = parse_index(encode(index_doc())).expires_at
+    assert (expires_at.isoformat(), expires_at.utcoffset()) == (
+        "2026-12-25T00:00:00+00:00",
+        timedelta(0),
+    )
+
+
+@pytest.mark.parametrize(
+    "component",
+    [
+        "x" * 256,  # 256 bytes: more than ext4, APFS or NTFS take
+        "\u00e9" * 128,  # 128 characters but 256 UTF-8 bytes
+        "\U0001f600" * 128,  # 256 UTF-16 units (NTFS's limit is 255)
+    ],
+)
+def test_path_component_longer_than_file_systems_allow_is_refused(component: str) -> None:
+    document = manifest_doc()
+    document["files"][0]["path"] = f"llama_cpp/{component}"
+    message = problems_of(document)
+    assert "files[0].path" in message and "longer than file systems allow" in message
+
+
+def test_path_component_of_255_bytes_is_accepted() -> None:
+    document = manifest_doc()
+    document["files"][0]["path"] = "llama_cpp/" + "x" * 255
+    assert parse_manifest(encode(document)).files[0].path.endswith("x" * 255)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+
 from llamaship.errors import LlamashipError
 from llamaship.overlay._fs import DiskSpaceError
 from llamaship.overlay.extract import ArchiveError, extract_layer
@@ -45,19 +46,33 @@ ESCAPE_DIR = Path("/tmp") / f"llamaship-escape-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
-def v1_active(tmp_path: Path, releases: ReleaseFactory, release_keys: Keys,
-              data_dirs: DataDirs) -> DataDirs:
-    install_from_path(releases.publish(tmp_path / "v1-release", V1), data_dirs, TARGET,
-                      [release_keys.public], probe=import_probe, options=FAST_OPTIONS)
+def v1_active(
+    tmp_path: Path, releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs
+) -> DataDirs:
+    install_from_path(
+        releases.publish(tmp_path / "v1-release", V1),
+        data_dirs,
+        TARGET,
+        [release_keys.public],
+        probe=import_probe,
+        options=FAST_OPTIONS,
+    )
     return data_dirs
 
 
-def install_fails(dirs: DataDirs, index: Path, keys: Keys, error_type: type[LlamashipError],
-                  message: str, options: InstallOptions = FAST_OPTIONS) -> LlamashipError:
-    with nothing_written_outside(index.parent.parent, dirs.home), \
-            pytest.raises(error_type, match=message) as caught:
-        install_from_path(index, dirs, TARGET, [keys.public], probe=import_probe,
-                          options=options)
+def install_fails(
+    dirs: DataDirs,
+    index: Path,
+    keys: Keys,
+    error_type: type[LlamashipError],
+    message: str,
+    options: InstallOptions = FAST_OPTIONS,
+) -> LlamashipError:
+    with (
+        nothing_written_outside(index.parent.parent, dirs.home),
+        pytest.raises(error_type, match=message) as caught,
+    ):
+        install_from_path(index, dirs, TARGET, [keys.public], probe=import_probe, options=options)
     assert_settled(dirs, V1.overlay_version)
     return caught.value
 
@@ -107,48 +122,80 @@ def _pax_bomb(members: list[Member]) -> None:
 
 
 HOSTILE = {
-    "dotdot": (_add(member("llama_cpp/../../escaped.txt", b"x")),
-               "'..' component: it would be written outside the layer"),
-    "absolute": (_add(member(f"{ESCAPE_DIR}/evil.txt", b"x")),
-                 "is absolute: it would be written outside the layer"),
-    "escaping-symlink": (_add(member("llama_cpp/lib/escape", type=tarfile.SYMTYPE,
-                                     linkname="../../../../../../etc/passwd")),
-                         "is a symlink to '../../../../../../etc/passwd', outside the layer"),
-    "absolute-symlink": (_add(member("llama_cpp/lib/escape", type=tarfile.SYMTYPE,
-                                     linkname=str(ESCAPE_DIR))),
-                         "outside the layer"),
-    "hardlink": (_add(member("llama_cpp/lib/hard", type=tarfile.LNKTYPE,
-                             linkname="llama_cpp/__init__.py")),
-                 "is a hardlink"),
-    "char-device": (_add(member("llama_cpp/lib/null", type=tarfile.CHRTYPE, devmajor=1,
-                                devminor=3)),
-                    "is a device file, FIFO or other special file"),
-    "fifo": (_add(member("llama_cpp/lib/pipe", type=tarfile.FIFOTYPE)),
-             "is a device file, FIFO or other special file"),
+    "dotdot": (
+        _add(member("llama_cpp/../../escaped.txt", b"x")),
+        "'..' component: it would be written outside the layer",
+    ),
+    "absolute": (
+        _add(member(f"{ESCAPE_DIR}/evil.txt", b"x")),
+        "is absolute: it would be written outside the layer",
+    ),
+    "escaping-symlink": (
+        _add(
+            member(
+                "llama_cpp/lib/escape",
+                type=tarfile.SYMTYPE,
+                linkname="../../../../../../etc/passwd",
+            )
+        ),
+        "is a symlink to '../../../../../../etc/passwd', outside the layer",
+    ),
+    "absolute-symlink": (
+        _add(member("llama_cpp/lib/escape", type=tarfile.SYMTYPE, linkname=str(ESCAPE_DIR))),
+        "outside the layer",
+    ),
+    "hardlink": (
+        _add(member("llama_cpp/lib/hard", type=tarfile.LNKTYPE, linkname="llama_cpp/__init__.py")),
+        "is a hardlink",
+    ),
+    "char-device": (
+        _add(member("llama_cpp/lib/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
+        "is a device file, FIFO or other special file",
+    ),
+    "fifo": (
+        _add(member("llama_cpp/lib/pipe", type=tarfile.FIFOTYPE)),
+        "is a device file, FIFO or other special file",
+    ),
     "setuid": (_set_mode(0o4755), "has the setuid or setgid bit"),
     "setgid": (_set_mode(0o2755), "has the setuid or setgid bit"),
-    "unlisted-file": (_add(member("llama_cpp/extra.py", b"print('hi')")),
-                      "is not listed in the signed manifest"),
-    "unlisted-dir": (_add(member("llama_cpp/plugins", type=tarfile.DIRTYPE)),
-                     "is a directory no listed file lives in"),
+    "unlisted-file": (
+        _add(member("llama_cpp/extra.py", b"print('hi')")),
+        "is not listed in the signed manifest",
+    ),
+    "unlisted-dir": (
+        _add(member("llama_cpp/plugins", type=tarfile.DIRTYPE)),
+        "is a directory no listed file lives in",
+    ),
     "duplicate": (_duplicate_first, "appears twice"),
-    "through-symlink": (_add(member("llama_cpp/lib/libggml.so/inner", b"x")),
-                        "lies under a symlink"),
-    "size-bomb": (_replace_content(bytes(64 * 2**20)),
-                  "is 67108864 bytes; the manifest lists 49152"),
+    "through-symlink": (
+        _add(member("llama_cpp/lib/libggml.so/inner", b"x")),
+        "lies under a symlink",
+    ),
+    "size-bomb": (
+        _replace_content(bytes(64 * 2**20)),
+        "is 67108864 bytes; the manifest lists 49152",
+    ),
     "pax-bomb": (_pax_bomb, r"unpacks to more than the \d+ bytes its manifest allows"),
-    "wrong-content": (_replace_content(bytes(48 * 1024)),
-                      "does not match its signed manifest: .*cuda.so has sha256"),
+    "wrong-content": (
+        _replace_content(bytes(48 * 1024)),
+        "does not match its signed manifest: .*cuda.so has sha256",
+    ),
     "missing-file": (_drop_last, r"does not match its signed manifest: .* is missing"),
 }
 
 
 @pytest.mark.parametrize(("change", "message"), HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_archive_is_refused(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path,
-        change: Callable[[list[Member]], None], message: str) -> None:
-    index = releases.publish(tmp_path / "v2-release",
-                             dataclasses.replace(V2, llama_archive=hostile(change)))
+    v1_active: DataDirs,
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    tmp_path: Path,
+    change: Callable[[list[Member]], None],
+    message: str,
+) -> None:
+    index = releases.publish(
+        tmp_path / "v2-release", dataclasses.replace(V2, llama_archive=hostile(change))
+    )
 
     install_fails(v1_active, index, release_keys, ArchiveError, message)
 
@@ -156,52 +203,69 @@ def test_hostile_archive_is_refused(
 
 
 def test_garbage_instead_of_zstd_is_refused(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
     spec = dataclasses.replace(V2, llama_archive=lambda root, files: b"not zstd at all" * 100)
     index = releases.publish(tmp_path / "v2-release", spec)
-    install_fails(v1_active, index, release_keys, ArchiveError,
-                  "is not a valid .tar.zst archive")
+    install_fails(v1_active, index, release_keys, ArchiveError, "is not a valid .tar.zst archive")
 
 
 def test_manifest_claiming_more_than_the_ceiling_is_refused(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
     index = releases.publish(tmp_path / "v2-release", V2)
     options = dataclasses.replace(FAST_OPTIONS, max_unpacked_bytes=64 * 1024)
-    install_fails(v1_active, index, release_keys, ArchiveError,
-                  r"claims 98304 unpacked bytes, more than the 65536 llamaship accepts",
-                  options=options)
+    install_fails(
+        v1_active,
+        index,
+        release_keys,
+        ArchiveError,
+        r"claims 98304 unpacked bytes, more than the 65536 llamaship accepts",
+        options=options,
+    )
 
 
-def test_entry_ceiling_stops_an_archive_early(
-        releases: ReleaseFactory, tmp_path: Path) -> None:
+def test_entry_ceiling_stops_an_archive_early(releases: ReleaseFactory, tmp_path: Path) -> None:
     [_, llama_manifest] = releases.release(tmp_path / "release", V2)
     manifest = parse_manifest(llama_manifest.read_bytes())
     staging = tmp_path / "staging"
     staging.mkdir()
     with pytest.raises(ArchiveError, match="holds more than the 2 entries"):
-        extract_layer(llama_manifest.parent / manifest.archive.name, staging, manifest,
-                      max_entries=2)
+        extract_layer(
+            llama_manifest.parent / manifest.archive.name, staging, manifest, max_entries=2
+        )
 
 
 # -- a full disk ---------------------------------------------------------------------------
 
+
 def test_not_enough_free_space_is_refused_before_downloading(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
     huge = 2**50  # 1 PiB: no test machine has that much free
-    files = (FileEntry("llama_cpp/__init__.py", huge, hashlib.sha256(b"").hexdigest()),)
+    files = (
+        FileEntry(path="llama_cpp/__init__.py", size=huge, sha256=hashlib.sha256(b"").hexdigest()),
+    )
     spec = dataclasses.replace(V2, llama_overrides={"files": files, "unpacked_size": huge})
     index = releases.publish(tmp_path / "v2-release", spec)
-    install_fails(v1_active, index, release_keys, DiskSpaceError,
-                  r"not enough disk space for the overlay download and unpacking: it needs")
+    install_fails(
+        v1_active,
+        index,
+        release_keys,
+        DiskSpaceError,
+        r"not enough disk space for the overlay download and unpacking: it needs",
+    )
 
 
 @pytest.mark.parametrize("source", ["http", "local"])
 def test_disk_filling_up_mid_write_is_a_clean_failure(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path,
-        overlay_server: OverlayServer, source: str) -> None:
+    v1_active: DataDirs,
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    tmp_path: Path,
+    overlay_server: OverlayServer,
+    source: str,
+) -> None:
     """A real write error from the kernel: the child runs under RLIMIT_FSIZE (32 KiB), so the
     first write past it fails with EFBIG, as a write to a full disk fails with ENOSPC (the
     installer treats both alike). Unprivileged, unlike mounting a tiny tmpfs."""
@@ -211,8 +275,9 @@ def test_disk_filling_up_mid_write_is_a_clean_failure(
     what = "downloading" if source == "http" else "unpacking"
 
     with nothing_written_outside(tmp_path, v1_active.home):
-        code, out, _ = start_installer(v1_active.home, location, [release_keys.public],
-                                       file_size_limit=32 * 1024).finish()
+        code, out, _ = start_installer(
+            v1_active.home, location, [release_keys.public], file_size_limit=32 * 1024
+        ).finish()
 
     assert code == DiskSpaceError.exit_code
     assert f"DiskSpaceError: the disk filled up while {what}" in out
@@ -222,15 +287,18 @@ def test_disk_filling_up_mid_write_is_a_clean_failure(
 
 
 def test_upgrade_after_a_failure_succeeds(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
-    bad = releases.publish(tmp_path / "bad", dataclasses.replace(
-        V2, llama_archive=hostile(_add(member("llama_cpp/extra.py", b"x")))))
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
+    bad = releases.publish(
+        tmp_path / "bad",
+        dataclasses.replace(V2, llama_archive=hostile(_add(member("llama_cpp/extra.py", b"x")))),
+    )
     install_fails(v1_active, bad, release_keys, ArchiveError, "not listed")
     good = releases.publish(tmp_path / "good", V2)
 
-    result = Installer(v1_active, [release_keys.public], probe=import_probe,
-                       options=FAST_OPTIONS).install(str(good), TARGET)
+    result = Installer(
+        v1_active, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
+    ).install(str(good), TARGET)
 
     assert result.overlay.overlay_version == V2.overlay_version
     assert_settled(v1_active, V2.overlay_version)

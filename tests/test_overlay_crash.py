@@ -1,17 +1,20 @@
 """An installer killed (SIGKILL) at each step, two installers at once, and a crashing probe.
 
-The killed installer runs in a child process paused at a named step (LLAMASHIP_TEST_PAUSE_AT,
-see `llamaship.overlay._testhook`). The next start cleans up; the previous overlay must still
-be active, nothing half-installed, nothing written outside the data dir; a new install works.
+The killed installer runs in a child process (`overlay_kit/child.py`) that pauses at a named
+step through the installer's checkpoint API (`llamaship.overlay.checkpoints`). The next start
+cleans up; the previous overlay must still be active, nothing half-installed, nothing written
+outside the data dir; a new install works.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llamaship.overlay._testhook import STEPS
+
+from llamaship.overlay.checkpoints import STEPS, Step, set_checkpoint
 from llamaship.overlay.install import Installer, ProbeRejected, QuarantinedRelease
 from llamaship.overlay.store import InstallBusy, OverlayStore
 from llamaship.paths import DataDirs
@@ -30,16 +33,60 @@ from overlay_kit.server import OverlayServer
 
 V1 = ReleaseSpec(overlay_version="0.3.36-cu13.0-1", serial=1)
 # A 2 MiB runtime layer, so that the pause after the first chunk is truly mid-download.
-V2 = ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2,
-                 runtime=runtime_files("v2", size=1024 * 1024))
+V2 = ReleaseSpec(
+    overlay_version="0.3.36-cu13.0-2", serial=2, runtime=runtime_files("v2", size=1024 * 1024)
+)
 RUNTIME_ARCHIVE = f"cuda-runtime-{V2.overlay_version}-linux_x86_64.tar.zst"
+REPO = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture
+def reached() -> Iterator[list[Step]]:
+    """The steps the installer reaches in this process, through the checkpoint API."""
+    steps: list[Step] = []
+    set_checkpoint(steps.append)
+    yield steps
+    set_checkpoint(None)
+
+
+def test_checkpoints_are_reached_in_install_order(
+    v1_active: DataDirs,
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    overlay_server: OverlayServer,
+    reached: list[Step],
+) -> None:
+    releases.publish(overlay_server.root, V2)
+    install_release(v1_active, overlay_server.url + "releases.json", release_keys)
+    assert reached == [
+        "index",
+        "download",
+        "download",
+        "extract",
+        "extract",
+        "renamed",
+        "probed",
+        "switch",
+    ]
+    assert list(dict.fromkeys(reached)) == list(STEPS)
+
+
+def test_shipped_code_has_no_test_switch() -> None:
+    """Tests pause the installer through `set_checkpoint`; no environment variable can."""
+    shipped = [path for folder in ("runtime", "backend") for path in (REPO / folder).rglob("*.py")]
+    assert len(shipped) > 20
+    assert [str(path) for path in shipped if "LLAMASHIP_TEST" in path.read_text("utf-8")] == []
 
 
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_step_leaves_the_previous_overlay_active(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path,
-        overlay_server: OverlayServer, step: str) -> None:
+    v1_active: DataDirs,
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    tmp_path: Path,
+    overlay_server: OverlayServer,
+    step: str,
+) -> None:
     releases.publish(overlay_server.root, V2)
     index_url = overlay_server.url + "releases.json"
 
@@ -61,11 +108,10 @@ def test_sigkill_at_each_step_leaves_the_previous_overlay_active(
 
 
 def test_second_installer_fails_fast_while_one_runs(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
     index = releases.publish(tmp_path / "v2-release", V2)
-    child = start_installer(v1_active.home, str(index), [release_keys.public],
-                            pause_at="extract")
+    child = start_installer(v1_active.home, str(index), [release_keys.public], pause_at="extract")
     child.wait_paused("extract")
     try:
         staging = list(v1_active.overlays.glob(".staging-*"))
@@ -81,19 +127,24 @@ def test_second_installer_fails_fast_while_one_runs(
 
 
 def test_probe_that_crashes_quarantines_the_overlay(
-        v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys,
-        tmp_path: Path) -> None:
+    v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
     """The real probe (`llamaship.probe.run_probe`, a `llamaship probe` child process) meets
     an overlay whose llama_cpp kills its process with SIGSEGV on import."""
     crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
     # No stand-in libraries: activation would refuse them (not ELF) before the import crashes.
-    spec = dataclasses.replace(V2, runtime={"lib/README.txt": b"no libraries to preload"},
-                               llama={"llama_cpp/__init__.py": crash.encode()})
+    spec = dataclasses.replace(
+        V2,
+        runtime={"lib/README.txt": b"no libraries to preload"},
+        llama={"llama_cpp/__init__.py": crash.encode()},
+    )
     index = releases.publish(tmp_path / "v2-release", spec)
     installer = Installer(v1_active, [release_keys.public], options=FAST_OPTIONS)
 
-    with nothing_written_outside(tmp_path, v1_active.home), \
-            pytest.raises(ProbeRejected, match=r"probe crashed \(SIGSEGV\)"):
+    with (
+        nothing_written_outside(tmp_path, v1_active.home),
+        pytest.raises(ProbeRejected, match=r"probe crashed \(SIGSEGV\)"),
+    ):
         installer.install(str(index), TARGET)
 
     assert_settled(v1_active, V1.overlay_version)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from llamaship.errors import LlamashipError
 from llamaship.overlay.download import (
     DownloadError,
@@ -35,6 +36,7 @@ from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.probe import import_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
+    GPU_REPORT,
     TARGET,
     Keys,
     ReleaseFactory,
@@ -68,14 +70,18 @@ class Upgrade:
     keys: Keys
 
     def run(self, target: Target = TARGET) -> InstallResult:
-        installer = Installer(self.dirs, [self.keys.public], probe=import_probe,
-                              options=FAST_OPTIONS)
+        installer = Installer(
+            self.dirs, [self.keys.public], probe=import_probe, options=FAST_OPTIONS
+        )
         return installer.install(self.server.url + INDEX, target)
 
-    def fails(self, error_type: type[LlamashipError], message: str,
-              target: Target = TARGET) -> LlamashipError:
-        with nothing_written_outside(self.tmp_path, self.dirs.home), \
-                pytest.raises(error_type, match=message) as caught:
+    def fails(
+        self, error_type: type[LlamashipError], message: str, target: Target = TARGET
+    ) -> LlamashipError:
+        with (
+            nothing_written_outside(self.tmp_path, self.dirs.home),
+            pytest.raises(error_type, match=message) as caught,
+        ):
             self.run(target)
         assert_settled(self.dirs, V1.overlay_version)
         return caught.value
@@ -85,11 +91,17 @@ class Upgrade:
 
 
 @pytest.fixture
-def upgrade(tmp_path: Path, overlay_server: OverlayServer, releases: ReleaseFactory,
-            release_keys: Keys, data_dirs: DataDirs) -> Upgrade:
+def upgrade(
+    tmp_path: Path,
+    overlay_server: OverlayServer,
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    data_dirs: DataDirs,
+) -> Upgrade:
     index = releases.publish(tmp_path / "v1-release", V1)
-    Installer(data_dirs, [release_keys.public], probe=import_probe,
-              options=FAST_OPTIONS).install(str(index), TARGET)
+    Installer(data_dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS).install(
+        str(index), TARGET
+    )
     return Upgrade(tmp_path, data_dirs, overlay_server, releases, release_keys)
 
 
@@ -104,6 +116,7 @@ def parts(dirs: DataDirs) -> list[str]:
 
 
 # -- download faults -----------------------------------------------------------------------
+
 
 def test_bit_flip_in_an_archive_is_refused_and_the_download_deleted(upgrade_to_v2: Upgrade) -> None:
     upgrade_to_v2.server.inject(LLAMA_ARCHIVE, "flip", forever=True)
@@ -126,7 +139,8 @@ def test_truncated_download_resumes_with_range_and_if_range(upgrade_to_v2: Upgra
 
 
 def test_download_that_keeps_breaking_off_fails_then_resumes_next_time(
-        upgrade_to_v2: Upgrade) -> None:
+    upgrade_to_v2: Upgrade,
+) -> None:
     upgrade_to_v2.server.inject(LLAMA_ARCHIVE, *["truncate"] * 3)
     upgrade_to_v2.fails(DownloadIncomplete, "failed after 3 attempts: .*peer closed connection")
     assert parts(upgrade_to_v2.dirs) == [f"{LLAMA_ARCHIVE}.part", f"{LLAMA_ARCHIVE}.part.meta"]
@@ -155,7 +169,10 @@ def test_wrong_content_range_restarts_from_zero(upgrade_to_v2: Upgrade) -> None:
 
     requests = upgrade_to_v2.server.requested(LLAMA_ARCHIVE)
     assert [(r.range is not None, r.status) for r in requests] == [
-        (False, 200), (True, 206), (False, 200)]
+        (False, 200),
+        (True, 206),
+        (False, 200),
+    ]
     assert_settled(upgrade_to_v2.dirs, V2.overlay_version)
 
 
@@ -192,6 +209,7 @@ def test_missing_archive_names_the_http_status(upgrade_to_v2: Upgrade) -> None:
 
 # -- signatures ----------------------------------------------------------------------------
 
+
 def _tamper(path: Path, keys: Keys, stranger: Keys) -> None:
     path.write_bytes(path.read_bytes() + b"\n")
 
@@ -205,14 +223,22 @@ def _sign_by_stranger(path: Path, keys: Keys, stranger: Keys) -> None:
 
 
 @pytest.mark.parametrize("document", [INDEX, LLAMA_MANIFEST], ids=["index", "manifest"])
-@pytest.mark.parametrize(("damage", "message"), [
-    (_tamper, "bad signature: the signed bytes were changed"),
-    (_unsign, "its signature cannot be fetched .*HTTP 404"),
-    (_sign_by_stranger, "the signature is from unknown key"),
-], ids=["tampered", "missing", "wrong-key"])
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (_tamper, "bad signature: the signed bytes were changed"),
+        (_unsign, "its signature cannot be fetched .*HTTP 404"),
+        (_sign_by_stranger, "the signature is from unknown key"),
+    ],
+    ids=["tampered", "missing", "wrong-key"],
+)
 def test_bad_signatures_are_refused(
-        upgrade_to_v2: Upgrade, stranger_keys: Keys, document: str,
-        damage: Callable[[Path, Keys, Keys], None], message: str) -> None:
+    upgrade_to_v2: Upgrade,
+    stranger_keys: Keys,
+    document: str,
+    damage: Callable[[Path, Keys, Keys], None],
+    message: str,
+) -> None:
     damage(upgrade_to_v2.server.root / document, upgrade_to_v2.keys, stranger_keys)
     error = upgrade_to_v2.fails(SignatureError, message)
     assert document in str(error)
@@ -239,36 +265,71 @@ def test_release_older_than_an_accepted_one_is_refused(upgrade: Upgrade) -> None
 
 # -- releases that do not fit ------------------------------------------------------------
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("platform", "win_amd64"), ("cuda_version", "12.8"), ("llama_cpp_version", "0.3.30"),
-])
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("platform", "win_amd64"),
+        ("cuda_version", "12.8"),
+        ("llama_cpp_version", "0.3.30"),
+    ],
+)
 def test_manifest_for_another_target_than_its_release_is_refused(
-        upgrade: Upgrade, field: str, value: str) -> None:
+    upgrade: Upgrade, field: str, value: str
+) -> None:
     upgrade.publish(dataclasses.replace(V2, runtime_overrides={field: value}))
-    upgrade.fails(IncompatibleOverlay,
-                  f"cuda-runtime: {field} is '{re.escape(value)}', the release says")
+    upgrade.fails(
+        IncompatibleOverlay, f"cuda-runtime: {field} is '{re.escape(value)}', the release says"
+    )
 
 
 def test_index_entry_that_its_manifests_contradict_is_refused(upgrade: Upgrade) -> None:
     cuda12: dict[str, Any] = {"cuda_version": "12.8"}
-    index = upgrade.publish(dataclasses.replace(V2, runtime_overrides=cuda12,
-                                                llama_overrides=cuda12))
-    rewrite_index(index, upgrade.keys,
-                  lambda document: document["overlays"][0].update(cuda_version="13.0"))
+    index = upgrade.publish(
+        dataclasses.replace(V2, runtime_overrides=cuda12, llama_overrides=cuda12)
+    )
+    rewrite_index(
+        index, upgrade.keys, lambda document: document["overlays"][0].update(cuda_version="13.0")
+    )
     error = upgrade.fails(IncompatibleOverlay, "do not match the release")
     assert "llama-cuda: cuda_version is '12.8', the release says '13.0'" in str(error)
 
 
-@pytest.mark.parametrize(("target", "spec", "message"), [
-    (TARGET, dataclasses.replace(V2, runtime_overrides={"platform": "win_amd64"},
-                                 llama_overrides={"platform": "win_amd64"}),
-     "offers no overlay for linux_x86_64"),
-    (dataclasses.replace(TARGET, cuda_driver_version="12.4"), V2,
-     "a driver supporting CUDA 12.4 .*it offers: 0.3.36-cu13.0-2"),
-    (dataclasses.replace(TARGET, llama_cpp_version="0.3.35"), V2, "llama_cpp 0.3.35"),
-    (dataclasses.replace(TARGET, cuda_driver_version=None), V2, "no NVIDIA driver was detected"),
-], ids=["platform", "old-driver", "llama-version", "no-driver"])
-def test_no_release_for_this_machine(upgrade: Upgrade, target: Target, spec: ReleaseSpec,
-                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("target", "spec", "message"),
+    [
+        (
+            TARGET,
+            dataclasses.replace(
+                V2,
+                runtime_overrides={"platform": "win_amd64"},
+                llama_overrides={"platform": "win_amd64"},
+            ),
+            "offers no overlay for linux_x86_64",
+        ),
+        (
+            dataclasses.replace(
+                TARGET, machine=GPU_REPORT.model_copy(update={"cuda_driver_version": "12.4"})
+            ),
+            V2,
+            "0.3.36-cu13.0-2: the driver supports CUDA 12.4 at most",
+        ),
+        (dataclasses.replace(TARGET, llama_cpp_version="0.3.35"), V2, "llama_cpp 0.3.35"),
+        (
+            dataclasses.replace(
+                TARGET,
+                machine=GPU_REPORT.model_copy(
+                    update={"cuda_driver_version": None, "driver_version": None}
+                ),
+            ),
+            V2,
+            "driver version could not be read",
+        ),
+    ],
+    ids=["platform", "old-driver", "llama-version", "no-driver"],
+)
+def test_no_release_for_this_machine(
+    upgrade: Upgrade, target: Target, spec: ReleaseSpec, message: str
+) -> None:
     upgrade.publish(spec)
     upgrade.fails(NoMatchingOverlay, message, target=target)

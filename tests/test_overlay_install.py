@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
 from llamaship.overlay.install import Installer, InstallProgress, ProgressFn
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
@@ -30,32 +31,42 @@ if TYPE_CHECKING:
     from fixtures_overlay import BuiltOverlay
 
 V1 = ReleaseSpec(overlay_version="0.3.36-cu13.0-1", serial=1)
-V2 = ReleaseSpec(overlay_version="0.3.37-cu13.0-2", serial=2, llama_cpp_version="0.3.37",
-                 llama=llama_files("0.3.37-cu13.0-2"))
+V2 = ReleaseSpec(
+    overlay_version="0.3.37-cu13.0-2",
+    serial=2,
+    llama_cpp_version="0.3.37",
+    llama=llama_files("0.3.37-cu13.0-2"),
+)
 
 
 def installer(dirs: DataDirs, keys: Keys, progress: ProgressFn | None = None) -> Installer:
-    return Installer(dirs, [keys.public], probe=import_probe, progress=progress,
-                     options=FAST_OPTIONS)
+    return Installer(
+        dirs, [keys.public], probe=import_probe, progress=progress, options=FAST_OPTIONS
+    )
 
 
 def test_install_over_http_activates_the_verified_probed_overlay(
-        overlay_server: OverlayServer, releases: ReleaseFactory, release_keys: Keys,
-        data_dirs: DataDirs) -> None:
+    overlay_server: OverlayServer, releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs
+) -> None:
     releases.publish(overlay_server.root, V1)
     seen: list[InstallProgress] = []
 
     result = installer(data_dirs, release_keys, progress=seen.append).install(
-        overlay_server.url + "releases.json", TARGET)
+        overlay_server.url + "releases.json", TARGET
+    )
 
     assert result.changed and len(result.fetched_layers) == 2
     active = OverlayStore(data_dirs).active()
     assert active is not None and active.overlay_version == V1.overlay_version
     assert active.llama_cpp_version == LLAMA_CPP_VERSION
-    assert (active.llama_dir / "llama_cpp" / "__init__.py").read_text().endswith(
-        f'OVERLAY = "{V1.overlay_version}"\n')
-    assert (active.runtime_lib_dir / "libcudart.so").resolve() == \
-        active.runtime_lib_dir / "libcudart.so.13"
+    assert (
+        (active.llama_dir / "llama_cpp" / "__init__.py")
+        .read_text()
+        .endswith(f'OVERLAY = "{V1.overlay_version}"\n')
+    )
+    assert (
+        active.runtime_lib_dir / "libcudart.so"
+    ).resolve() == active.runtime_lib_dir / "libcudart.so.13"
     assert active.requirements.cuda_archs == ("75",)
     phases = [progress.phase for progress in seen]
     assert phases[0] == "index" and phases[-1] == "done"
@@ -65,8 +76,8 @@ def test_install_over_http_activates_the_verified_probed_overlay(
 
 
 def test_llama_only_update_downloads_only_the_llama_layer(
-        overlay_server: OverlayServer, releases: ReleaseFactory, release_keys: Keys,
-        data_dirs: DataDirs) -> None:
+    overlay_server: OverlayServer, releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs
+) -> None:
     index_url = overlay_server.url + "releases.json"
     releases.publish(overlay_server.root, V1)
     first = installer(data_dirs, release_keys).install(index_url, TARGET)
@@ -75,7 +86,8 @@ def test_llama_only_update_downloads_only_the_llama_layer(
     releases.publish(overlay_server.root, V1, V2)
 
     update = installer(data_dirs, release_keys).install(
-        index_url, dataclasses.replace(TARGET, llama_cpp_version="0.3.37"))
+        index_url, dataclasses.replace(TARGET, llama_cpp_version="0.3.37")
+    )
 
     assert update.overlay.overlay_version == V2.overlay_version
     assert update.reused_layers == (runtime_id,)
@@ -89,7 +101,8 @@ def test_llama_only_update_downloads_only_the_llama_layer(
 
 
 def test_reinstalling_the_active_release_changes_nothing(
-        releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs, tmp_path: Path) -> None:
+    releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs, tmp_path: Path
+) -> None:
     index = releases.publish(tmp_path / "release", V1)
     installer(data_dirs, release_keys).install(str(index), TARGET)
 
@@ -101,7 +114,8 @@ def test_reinstalling_the_active_release_changes_nothing(
 
 
 def test_rollback_and_remove_switch_pointers_and_keep_layers_in_use(
-        releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs, tmp_path: Path) -> None:
+    releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs, tmp_path: Path
+) -> None:
     v2 = ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2)
     installer(data_dirs, release_keys).install(str(releases.publish(tmp_path / "r1", V1)), TARGET)
     installer(data_dirs, release_keys).install(str(releases.publish(tmp_path / "r2", v2)), TARGET)
@@ -122,20 +136,30 @@ def test_rollback_and_remove_switch_pointers_and_keep_layers_in_use(
 
 
 @pytest.mark.slow
-def test_real_overlay_passes_the_real_probe(built_overlay: BuiltOverlay, data_dirs: DataDirs,
-                                            tmp_path: Path) -> None:
+def test_real_overlay_passes_the_real_probe(
+    built_overlay: BuiltOverlay, data_dirs: DataDirs, tmp_path: Path
+) -> None:
     """The overlay `build_overlay` makes from the genuine CUDA build of llama-cpp-python (and
     NVIDIA's libcudart), installed with the default probe: a `llamaship probe` child process
     preloads libcudart, imports the overlay's llama_cpp and registers its ggml backends (no
     driver here: the CUDA backend is skipped, the CPU variants load)."""
     release = tmp_path / "release"
     release.mkdir()
-    built = [built_overlay.runtime_archive, built_overlay.runtime_manifest,
-             built_overlay.llama_archive, built_overlay.llama_manifest]
+    built = [
+        built_overlay.runtime_archive,
+        built_overlay.runtime_manifest,
+        built_overlay.llama_archive,
+        built_overlay.llama_manifest,
+    ]
     for path in [*built, *(p.with_name(p.name + ".sig") for p in built[1::2])]:
         os.link(path, release / path.name)
-    write_release_index(release, [[release / built[1].name, release / built[3].name]], 7,
-                        built_overlay.keys.private, "")
+    write_release_index(
+        release,
+        [[release / built[1].name, release / built[3].name]],
+        7,
+        built_overlay.keys.private,
+        "",
+    )
 
     probed: list[ProbeResult] = []
 
@@ -143,7 +167,8 @@ def test_real_overlay_passes_the_real_probe(built_overlay: BuiltOverlay, data_di
         probed.append(run_probe(llama_dir, runtime_lib_dir, timeout))
 
     result = Installer(data_dirs, [built_overlay.keys.public], probe=real_probe).install(
-        str(release / "releases.json"), TARGET)
+        str(release / "releases.json"), TARGET
+    )
 
     active = OverlayStore(data_dirs).active()
     assert active is not None and active.overlay_version == result.overlay.overlay_version

@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from fixtures_overlay import BuiltOverlay
 from llamaship.overlay.manifest import parse_index
 from llamaship.overlay.signing import verify
-
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_release import release
 
@@ -19,18 +19,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items()
-               if key != "LLAMASHIP_OVERLAY_SOURCE"}
-    return subprocess.run([sys.executable, "-m", "llamaship_build", *args], cwd=ROOT,
-                          env={**environ, **env}, capture_output=True, text=True, check=False)
+    environ = {key: value for key, value in os.environ.items() if key != "LLAMASHIP_OVERLAY_SOURCE"}
+    return subprocess.run(
+        [sys.executable, "-m", "llamaship_build", *args],
+        cwd=ROOT,
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
-def test_release_signs_an_index_over_the_built_layers(built_overlay: BuiltOverlay,
-                                                      tmp_path: Path) -> None:
+def test_release_signs_an_index_over_the_built_layers(
+    built_overlay: BuiltOverlay, tmp_path: Path
+) -> None:
     key_file = tmp_path / "signing-key.b64"
     key_file.write_text(built_overlay.keys.private)
-    index, signature = release(built_overlay.out_dir, tmp_path / "release", serial=41,
-                               base_url="", key_file=key_file)
+    index, signature = release(
+        built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", key_file=key_file
+    )
     data = index.read_bytes()
     assert verify(data, signature.read_bytes(), [built_overlay.keys.public])
     parsed = parse_index(data, origin="test")
@@ -40,8 +47,9 @@ def test_release_signs_an_index_over_the_built_layers(built_overlay: BuiltOverla
     for layer in entry.layers:
         assert (tmp_path / "release" / layer.archive).is_file()
     with pytest.raises(BuildError, match="serials only grow"):
-        release(built_overlay.out_dir, tmp_path / "release", serial=41, base_url="",
-                key_file=key_file)
+        release(
+            built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", key_file=key_file
+        )
 
 
 def test_release_without_layers_says_to_build_them(tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_packaging_resolves_to_installed_library_from_repo_root() -> None:
     code = "import packaging, packaging.version; print(packaging.__file__)"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     location = Path(result.stdout.strip())
     assert "site-packages" in location.parts
     assert not location.is_relative_to(ROOT / "packaging")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from llamaship import cli_keys
 from llamaship.config import resolve_settings
 from llamaship.errors import ConfigError
@@ -81,15 +82,18 @@ def test_missing_signature() -> None:
             verify(DATA, missing, [public])
 
 
-@pytest.mark.parametrize("sig", [
-    b"not json",
-    b"\xff\xfe",
-    b"[]",
-    b'{"key_id": "abc"}',
-    b'{"key_id": "abc", "signature": "***"}',
-    b'{"key_id": 5, "signature": "' + base64.b64encode(b"x" * 64) + b'"}',
-    b'{"key_id": "abc", "signature": "' + base64.b64encode(b"short") + b'"}',
-])
+@pytest.mark.parametrize(
+    "sig",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"[]",
+        b'{"key_id": "abc"}',
+        b'{"key_id": "abc", "signature": "***"}',
+        b'{"key_id": 5, "signature": "' + base64.b64encode(b"x" * 64) + b'"}',
+        b'{"key_id": "abc", "signature": "' + base64.b64encode(b"short") + b'"}',
+    ],
+)
 def test_malformed_signature(sig: bytes) -> None:
     _, public = generate_keypair()
     with pytest.raises(SignatureError, match="malformed"):
@@ -102,18 +106,28 @@ def test_bad_private_key_is_refused_without_echoing_it() -> None:
     assert "c2VjcmV0" not in str(raised.value)
 
 
-def test_bundled_keys_are_valid_and_extra_keys_come_from_config() -> None:
+def test_trusted_keys_are_the_bundled_ones_unless_the_caller_passes_others() -> None:
     bundled = bundled_trusted_keys()
     assert bundled, "llamaship/trusted_keys.json must hold the release public key(s)"
     _, extra = generate_keypair()
-    settings = resolve_settings(env={"LLAMASHIP_HOME": "/nonexistent",
-                                     "LLAMASHIP_TRUSTED_KEYS": f" {extra} ,{bundled[0]}"})
-    assert trusted_keys(settings) == (*bundled, extra)
+    assert trusted_keys() == bundled
+    assert trusted_keys([extra]) == (extra,)
+    assert trusted_keys(()) == ()
 
 
-def test_trusted_keys_option_refuses_a_non_key() -> None:
-    with pytest.raises(ConfigError, match="LLAMASHIP_TRUSTED_KEYS"):
-        resolve_settings(env={"LLAMASHIP_HOME": "/x", "LLAMASHIP_TRUSTED_KEYS": "bm90IGEga2V5"})
+@pytest.mark.parametrize("origin", ["environment", "env_file"])
+def test_no_setting_adds_a_trusted_key(origin: str, tmp_path: Path) -> None:
+    """LLAMASHIP_TRUSTED_KEYS is gone: naming it is refused, with the reason, wherever it is."""
+    _, attacker = generate_keypair()
+    env = {"LLAMASHIP_HOME": str(tmp_path)}
+    env_file = None
+    if origin == "environment":
+        env["LLAMASHIP_TRUSTED_KEYS"] = attacker
+    else:
+        env_file = tmp_path / ".env"
+        env_file.write_text(f"LLAMASHIP_TRUSTED_KEYS={attacker}\n")
+    with pytest.raises(ConfigError, match="come only from the application bundle"):
+        resolve_settings(env=env, env_file=env_file)
 
 
 def test_signing_key_env_is_not_an_unknown_option() -> None:
@@ -141,8 +155,9 @@ def run_keys(*argv: str) -> int:
     return cli_keys.run(parser.parse_args(list(argv)))
 
 
-def test_keys_generate_writes_a_working_pair(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_generate_writes_a_working_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "keys"
     assert run_keys("keys", "generate", "--out", str(out)) == 0
     private = (out / "signing-key.b64").read_text().strip()

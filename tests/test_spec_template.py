@@ -37,5 +37,5 @@ def test_spec_is_deterministic_and_cpu_only() -> None:
 
 def test_template_error_names_the_template(tmp_path: Path) -> None:
     (tmp_path / "backend.spec.j2").write_text("{{ missing_value }}")
-    with pytest.raises(LlamashipError, match="backend.spec.j2"):
+    with pytest.raises(LlamashipError, match=r"backend\.spec\.j2"):
         render_spec(tmp_path, {})

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+
 from llamaship import __version__
 from llamaship.boot_state import BootState
-
-from llamaship_backend import routes_admin, routes_openai, routes_status, routes_upgrade
+from llamaship_backend import (
+    routes_admin,
+    routes_models,
+    routes_openai,
+    routes_page,
+    routes_settings,
+    routes_status,
+    routes_upgrade,
+)
 from llamaship_backend.dependencies import attach
 from llamaship_backend.engine import Engine
 from llamaship_backend.error_replies import install_error_replies
+from llamaship_backend.security import RequestGuard
 
 
 def create_app(state: BootState, engine: Engine) -> FastAPI:
@@ -17,9 +26,14 @@ def create_app(state: BootState, engine: Engine) -> FastAPI:
     app = FastAPI(title="llamaship backend", version=__version__, docs_url=None, redoc_url=None)
     attach(app, state, engine)
     install_error_replies(app)
+    # In front of routing: a refused request never reaches a route or has its body read.
+    app.add_middleware(RequestGuard, configured_host=state.settings.host)
     # Each API area is a router in its own module; new areas are added to this list.
     app.include_router(routes_status.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_admin.router)
     app.include_router(routes_upgrade.router)
+    app.include_router(routes_models.router)
+    app.include_router(routes_settings.router)
+    app.include_router(routes_page.router)
     return app

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from llamaship.boot_state import BootState
 
+from llamaship import admin_token
+from llamaship.boot_state import BootState
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RestartRequest
 
 
 def attach(app: FastAPI, state: BootState, engine: Engine) -> None:
-    """Store the boot state, the engine and a fresh restart link on `app`."""
+    """Store the boot state, the engine, the admin token (created on first use) and a fresh
+    restart link on `app`."""
     app.state.boot_state = state
     app.state.engine = engine
+    app.state.admin_token = admin_token.read_or_create(state.dirs.home)
     app.state.restart = RestartRequest()
 
 

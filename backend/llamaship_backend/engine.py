@@ -17,7 +17,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
 from llamaship.boot_state import BootState
-
+from llamaship.fit import backoff, cache_key, llama_arguments, plan_load, remember
+from llamaship_backend import benchmark as bench
 from llamaship_backend.errors import (
     GenerationRefused,
     ModelFileMissing,
@@ -26,6 +27,10 @@ from llamaship_backend.errors import (
     NotAGguf,
 )
 from llamaship_backend.schemas import ChatCompletionRequest
+from llamaship_contract.bench import BenchRecord
+from llamaship_contract.document import parse_document
+from llamaship_contract.errors import ContractError
+from llamaship_contract.fit import FitPlan
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -36,7 +41,6 @@ GGUF_MAGIC = b"GGUF"
 # A GGUF without a chat template (base models, older conversions) would get llama-cpp-python's
 # "llama-2" prompt format, which models of other families answer with nothing at all.
 CHAT_FORMAT_BY_ARCHITECTURE = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
-BENCHMARK_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
 def validate_model_file(path: Path | None) -> Path:
@@ -77,17 +81,8 @@ class Embeddings:
     prompt_tokens: int
 
 
-@dataclass(frozen=True)
-class BenchmarkResult:
-    """A timed greedy generation; speeds are per second of wall time."""
-
-    model: str
-    prompt_tokens: int
-    generated_tokens: int
-    prompt_seconds: float
-    generation_seconds: float
-    prompt_tokens_per_second: float
-    tokens_per_second: float
+class _OutOfMemory(Exception):
+    """A load failed for lack of memory (llama.cpp's log said so); the message is the cause."""
 
 
 def unit_vector(embedding: list[float] | list[list[float]]) -> list[float]:
@@ -120,6 +115,8 @@ class Engine:
         self._lock = threading.Lock()
         self._chat_llama: Llama | None = None
         self._embedding_llama: Llama | None = None
+        self._plan: FitPlan | None = None
+        self._shape: tuple[int, int] | None = None
 
     @property
     def model_id(self) -> str | None:
@@ -131,42 +128,169 @@ class Engine:
     def loaded(self) -> bool:
         return self._chat_llama is not None or self._embedding_llama is not None
 
+    @property
+    def plan(self) -> FitPlan | None:
+        """The plan the chat model loaded with (after any back-off), or None before a load."""
+        return self._plan
+
+    def _first_plan(self, path: Path) -> FitPlan:
+        """The fit plan, or one step below the plan an earlier launch died loading."""
+        settings, state = self._state.settings, self._state
+        plan = plan_load(
+            settings,
+            state.report,
+            state.active_variant,
+            path,
+            settings.n_ctx,
+            overlay_version=state.overlay_version,
+            llama_cpp_version=state.llama_cpp_version,
+        )
+        if not plan.applied:  # the user's values win: back off from those
+            plan = plan.model_copy(
+                update={"n_gpu_layers": settings.n_gpu_layers or 0, "n_ctx": settings.n_ctx}
+            )
+        failure = state.previous_load_failure(path)
+        if failure is None or failure.plan is None:
+            return plan
+        try:
+            died = parse_document(FitPlan, failure.plan, "the plan of the launch that died")
+        except ContractError as error:
+            logger.warning("%s", error)
+            return plan
+        reduced = next(backoff.reduced_plans(died, *self._model_shape(path, died)), None)
+        if reduced is None:
+            return plan
+        reason = (
+            f"the launch of pid {failure.pid} died while loading {path.name} with "
+            f"{backoff.describe(died)}; starting from {backoff.describe(reduced)}"
+        )
+        logger.warning("%s", reason)
+        self._state.events.append(reason)
+        return reduced.model_copy(update={"reason": reason})
+
+    def _model_shape(self, path: Path, plan: FitPlan) -> tuple[int, int]:
+        """(training context, layers) of the model, read from its metadata (vocab only)."""
+        if self._shape is None:
+            from llama_cpp import Llama
+
+            info = Llama(model_path=str(path), vocab_only=True, verbose=False)
+            try:
+                architecture = info.metadata.get("general.architecture", "")
+                n_ctx_train = int(info.metadata.get(f"{architecture}.context_length", 0))
+                n_layers = int(info.metadata.get(f"{architecture}.block_count", 0))
+            finally:
+                info.close()
+            self._shape = (n_ctx_train, plan.n_layers or n_layers)
+        return self._shape
+
+    def _open(self, path: Path, plan: FitPlan, **extra: Any) -> Llama:
+        """One `Llama(...)` with `plan`; raises llama-cpp-python's ValueError on failure."""
+        from llama_cpp import Llama
+
+        if plan.tensor_overrides and plan.applied:
+            logger.warning(
+                "llama-cpp-python cannot apply tensor overrides %s: loading without them",
+                list(plan.tensor_overrides),
+            )
+        settings = self._state.settings
+        return Llama(
+            model_path=str(path),
+            n_threads=self._state.n_threads,
+            verbose=settings.verbose,
+            **llama_arguments(plan, settings),
+            **extra,
+        )
+
+    def _remember(self, path: Path, plan: FitPlan) -> None:
+        """Keep a GPU plan that loaded in the fit cache: the next launch skips the fit."""
+        state = self._state
+        if state.active_variant != "cuda" or plan.source in ("cache", "cpu") or not plan.applied:
+            return
+        key = cache_key(
+            state.report,
+            state.active_variant,
+            path,
+            state.settings.n_ctx,
+            margin_mb=state.settings.vram_margin_mb,
+            overlay_version=state.overlay_version,
+            llama_cpp_version=state.llama_cpp_version,
+        )
+        remember(plan, key, state.settings.home)
+
     def _load(self, *, embedding: bool) -> Llama:
         path = validate_model_file(self._state.settings.model)
         from llamaship.native import load_ggml_backends
 
         load_ggml_backends()
-        from llama_cpp import Llama
-
-        settings = self._state.settings
+        backoff.LlamaLog.verbose = self._state.settings.verbose
+        backoff.LlamaLog.install()
+        if self._plan is None:
+            self._plan = self._first_plan(path)
+        plan = self._plan
         extra: dict[str, Any] = {}
         if embedding:
             # A whole input must fit in one batch for embeddings.
-            extra = {"embedding": True, "n_batch": settings.n_ctx, "n_ubatch": settings.n_ctx}
-        started = perf_counter()
-        try:
-            llama = Llama(
-                model_path=str(path),
-                n_gpu_layers=self._state.n_gpu_layers,
-                n_threads=self._state.n_threads,
-                n_ctx=settings.n_ctx,
-                verbose=settings.verbose,
-                **extra,
-            )
-        except (ValueError, RuntimeError) as error:
-            msg = (
-                f"llama.cpp {self._state.llama_cpp_version} could not load {path} ({error}). "
-                "If the file is truncated or of an architecture this llama.cpp does not know, "
-                "download it again or set LLAMASHIP_MODEL to another .gguf file; if memory ran "
-                "out, lower LLAMASHIP_N_CTX."
-            )
-            raise ModelLoadFailed(msg) from None
+            n_ctx = llama_arguments(plan, self._state.settings)["n_ctx"]
+            extra = {"embedding": True, "n_batch": n_ctx, "n_ubatch": n_ctx}
+        steps: Iterator[FitPlan] | None = None
+        while True:
+            started = perf_counter()
+            try:
+                llama = self._open_marked(path, plan, extra)
+            except _OutOfMemory as error:
+                if steps is None:
+                    steps = backoff.reduced_plans(plan, *self._model_shape(path, plan))
+                reduced = next(steps, None)
+                if reduced is None:
+                    msg = (
+                        f"llama.cpp {self._state.llama_cpp_version} ran out of memory loading "
+                        f"{path} even with {backoff.describe(plan)} ({error}): choose a "
+                        "smaller model or lower LLAMASHIP_N_CTX."
+                    )
+                    raise ModelLoadFailed(msg) from None
+                event = (
+                    f"out of memory loading {path.name} with {backoff.describe(plan)} "
+                    f"({error}); retrying with {backoff.describe(reduced)}"
+                )
+                logger.warning("%s", event)
+                self._state.events.append(event)
+                plan = reduced
+                continue
+            break
         logger.info(
-            "loaded %s%s in %.2f s (n_gpu_layers=%d, n_threads=%d, n_ctx=%d)",
-            path.name, " for embeddings" if embedding else "", perf_counter() - started,
-            self._state.n_gpu_layers, self._state.n_threads, settings.n_ctx,
+            "loaded %s%s in %.2f s (%s, n_threads=%d; %s: %s)",
+            path.name,
+            " for embeddings" if embedding else "",
+            perf_counter() - started,
+            backoff.describe(plan),
+            self._state.n_threads,
+            plan.source,
+            plan.reason,
         )
+        if not embedding:
+            self._remember(path, plan)
+        self._plan = plan
         return llama
+
+    def _open_marked(self, path: Path, plan: FitPlan, extra: dict[str, Any]) -> Llama:
+        """`_open` with llama.cpp's log captured, inside the launch's `loading` phase (a crash
+        there is counted, with the plan, and the next launch starts lower)."""
+        with backoff.LlamaLog.captured() as lines:
+            try:
+                with self._state.health.loading(path, plan.model_dump(mode="json", by_alias=True)):
+                    return self._open(path, plan, **extra)
+            except (ValueError, RuntimeError) as error:
+                failure: Exception = error
+        if backoff.is_out_of_memory(str(failure), lines):
+            raise _OutOfMemory("; ".join(backoff.memory_lines(lines)) or str(failure))
+        detail = "; ".join(line for line in lines[-3:]) or "no log"
+        msg = (
+            f"llama.cpp {self._state.llama_cpp_version} could not load {path} ({failure}; "
+            f"llama.cpp said: {detail}). If the file is truncated or of an architecture this "
+            "llama.cpp does not know, download it again or set LLAMASHIP_MODEL to another "
+            ".gguf file."
+        )
+        raise ModelLoadFailed(msg) from None
 
     def _chat_model(self) -> Llama:
         """The chat model, loaded on first use; call with the lock held."""
@@ -200,11 +324,10 @@ class Engine:
         with self._lock, _refusals_as_errors():
             llama = self._chat_model()
             completion = llama.create_chat_completion(**self._chat_arguments(request))
+        self._state.health.generated()
         return cast("dict[str, Any]", completion)  # a chat.completion when stream=False
 
-    def stream_chat(
-        self, request: ChatCompletionRequest
-    ) -> Generator[dict[str, Any], None, None]:
+    def stream_chat(self, request: ChatCompletionRequest) -> Generator[dict[str, Any], None, None]:
         """OpenAI `chat.completion.chunk` objects; the lock is held until the stream ends or closes.
 
         Nothing runs before the first `next()`: model errors surface there.
@@ -212,57 +335,61 @@ class Engine:
         with self._lock, _refusals_as_errors():
             llama = self._chat_model()
             chunks = llama.create_chat_completion(**self._chat_arguments(request), stream=True)
-            yield from cast("Iterator[dict[str, Any]]", chunks)  # chunks when stream=True
+            for chunk in cast("Iterator[dict[str, Any]]", chunks):  # chunks when stream=True
+                self._state.health.generated()
+                yield chunk
 
     def embed(self, texts: list[str]) -> Embeddings:
         """One unit-length vector per text (the mean token vector if the model does not pool)."""
         with self._lock, _refusals_as_errors():
             llama = self._embedding_model()
             rows, prompt_tokens = llama.embed(texts, truncate=False, return_count=True)
+        self._state.health.generated()
         return Embeddings([unit_vector(row) for row in rows], int(prompt_tokens))
 
-    def benchmark(self, n_tokens: int) -> BenchmarkResult:
-        """Greedy generation of exactly `n_tokens` tokens after a fixed prompt, timed."""
-        with self._lock, _refusals_as_errors():
-            llama = self._chat_model()
-            prompt = llama.tokenize(BENCHMARK_PROMPT.encode("utf-8"))
-            if len(prompt) + n_tokens > llama.n_ctx():
-                msg = (
-                    f"{n_tokens} tokens after the {len(prompt)}-token benchmark prompt do not fit "
-                    f"the context of {llama.n_ctx()} tokens: ask for fewer or raise "
-                    "LLAMASHIP_N_CTX."
+    def benchmark(self, n_prompt: int, n_gen: int, *, cpu: bool = True) -> BenchRecord:
+        """Load time, prompt and generation tokens/s with the active plan and (if it offloads
+        and `cpu`) CPU only, same build; stored under LLAMASHIP_HOME. Both models are freed
+        first: the benchmark needs the memory they hold (the next request loads them again)."""
+        with self._lock:
+            path = validate_model_file(self._state.settings.model)
+            if self._plan is None:
+                self._chat_model()  # settle the plan (fit, cache, back-off) as a request would
+            self._close_models()
+            assert self._plan is not None
+            plan = self._plan.model_copy(
+                update={"n_ctx": bench.bench_context(n_prompt, n_gen), "applied": True}
+            )
+            cpu_plan = plan.model_copy(update={"n_gpu_layers": 0, "tensor_split": None})
+            with _refusals_as_errors():
+                active = bench.measure(
+                    lambda: self._open(path, plan), plan.n_gpu_layers, n_prompt, n_gen
                 )
-                raise GenerationRefused(msg)
-            # No reuse of a cached prompt: its evaluation is part of the timing.
-            llama.reset()  # type: ignore[no-untyped-call]  # llama-cpp-python leaves it untyped
-            started = perf_counter()
-            first_token_at = started
-            generated = 0
-            for _token in llama.generate(prompt, temp=0.0):
-                generated += 1
-                if generated == 1:
-                    first_token_at = perf_counter()
-                if generated == n_tokens:
-                    break
-            finished = perf_counter()
-        # The first token costs the prompt evaluation; the others one decode step each.
-        prompt_seconds = first_token_at - started
-        generation_seconds = finished - first_token_at
-        return BenchmarkResult(
-            model=self.model_id or "",
-            prompt_tokens=len(prompt),
-            generated_tokens=generated,
-            prompt_seconds=prompt_seconds,
-            generation_seconds=generation_seconds,
-            prompt_tokens_per_second=len(prompt) / prompt_seconds,
-            tokens_per_second=(generated - 1) / generation_seconds,
+                cpu_run = (
+                    bench.measure(lambda: self._open(path, cpu_plan), 0, n_prompt, n_gen)
+                    if cpu and plan.gpu_offload
+                    else None
+                )
+            record = bench.benchmark_record(self._state, path, self._plan, active, cpu_run)
+            bench.save_record(self._state.dirs.state, record)
+        logger.info(
+            "benchmark of %s: %s (pp%d %.1f tokens/s, overhead %.2f %%)",
+            path.name,
+            record.summary,
+            n_prompt,
+            active.prompt_tokens_per_second,
+            100 * active.overhead_fraction,
         )
+        return record
+
+    def _close_models(self) -> None:
+        for llama in (self._chat_llama, self._embedding_llama):
+            if llama is not None:
+                llama.close()
+        self._chat_llama = None
+        self._embedding_llama = None
 
     def close(self) -> None:
         """Free both models (the next request loads them again)."""
         with self._lock:
-            for llama in (self._chat_llama, self._embedding_llama):
-                if llama is not None:
-                    llama.close()
-            self._chat_llama = None
-            self._embedding_llama = None
+            self._close_models()

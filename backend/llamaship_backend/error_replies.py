@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from llamaship.errors import LlamashipError
 from starlette.exceptions import HTTPException
 
+from llamaship.errors import LlamashipError
 from llamaship_backend.errors import BackendError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ async def _backend_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BackendError)
     logger.warning("%s %s: %s", request.method, request.url.path, error)
     body = error_body(str(error), error.error_type, error.code)
-    return JSONResponse(body, status_code=error.status_code)
+    return JSONResponse(body, status_code=error.status_code, headers=dict(error.headers))
 
 
 async def _runtime_error(request: Request, error: Exception) -> JSONResponse:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 from llamaship.errors import LlamashipError
 
 
@@ -11,6 +14,7 @@ class BackendError(LlamashipError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+    headers: ClassVar[Mapping[str, str]] = {}  # extra reply headers (e.g. WWW-Authenticate)
 
 
 class ModelNotConfigured(BackendError):

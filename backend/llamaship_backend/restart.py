@@ -75,18 +75,40 @@ def restart_environment() -> dict[str, str]:
     return environment
 
 
-def exec_restart() -> int:
+def _spawn(command: list[str], environment: dict[str, str]) -> object:
+    # Our own command line. Its own process group: a Ctrl+C meant for the old console
+    # session does not reach it; the file handles of this process are not inherited.
+    return subprocess.Popen(
+        command,
+        env=environment,
+        close_fds=True,
+        creationflags=getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0),
+    )
+
+
+def _exec(command: list[str], environment: dict[str, str]) -> object:
+    os.execve(command[0], command, environment)  # replaces this process: never returns
+
+
+def exec_restart(
+    system: str = sys.platform,
+    spawn: Callable[[list[str], dict[str, str]], object] = _spawn,
+    execute: Callable[[list[str], dict[str, str]], object] = _exec,
+) -> int:
     """Replace this process with a fresh run of the same command (returns only on Windows).
 
     Windows has no real exec (its `os.execv` spawns a child with a new pid and mangles
-    arguments with spaces): there a new process is started and this one exits with 0.
+    arguments with spaces): there a new process is spawned and this one exits with 0, after
+    the server has closed its socket, so the new one can bind the same port. `system` (a
+    `sys.platform` value) and the two process calls are parameters so tests run both branches.
     """
     command = restart_command()
     environment = restart_environment()
     logger.info("restarting: %s", subprocess.list2cmdline(command))
     sys.stdout.flush()
     sys.stderr.flush()
-    if sys.platform == "win32":
-        subprocess.Popen(command, env=environment)  # our own command line
+    if system == "win32":
+        spawn(command, environment)
         return 0
-    os.execve(command[0], command, environment)
+    execute(command, environment)
+    return 0

@@ -1,20 +1,21 @@
-"""`/api/admin/benchmark` (timed generation) and `/api/admin/restart` (202, then restart)."""
+"""`/api/admin/benchmark` (timed generation) and `/api/admin/restart` (202, then restart);
+both need the admin token (`security.require_admin`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, Depends
-from llamaship.boot_state import BootState
 
+from llamaship.boot_state import BootState
 from llamaship_backend.dependencies import get_boot_state, get_engine, get_restart
 from llamaship_backend.engine import Engine
 from llamaship_backend.errors import RestartUnavailable
 from llamaship_backend.restart import RestartRequest
 from llamaship_backend.schemas import BenchmarkRequest
+from llamaship_backend.security import require_admin
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_admin)])
 
 
 @router.post("/api/admin/benchmark")
@@ -23,14 +24,13 @@ def benchmark(
     engine: Annotated[Engine, Depends(get_engine)],
     body: Annotated[BenchmarkRequest | None, Body()] = None,
 ) -> dict[str, Any]:
-    """Tokens per second of the loaded model with the llama.cpp build and offload in use."""
-    result = engine.benchmark((body or BenchmarkRequest()).n_tokens)
+    """Load time and tokens/s with the active plan and on CPU (same build); also stored."""
+    request = body or BenchmarkRequest()
+    record = engine.benchmark(request.n_prompt, request.n_gen, cpu=request.cpu)
     return {
-        **asdict(result),
-        "variant": state.active_variant,
+        **record.model_dump(mode="json", by_alias=True),
+        "summary": record.summary,
         "gpu_offload": state.gpu_offload,
-        "n_gpu_layers": state.n_gpu_layers,
-        "n_threads": state.n_threads,
     }
 
 

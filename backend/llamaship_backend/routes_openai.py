@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from llamaship.boot_state import BootState
 from starlette.concurrency import run_in_threadpool
 
+from llamaship.boot_state import BootState
 from llamaship_backend.dependencies import get_boot_state, get_engine
 from llamaship_backend.engine import Engine
 from llamaship_backend.schemas import ChatCompletionRequest, EmbeddingRequest
@@ -28,7 +28,8 @@ def list_models(state: Annotated[BootState, Depends(get_boot_state)]) -> dict[st
     if model is not None:
         created = int(model.stat().st_mtime) if model.is_file() else 0
         data.append(
-            {"id": model.name, "object": "model", "created": created, "owned_by": "llamaship"})
+            {"id": model.name, "object": "model", "created": created, "owned_by": "llamaship"}
+        )
     return {"object": "list", "data": data}
 
 

@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from llamaship.boot_state import BootState
 
+from llamaship.boot_state import BootState
+from llamaship.overlay.store import OverlayStore
+from llamaship_backend.benchmark import benchmark_summary
 from llamaship_backend.dependencies import get_boot_state, get_engine
 from llamaship_backend.engine import Engine
+from llamaship_contract.capabilities import (
+    Capabilities,
+    DecisionInfo,
+    LlamaCppInfo,
+    ModelInfo,
+    OverlayInfo,
+    Recommendation,
+)
 
 router = APIRouter()
+
+
+def installed_overlay(state: BootState) -> str | None:
+    """The version the overlay store has active (a read of its pointer), or None."""
+    installed = OverlayStore(state.dirs).active()
+    return None if installed is None else installed.overlay_version
 
 
 @router.get("/api/health")
@@ -22,30 +38,28 @@ def health() -> dict[str, str]:
 def capabilities(
     state: Annotated[BootState, Depends(get_boot_state)],
     engine: Annotated[Engine, Depends(get_engine)],
-) -> dict[str, Any]:
+) -> Capabilities:
     """The detection report, the cpu/cuda decision, the llama.cpp in use and the model."""
     model = state.settings.model
-    return {
-        "detection": state.report,
-        "gpus": state.report.get("gpus", []),
-        "decision": {
-            "variant": state.decision,
-            "reason": state.reason,
-            "upgrade_available": state.upgrade_available,
-        },
-        "llama_cpp": {
-            "version": state.llama_cpp_version,
-            "variant": state.active_variant,
-            "gpu_offload": state.gpu_offload,
-            "path": str(state.llama_cpp_path),
-            "cpu_backend": state.cpu_backend,
-        },
-        "overlay": {"version": state.overlay_version},
-        "recommendation": {"n_gpu_layers": state.n_gpu_layers, "n_threads": state.n_threads},
-        "model": {
-            "id": engine.model_id,
-            "path": str(model) if model else None,
-            "loaded": engine.loaded,
-        },
-        "events": state.events,
-    }
+    return Capabilities(
+        detection=state.report,
+        gpus=state.report.gpus,
+        decision=DecisionInfo(
+            variant=state.decision, reason=state.reason, upgrade_available=state.upgrade_available
+        ),
+        llama_cpp=LlamaCppInfo(
+            version=state.llama_cpp_version,
+            variant=state.active_variant,
+            gpu_offload=state.gpu_offload,
+            path=str(state.llama_cpp_path),
+            cpu_backend=state.cpu_backend,
+        ),
+        overlay=OverlayInfo(version=state.overlay_version, installed=installed_overlay(state)),
+        recommendation=Recommendation(n_gpu_layers=state.n_gpu_layers, n_threads=state.n_threads),
+        model=ModelInfo(
+            id=engine.model_id, path=str(model) if model else None, loaded=engine.loaded
+        ),
+        load_plan=engine.plan,
+        benchmark=benchmark_summary(state.dirs.state, engine.model_id),
+        events=tuple(state.events),
+    )

@@ -1,7 +1,8 @@
 """`POST /api/admin/upgrade-gpu` (202 + job id) and `GET /api/admin/upgrade-gpu/{job_id}`.
 
 The upgrade runs in a background thread (`llamaship.overlay.jobs.UpgradeJobs`, one per app,
-created on first use); the new overlay is used after a restart (`/api/admin/restart`).
+created on first use); the new overlay is used after a restart (`/api/admin/restart`). Both
+need the admin token (`security.require_admin`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+
 from llamaship.boot_state import BootState
+from llamaship.errors import LlamashipError
 from llamaship.overlay.install import (
     Installer,
     InstallResult,
@@ -20,12 +23,12 @@ from llamaship.overlay.install import (
     Target,
 )
 from llamaship.overlay.jobs import UpgradeJobs
-from llamaship.overlay.signing import trusted_keys
-
+from llamaship.overlay.offer import find_offer
 from llamaship_backend.dependencies import get_boot_state
 from llamaship_backend.errors import BackendError
+from llamaship_backend.security import require_admin
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require_admin)])
 _jobs_lock = threading.Lock()
 
 InstallerFactory = Callable[[BootState, ProgressFn], Installer]
@@ -65,12 +68,45 @@ def get_upgrade_jobs(request: Request) -> UpgradeJobs:
 
 
 def _default_installer(state: BootState, progress: ProgressFn) -> Installer:
-    return Installer(state.dirs, trusted_keys(state.settings), progress=progress)
+    return Installer(state.dirs, state.trusted_keys, progress=progress)
 
 
 def get_installer_factory() -> InstallerFactory:
     """How an upgrade builds its installer (tests override this dependency to swap the probe)."""
     return _default_installer
+
+
+def _release_url_and_target(state: BootState) -> tuple[str, Target]:
+    release_url = state.settings.release_url
+    if release_url is None:
+        msg = (
+            "No release URL is configured: set LLAMASHIP_RELEASE_URL to the overlay's "
+            "releases.json."
+        )
+        raise UpgradeNotConfigured(msg)
+    try:
+        return release_url, Target.current(state.report, state.llama_cpp_version)
+    except NoMatchingOverlay as error:
+        raise UpgradeUnavailable(str(error)) from None
+
+
+@router.get("/api/admin/upgrade-gpu")
+def upgrade_offer(state: Annotated[BootState, Depends(get_boot_state)]) -> dict[str, Any]:
+    """The overlay an upgrade would install and its download size (the signed index and
+    manifests are read and verified; no archive is fetched)."""
+    release_url, target = _release_url_and_target(state)
+    try:
+        offer = find_offer(state.dirs, state.trusted_keys, release_url, target)
+    except LlamashipError as error:
+        raise UpgradeUnavailable(str(error)) from None
+    return {
+        "overlay_version": offer.overlay_version,
+        "cuda_version": offer.cuda_version,
+        "download_bytes": offer.download_bytes,
+        "unpacked_bytes": offer.unpacked_bytes,
+        "active": offer.active,
+        "running_overlay_version": state.overlay_version,
+    }
 
 
 @router.post("/api/admin/upgrade-gpu", status_code=202)
@@ -83,15 +119,7 @@ def start_upgrade(
 
     While an upgrade runs, this returns the running job's id.
     """
-    release_url = state.settings.release_url
-    if release_url is None:
-        msg = ("No release URL is configured: set LLAMASHIP_RELEASE_URL to the overlay's "
-               "releases.json.")
-        raise UpgradeNotConfigured(msg)
-    try:
-        target = Target.current(state.report, state.llama_cpp_version)
-    except NoMatchingOverlay as error:
-        raise UpgradeUnavailable(str(error)) from None
+    release_url, target = _release_url_and_target(state)
 
     def work(progress: ProgressFn) -> InstallResult:
         return make_installer(state, progress).install(release_url, target)
@@ -101,7 +129,8 @@ def start_upgrade(
 
 @router.get("/api/admin/upgrade-gpu/{job_id}")
 def upgrade_progress(
-    job_id: str, jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
+    job_id: str,
+    jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
 ) -> dict[str, Any]:
     """The job's state, phase, downloaded bytes, message and whether a restart is needed."""
     progress = jobs.get(job_id)

@@ -67,8 +67,11 @@ class EmbeddingRequest(BaseModel):
 
 
 class BenchmarkRequest(BaseModel):
-    """`POST /api/admin/benchmark`: generate `n_tokens` tokens and time them."""
+    """`POST /api/admin/benchmark`: time `n_prompt` prompt tokens (pp) and `n_gen` generated
+    tokens (tg) with the active plan and, if `cpu` and the plan offloads, on CPU only."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
-    n_tokens: int = Field(default=64, ge=2, le=1024)
+    n_prompt: int = Field(default=512, ge=1, le=8192)
+    n_gen: int = Field(default=128, ge=2, le=4096)
+    cpu: bool = True

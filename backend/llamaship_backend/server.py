@@ -2,7 +2,9 @@
 
 Once it accepts connections it logs `llamaship: listening on http://HOST:PORT` (the real
 port, also when LLAMASHIP_PORT=0), writes the port to LLAMASHIP_PORT_FILE if that is set,
-then calls `on_healthy`. SIGTERM and SIGINT shut it down gracefully with exit status 0.
+then calls `on_listening`. SIGTERM and SIGINT shut it down gracefully with exit status 0.
+It listens on 127.0.0.1 unless LLAMASHIP_HOST (`--host`) says otherwise; any other address is
+announced with a warning (docs/security.md).
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+
+from llamaship.admin_token import token_path
 from llamaship.boot_state import BootState
 from llamaship.errors import LlamashipError
-
 from llamaship_backend.app import create_app
 from llamaship_backend.dependencies import restart_of
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RESTART_EXIT_CODE, exec_restart
+from llamaship_backend.security import is_loopback
+from llamaship_contract.names import ExitStatus
 
 logger = logging.getLogger(__name__)
 # The "listening" line is read by people and supervisors: it goes out under the name "llamaship".
@@ -35,7 +40,7 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 class AddressUnavailable(LlamashipError):
     """The configured host/port cannot be bound."""
 
-    exit_code = 3
+    exit_code = ExitStatus.BIND
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -112,20 +117,35 @@ class BackendServer(uvicorn.Server):
             self.should_exit = True
 
 
-def serve(state: BootState, on_healthy: Callable[[], None]) -> int:
-    """Serve until stopped; returns the exit status (or re-executes itself on restart)."""
+def serve(
+    state: BootState,
+    on_listening: Callable[[], None],
+    configure_app: Callable[[FastAPI], None] | None = None,
+) -> int:
+    """Serve until stopped; returns the exit status (or re-executes itself on restart).
+
+    `configure_app` may change the app before it serves (e.g. a test's model catalogue)."""
     settings = state.settings
     engine = Engine(state)
     app = create_app(state, engine)
+    if configure_app is not None:
+        configure_app(app)
     listener = bind_listener(settings.host, settings.port)
     url = listening_url(listener)
     port = listener.getsockname()[1]
 
     def started() -> None:
         announce.info("listening on %s", url)
+        if not is_loopback(settings.host.strip("[]").lower()):
+            announce.warning(
+                "listening on %s: any machine on the network can reach the API; admin calls "
+                "still need the token in %s",
+                settings.host,
+                token_path(settings.home),
+            )
         if settings.port_file is not None:
             write_port_file(settings.port_file, port)
-        on_healthy()
+        on_listening()
 
     server = BackendServer(app, listener, started)
     try:

@@ -22,8 +22,28 @@ from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.overlay_release import MIN_DRIVER
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import write_release_index
+from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.names import INDEX_NAME
 
 MB = 1_000_000
+# The machine the benchmark installs for: one GPU per common architecture, so the installer's
+# compatibility rule accepts whatever architectures the wheel was compiled for.
+BENCH_MACHINE = DetectionReport(
+    source="nvml",
+    driver_version="580.95.05",
+    cuda_driver_version="13.0",
+    gpus=tuple(
+        GpuInfo(
+            index=index,
+            name=f"sm_{capability}",
+            uuid=f"GPU-{index}",
+            vram_total_mb=24576,
+            vram_free_mb=24000,
+            compute_capability=capability,
+        )
+        for index, capability in enumerate(("7.5", "8.0", "8.6", "8.9", "9.0", "12.0"))
+    ),
+)
 RELEASE_LEVEL = 19
 # What other projects ship for the same job (CUDA libraries of one release).
 ANCHORS = "Ollama's CUDA 12 libraries ~1 GB; the seed's plan ~150 MB"
@@ -43,36 +63,63 @@ def _no_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
 
 def run(project: Project, wheel: Path, rounds: int = 3) -> str:
     private, public = generate_keypair()
-    runtime = download_runtime_wheels(project.requirements / "gpu.txt",
-                                      cache_dir() / "nvidia-wheels",
-                                      packages=("nvidia-cuda-runtime",))
+    runtime = download_runtime_wheels(
+        project.requirements / "gpu.txt",
+        cache_dir() / "nvidia-wheels",
+        packages=("nvidia-cuda-runtime",),
+    )
     with tempfile.TemporaryDirectory(prefix="llamaship-bench-") as scratch:
         release = Path(scratch) / "release"
-        paths = build_overlay(wheel, release, cuda_version="13.0", cuda_archs=["75"],
-                              ptx_archs=[], min_driver=MIN_DRIVER["13"], min_vram_mb=1024,
-                              serial=1, overlay_version="bench", signing_key_b64=private,
-                              runtime_wheels=runtime, runtime_libraries=["libcudart.so.13"],
-                              compression_level=RELEASE_LEVEL)
+        paths = build_overlay(
+            wheel,
+            release,
+            cuda_version="13.0",
+            min_driver=MIN_DRIVER["13"],
+            min_vram_mb=1024,
+            serial=1,
+            overlay_version="bench",
+            signing_key_b64=private,
+            runtime_wheels=runtime,
+            runtime_libraries=["libcudart.so.13"],
+            compression_level=RELEASE_LEVEL,
+        )
         manifests = [path for path in paths if path.suffix == ".json"]
-        write_release_index(release, [manifests], serial=1, signing_key_b64=private,
-                            base_url="")
+        write_release_index(release, [manifests], serial=1, signing_key_b64=private, base_url="")
         archive_bytes = sum(path.stat().st_size for path in paths if path.name.endswith(".zst"))
-        llama_bytes = sum(path.stat().st_size for path in paths
-                          if path.name.startswith("llama-cuda") and path.name.endswith(".zst"))
+        llama_bytes = sum(
+            path.stat().st_size
+            for path in paths
+            if path.name.startswith("llama-cuda") and path.name.endswith(".zst")
+        )
         unpacked = sum(json.loads(path.read_text())["unpacked_size"] for path in manifests)
-        target = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
-                        llama_cpp_version="0.3.36", cuda_driver_version="13.0")
+        target = Target(
+            platform="linux_x86_64",
+            os_name="linux",
+            python_tags=("py3",),
+            llama_cpp_version="0.3.36",
+            machine=BENCH_MACHINE,
+        )
         seconds, activation_ms = [], []
         for round_index in range(rounds):
             dirs = DataDirs(Path(scratch) / f"home{round_index}")
             started = time.perf_counter()
             result = Installer(dirs, [public], probe=_no_probe).install(
-                str(release / "releases.json"), target)
+                str(release / INDEX_NAME), target
+            )
             seconds.append(time.perf_counter() - started)
             overlay = result.overlay
             output = subprocess.run(
-                [sys.executable, "-c", _ACTIVATE, str(overlay.llama_dir),
-                 str(overlay.runtime_lib_dir)], capture_output=True, text=True, check=True)
+                [
+                    sys.executable,
+                    "-c",
+                    _ACTIVATE,
+                    str(overlay.llama_dir),
+                    str(overlay.runtime_lib_dir),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             activation_ms.append(float(output.stdout.strip().splitlines()[-1]))
     install = statistics.median(seconds)
     lines = [
@@ -92,4 +139,3 @@ def run(project: Project, wheel: Path, rounds: int = 3) -> str:
         f"{statistics.median(activation_ms):.1f} ms | <= 50 ms |",
     ]
     return "\n".join(lines) + "\n"
-

@@ -110,8 +110,10 @@ def find_toolkit(env: Mapping[str, str] | None = None) -> CudaToolkit:
     root = next((path for path in candidates if (path / "bin" / "nvcc").is_file()), None)
     if root is None:
         tried = ", ".join(str(path / "bin" / "nvcc") for path in candidates)
-        msg = (f"no CUDA toolkit found (tried {tried}): install the CUDA 13 toolkit or set "
-               "CUDA_HOME to its root")
+        msg = (
+            f"no CUDA toolkit found (tried {tried}): install the CUDA 13 toolkit or set "
+            "CUDA_HOME to its root"
+        )
         raise BuildError(msg)
     nvcc = str(root / "bin" / "nvcc")
     release, build = parse_release(_run([nvcc, "--version"], "nvcc --version"))
@@ -125,17 +127,23 @@ def check_archs(archs: Sequence[str], supported: Sequence[str], release: str) ->
     for arch in archs:
         match = _ARCH.match(arch)
         if match is None:
-            problems.append(f"{arch!r} is not an architecture number (write 75 for sm_75 / "
-                            "compute capability 7.5)")
+            problems.append(
+                f"{arch!r} is not an architecture number (write 75 for sm_75 / "
+                "compute capability 7.5)"
+            )
         elif match.group(1) not in supported:
-            problems.append(f"nvcc {release} cannot compile for {arch} (it targets "
-                            f"{', '.join(supported)})")
+            problems.append(
+                f"nvcc {release} cannot compile for {arch} (it targets {', '.join(supported)})"
+            )
     if problems:
         older = [arch for arch in archs if 0 < _arch_order(arch)[0] < int(supported[0])]
-        hint = (f". {', '.join(older)} predate nvcc {release}'s oldest target (GTX 10xx is "
-                "61): build for them with an older CUDA toolchain (CUDA 12 targets 50-90) in "
-                "release CI or use the official cu12x wheels, or drop them from the list"
-                if older else "")
+        hint = (
+            f". {', '.join(older)} predate nvcc {release}'s oldest target (GTX 10xx is "
+            "61): build for them with an older CUDA toolchain (CUDA 12 targets 50-90) in "
+            "release CI or use the official cu12x wheels, or drop them from the list"
+            if older
+            else ""
+        )
         msg = "unsupported CUDA architectures: " + "; ".join(problems) + hint
         raise UnsupportedArchError(msg)
 
@@ -197,8 +205,12 @@ def plan_toolchain(toolkit: CudaToolkit, lock: Path, cache: Path) -> CudaToolcha
         raise BuildError(msg)
     home = cache / "cuda-toolchain"
     stub = toolkit.driver_stub() or home / f"libcuda-stub-{toolkit.build}" / "libcuda.so"
-    return CudaToolchain(toolkit=toolkit, cublas_version=version,
-                         cublas_root=home / f"{CUBLAS_PACKAGE}-{version}", driver_stub=stub)
+    return CudaToolchain(
+        toolkit=toolkit,
+        cublas_version=version,
+        cublas_root=home / f"{CUBLAS_PACKAGE}-{version}",
+        driver_stub=stub,
+    )
 
 
 def prepare_toolchain(toolchain: CudaToolchain, lock: Path, wheels: Path) -> None:
@@ -211,8 +223,12 @@ def prepare_toolchain(toolchain: CudaToolchain, lock: Path, wheels: Path) -> Non
         # Imported here: the overlay builder is the owner of the pinned runtime downloads.
         from llamaship_build.overlay_build import download_runtime_wheels
 
-        _log.info("downloading %s %s (about 450 MB) into %s", CUBLAS_PACKAGE,
-                  toolchain.cublas_version, wheels)
+        _log.info(
+            "downloading %s %s (about 450 MB) into %s",
+            CUBLAS_PACKAGE,
+            toolchain.cublas_version,
+            wheels,
+        )
         (wheel,) = download_runtime_wheels(lock, wheels, packages=(CUBLAS_PACKAGE,))
         unpack_cublas(wheel, toolchain.cublas_root)
     if not toolchain.driver_stub.is_file():
@@ -254,8 +270,10 @@ def unpack_cublas(wheel: Path, dest: Path) -> Path:
         if not (staging / "include" / "cublas_v2.h").is_file():
             missing.append("cublas_v2.h")
         if missing:
-            msg = (f"{wheel.name} lacks {', '.join(missing)} under nvidia/*/lib or include: "
-                   f"is it an {CUBLAS_PACKAGE} wheel?")
+            msg = (
+                f"{wheel.name} lacks {', '.join(missing)} under nvidia/*/lib or include: "
+                f"is it an {CUBLAS_PACKAGE} wheel?"
+            )
             raise BuildError(msg)
         for link, versioned in links.items():
             (staging / "lib" / link).symlink_to(versioned)
@@ -276,42 +294,70 @@ def driver_api_names(preprocessed_header: str) -> tuple[str, ...]:
 def build_driver_stub(cuda_header: Path, out_dir: Path, compiler: str = "gcc") -> Path:
     """Compile `out_dir/libcuda.so.1` (+ `libcuda.so` link) exporting the driver API of
     `cuda_header`; returns the `libcuda.so` path."""
-    preprocessed = _run([compiler, "-E", "-P", f"-I{cuda_header.parent}", str(cuda_header)],
-                        f"preprocessing {cuda_header}")
+    preprocessed = _run(
+        [compiler, "-E", "-P", f"-I{cuda_header.parent}", str(cuda_header)],
+        f"preprocessing {cuda_header}",
+    )
     names = driver_api_names(preprocessed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-",
-                                     dir=out_dir.parent) as staging_text:
+    with tempfile.TemporaryDirectory(
+        prefix=f".{out_dir.name}-", dir=out_dir.parent
+    ) as staging_text:
         staging = Path(staging_text) / out_dir.name
         staging.mkdir()
         source = staging / "libcuda-stub.c"
-        source.write_text("/* Link-time stand-in for the NVIDIA driver; never shipped. */\n" +
-                          "".join(f"int {name}(void) {{ return {CUDA_ERROR_STUB_LIBRARY}; }}\n"
-                                  for name in names))
-        _run([compiler, "-shared", "-fPIC", "-O1", f"-Wl,-soname,{DRIVER_SONAME}", "-o",
-              str(staging / DRIVER_SONAME), str(source)], "compiling the libcuda stub")
+        source.write_text(
+            "/* Link-time stand-in for the NVIDIA driver; never shipped. */\n"
+            + "".join(
+                f"int {name}(void) {{ return {CUDA_ERROR_STUB_LIBRARY}; }}\n" for name in names
+            )
+        )
+        _run(
+            [
+                compiler,
+                "-shared",
+                "-fPIC",
+                "-O1",
+                f"-Wl,-soname,{DRIVER_SONAME}",
+                "-o",
+                str(staging / DRIVER_SONAME),
+                str(source),
+            ],
+            "compiling the libcuda stub",
+        )
         (staging / "libcuda.so").symlink_to(DRIVER_SONAME)
         staging.rename(out_dir)
     _log.info("built a libcuda stub exporting %d driver functions in %s", len(names), out_dir)
     return out_dir / "libcuda.so"
 
 
-def cuda_flavour(archs: Sequence[str], toolchain: CudaToolchain,
-                 ptx_archs: Sequence[str] = ()) -> Flavour:
+def cuda_flavour(
+    archs: Sequence[str], toolchain: CudaToolchain, ptx_archs: Sequence[str] = ()
+) -> Flavour:
     """The portable CPU flags plus CUDA for `archs` (SASS) and `ptx_archs` (PTX for the JIT)."""
     toolkit = toolchain.toolkit
     check_archs([*archs, *ptx_archs], toolkit.archs, toolkit.release)
     architectures = cuda_architectures(archs, ptx_archs)
     return Flavour(
         name=f"cuda{toolkit.build}-{architectures.replace(';', '_')}",
-        cmake_args=("-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={architectures}",
-                    *PORTABLE.cmake_args, *toolchain.cmake_args()),
+        cmake_args=(
+            "-DGGML_CUDA=ON",
+            f"-DCMAKE_CUDA_ARCHITECTURES={architectures}",
+            *PORTABLE.cmake_args,
+            *toolchain.cmake_args(),
+        ),
     )
 
 
-def build_cuda_wheel(lock: Path, archs: Sequence[str], wheelhouse: Path, *,
-                     ptx_archs: Sequence[str] = (), cache: Path | None = None,
-                     env: Mapping[str, str] | None = None) -> Path:
+def build_cuda_wheel(
+    lock: Path,
+    archs: Sequence[str],
+    wheelhouse: Path,
+    *,
+    ptx_archs: Sequence[str] = (),
+    cache: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Path:
     """The normalized CUDA wheel of the lock's llama-cpp-python for `archs`, compiled with the
     local nvcc on a wheelhouse miss (40-60 minutes on 2 cores for one architecture).
 

@@ -32,7 +32,10 @@ class Inventory:
 
 
 def inventory(root: Path) -> Inventory:
-    return Inventory({
-        path.relative_to(root).as_posix(): 0 if path.is_symlink() else path.stat().st_size
-        for path in root.rglob("*") if path.is_file() or path.is_symlink()
-    })
+    return Inventory(
+        {
+            path.relative_to(root).as_posix(): 0 if path.is_symlink() else path.stat().st_size
+            for path in root.rglob("*")
+            if path.is_file() or path.is_symlink()
+        }
+    )

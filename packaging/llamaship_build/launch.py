@@ -27,16 +27,19 @@ class RunningBackend:
     port_file: Path
 
 
-def _wait_healthy(process: subprocess.Popen[bytes], port_file: Path, log: Path,
-                  deadline: float) -> str:
+def _wait_healthy(
+    process: subprocess.Popen[bytes], port_file: Path, log: Path, deadline: float
+) -> str:
     import httpx
 
     url = ""
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            msg = (f"the backend exited with code {process.returncode} before it was healthy; "
-                   f"its last output:\n{tail}")
+            msg = (
+                f"the backend exited with code {process.returncode} before it was healthy; "
+                f"its last output:\n{tail}"
+            )
             raise BuildError(msg)
         if not url and port_file.is_file() and port_file.read_text().strip():
             url = f"http://127.0.0.1:{int(port_file.read_text())}"
@@ -52,8 +55,9 @@ def _wait_healthy(process: subprocess.Popen[bytes], port_file: Path, log: Path,
 
 
 @contextmanager
-def launched(command: Sequence[str], env: Mapping[str, str], timeout: float = 120.0,
-             inherit_env: bool = True) -> Iterator[RunningBackend]:
+def launched(
+    command: Sequence[str], env: Mapping[str, str], timeout: float = 120.0, inherit_env: bool = True
+) -> Iterator[RunningBackend]:
     """Run `command serve --port 0`, yield once /api/health answers, then stop it (SIGTERM).
 
     `env` is added to this process's environment (or replaces it: `inherit_env=False`); the
@@ -65,9 +69,15 @@ def launched(command: Sequence[str], env: Mapping[str, str], timeout: float = 12
         with open(log, "wb") as output:
             process = subprocess.Popen(
                 [*command, "serve", "--host", "127.0.0.1", "--port", "0"],
-                env={**(os.environ if inherit_env else {}), **env,
-                     "LLAMASHIP_PORT_FILE": str(port_file)},
-                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                env={
+                    **(os.environ if inherit_env else {}),
+                    **env,
+                    "LLAMASHIP_PORT_FILE": str(port_file),
+                },
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         try:
             url = _wait_healthy(process, port_file, log, started + timeout)
             yield RunningBackend(process, url, time.monotonic() - started, log, port_file)

@@ -2,7 +2,9 @@
 
 PyPI has only an sdist. The wheel is keyed by the sdist's sha256 and the CMake flags, so each
 flavour compiles once per machine; the result is normalized so that every native library,
-including the dynamically loaded ggml backends, sits in `llama_cpp/lib/`.
+including the dynamically loaded ggml backends, sits in `llama_cpp/lib/`. The sdist is built
+without build isolation in a venv of the hash-locked `llama-build` lock, so nothing unpinned
+is fetched while compiling.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ import platform
 import re
 import shlex
 import shutil
-import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.locks import BUILD_ENV_LOCK
+from llamaship_build.toolchain import HOST, Toolchain
 
 _log = logging.getLogger(__name__)
 
@@ -42,8 +44,15 @@ class Flavour:
 
 # Portable: no -march=native; every x86-64 CPU level as its own backend library, chosen at
 # run time (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS). LLAVA_BUILD=OFF: no multimodal library.
-PORTABLE = Flavour("portable", ("-DGGML_NATIVE=OFF", "-DGGML_BACKEND_DL=ON",
-                                "-DGGML_CPU_ALL_VARIANTS=ON", "-DLLAVA_BUILD=OFF"))
+PORTABLE = Flavour(
+    "portable",
+    (
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_BACKEND_DL=ON",
+        "-DGGML_CPU_ALL_VARIANTS=ON",
+        "-DLLAVA_BUILD=OFF",
+    ),
+)
 # The benchmark's reference: tuned for the build machine's CPU only.
 NATIVE = Flavour("native", ("-DGGML_NATIVE=ON", "-DLLAVA_BUILD=OFF"))
 FLAVOURS = {flavour.name: flavour for flavour in (PORTABLE, NATIVE)}
@@ -51,56 +60,79 @@ FLAVOURS = {flavour.name: flavour for flavour in (PORTABLE, NATIVE)}
 
 @dataclass(frozen=True)
 class Pin:
-    """llama-cpp-python's version and sdist hashes, as written in a lock file."""
+    """llama-cpp-python's version and sdist hashes, as written in a lock file.
+
+    `build_lock` is the hash lock of the sdist's build environment (beside the lock read).
+    """
 
     version: str
     sha256: tuple[str, ...]
+    build_lock: Path | None = None
 
     @classmethod
     def from_lock(cls, lock: Path) -> Pin:
         text = lock.read_text()
-        match = re.search(rf"^{PACKAGE}==(\S+)((?:\s*\\\n\s*--hash=sha256:[0-9a-f]{{64}})+)",
-                          text, re.MULTILINE)
+        match = re.search(
+            rf"^{PACKAGE}==(\S+)((?:\s*\\\n\s*--hash=sha256:[0-9a-f]{{64}})+)", text, re.MULTILINE
+        )
         if match is None:
             msg = f"{lock} has no hashed pin of {PACKAGE}: run `nox -s lock`"
             raise BuildError(msg)
-        return cls(match.group(1), tuple(_HASH.findall(match.group(2))))
+        return cls(
+            match.group(1),
+            tuple(_HASH.findall(match.group(2))),
+            lock.parent / f"{BUILD_ENV_LOCK}.txt",
+        )
 
     def requirement_line(self) -> str:
         hashes = " ".join(f"--hash=sha256:{digest}" for digest in self.sha256)
         return f"{PACKAGE}=={self.version} {hashes}\n"
 
 
-def wheel_key(pin: Pin, flavour: Flavour) -> str:
-    """Cache key: sdist hashes, CMake flags, interpreter and machine."""
-    material = json.dumps({
-        "sdist_sha256": sorted(pin.sha256), "version": pin.version,
-        "cmake_args": flavour.cmake_args, "machine": platform.machine(),
-        "platform": sys.platform, "python": sys.implementation.cache_tag,
-    }, sort_keys=True)
+def wheel_key(pin: Pin, flavour: Flavour, toolchain: Toolchain = HOST) -> str:
+    """Cache key: sdist hashes, CMake flags, interpreter, machine and (if not the host's)
+    the toolchain."""
+    fields = {
+        "sdist_sha256": sorted(pin.sha256),
+        "version": pin.version,
+        "cmake_args": flavour.cmake_args,
+        "machine": platform.machine(),
+        "platform": sys.platform,
+        "python": sys.implementation.cache_tag,
+    }
+    if toolchain.name != HOST.name:
+        fields["toolchain"] = toolchain.name
+    material = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _slot(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
-    return wheelhouse / f"{flavour.name}-{wheel_key(pin, flavour)}"
+def _slot(pin: Pin, flavour: Flavour, wheelhouse: Path, toolchain: Toolchain) -> Path:
+    return wheelhouse / f"{flavour.name}-{wheel_key(pin, flavour, toolchain)}"
 
 
-def cached_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path | None:
-    """The wheel already built for this pin and flavour, if any."""
-    existing = sorted(_slot(pin, flavour, wheelhouse).glob("*.whl"))
+def cached_wheel(
+    pin: Pin, flavour: Flavour, wheelhouse: Path, toolchain: Toolchain = HOST
+) -> Path | None:
+    """The wheel already built for this pin, flavour and toolchain, if any."""
+    existing = sorted(_slot(pin, flavour, wheelhouse, toolchain).glob("*.whl"))
     return existing[0] if existing else None
 
 
-def ensure_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
+def ensure_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path, toolchain: Toolchain = HOST) -> Path:
     """The normalized wheel for this pin and flavour, compiling it on a cache miss."""
-    existing = cached_wheel(pin, flavour, wheelhouse)
+    existing = cached_wheel(pin, flavour, wheelhouse, toolchain)
     if existing is not None:
         return existing
-    slot = _slot(pin, flavour, wheelhouse)
-    _log.info("compiling %s %s (%s): this takes 10-25 minutes on 2 cores",
-              PACKAGE, pin.version, flavour.name)
-    with tempfile.TemporaryDirectory(prefix="llama-wheel-") as scratch:
-        raw = _compile(pin, flavour, Path(scratch))
+    slot = _slot(pin, flavour, wheelhouse, toolchain)
+    _log.info(
+        "compiling %s %s (%s, %s toolchain): this takes 10-25 minutes on 2 cores",
+        PACKAGE,
+        pin.version,
+        flavour.name,
+        toolchain.name,
+    )
+    with toolchain.scratch() as scratch:
+        raw = _compile(pin, flavour, scratch, toolchain)
         staged = Path(scratch) / "normalized"
         staged.mkdir()
         normalized = normalize_wheel(raw, staged)
@@ -111,22 +143,72 @@ def ensure_wheel(pin: Pin, flavour: Flavour, wheelhouse: Path) -> Path:
     return target
 
 
-def _compile(pin: Pin, flavour: Flavour, scratch: Path) -> Path:
+def build_env(pin: Pin, scratch: Path, toolchain: Toolchain) -> str:
+    """A venv holding exactly the hash-locked build requirements of the sdist; its python."""
+    if pin.build_lock is None or not pin.build_lock.is_file():
+        msg = f"no hash lock of {PACKAGE}'s build environment ({pin.build_lock}): run `nox -s lock`"
+        raise BuildError(msg)
+    lock = scratch / "build-env.txt"
+    shutil.copyfile(pin.build_lock, lock)
+    venv = scratch / "build-env"
+    python = toolchain.inside(venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    what = f"preparing the build environment of {PACKAGE} from {pin.build_lock}"
+    toolchain.run([toolchain.python, "-m", "venv", toolchain.inside(venv)], what=what)
+    toolchain.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--require-hashes",
+            "--no-deps",
+            "-r",
+            toolchain.inside(lock),
+        ],
+        what=what,
+    )
+    return python
+
+
+def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) -> Path:
+    python = build_env(pin, scratch, toolchain)
     requirement = scratch / "requirement.txt"
     requirement.write_text(pin.requirement_line())
     out = scratch / "raw"
     # scikit-build-core splits CMAKE_ARGS with shlex: quote paths that hold spaces.
-    env = {**os.environ, "CMAKE_ARGS": shlex.join(flavour.cmake_args),
-           "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+    env = {
+        "CMAKE_ARGS": shlex.join(flavour.cmake_args),
+        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+    }
     # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another flavour.
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
-               "--no-binary", PACKAGE, "--require-hashes", "-r", str(requirement), "-w", str(out)]
-    result = subprocess.run(command, env=env, check=False)
+    command = [
+        python,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-cache-dir",
+        "--no-build-isolation",
+        "--no-binary",
+        PACKAGE,
+        "--require-hashes",
+        "-r",
+        toolchain.inside(requirement),
+        "-w",
+        toolchain.inside(out),
+    ]
+    toolchain.run(
+        command,
+        env=env,
+        what=(
+            f"compiling {PACKAGE} {pin.version} ({flavour.name}); it needs a C/C++ compiler and "
+            "CMake >= 3.21"
+        ),
+    )
     wheels = sorted(out.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        msg = (f"compiling {PACKAGE} {pin.version} ({flavour.name}) failed (exit "
-               f"{result.returncode}): check the compiler output above; it needs a C/C++ "
-               "compiler and CMake >= 3.21")
+    if not wheels:
+        msg = f"compiling {PACKAGE} {pin.version} ({flavour.name}) left no wheel in {out}"
         raise BuildError(msg)
     return wheels[0]
 
@@ -141,10 +223,15 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
     target = out_dir / wheel.name
     records: list[str] = []
     written: dict[str, bytes] = {}  # name -> sha256 of what was stored
-    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(target, "w",
-                                                           zipfile.ZIP_DEFLATED) as sink:
-        dist_info = next(name.split("/")[0] for name in source.namelist()
-                         if name.split("/")[0].endswith(".dist-info"))
+    with (
+        zipfile.ZipFile(wheel) as source,
+        zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as sink,
+    ):
+        dist_info = next(
+            name.split("/")[0]
+            for name in source.namelist()
+            if name.split("/")[0].endswith(".dist-info")
+        )
         for info in sorted(source.infolist(), key=lambda item: item.filename):
             name = _normalized_name(info.filename, dist_info)
             if name is None:
@@ -153,8 +240,10 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
             digest = hashlib.sha256(data).digest()
             if name in written:
                 if written[name] != digest:
-                    msg = (f"{wheel.name} holds two different {name.rsplit('/', 1)[-1]} "
-                           "(bin/ and llama_cpp/lib/): rebuild it from a clean build tree")
+                    msg = (
+                        f"{wheel.name} holds two different {name.rsplit('/', 1)[-1]} "
+                        "(bin/ and llama_cpp/lib/): rebuild it from a clean build tree"
+                    )
                     raise BuildError(msg)
                 continue
             written[name] = digest

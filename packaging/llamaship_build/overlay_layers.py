@@ -7,9 +7,11 @@ under its SONAME (the name other libraries link); the other names of it that som
 (`libllama.so`, which llama_cpp loads, or `libggml.so`, which `llama_cpp._ggml` loads) become
 relative symlinks, so every loader gets the same instance. Every ELF's RUNPATH becomes
 `$ORIGIN`; the CUDA runtime libraries are preloaded from the other layer at activation.
+`llama_cpp/LICENSES/` holds the licences of llama-cpp-python and llama.cpp (both MIT).
 
 cuda-runtime: `lib/` with the CUDA libraries the llama-cuda layer needs (the DT_NEEDED closure),
-taken unmodified from NVIDIA's `nvidia-*` wheels.
+taken unmodified from NVIDIA's `nvidia-*` wheels, and `licenses/<wheel name>/` with the licence
+files of each wheel that provided one (NVIDIA's terms for redistributing them).
 """
 
 from __future__ import annotations
@@ -24,25 +26,41 @@ from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
-from llamaship.overlay.manifest import safe_relative_path
-
 from llamaship_build.elf import Patchelf, is_elf
 from llamaship_build.errors import BuildError
+from llamaship_build.fit_tool import add_to_layer
+from llamaship_contract.overlay import safe_relative_path
 
 PACKAGE_DIR = "llama_cpp"
 LIB_DIR = f"{PACKAGE_DIR}/lib"
 RUNPATH = "$ORIGIN"
 # Provided by the user's system (glibc, the GCC runtime) or by the NVIDIA driver (libcuda):
 # never shipped, never an error when no wheel provides them.
-SYSTEM_LIBRARIES = frozenset({
-    "ld-linux-x86-64.so.2", "libc.so.6", "libdl.so.2", "libm.so.6", "libpthread.so.0",
-    "librt.so.1", "libstdc++.so.6", "libgcc_s.so.1", "libgomp.so.1", "libcuda.so.1",
-})
+SYSTEM_LIBRARIES = frozenset(
+    {
+        "ld-linux-x86-64.so.2",
+        "libc.so.6",
+        "libdl.so.2",
+        "libm.so.6",
+        "libpthread.so.0",
+        "librt.so.1",
+        "libstdc++.so.6",
+        "libgcc_s.so.1",
+        "libgomp.so.1",
+        "libcuda.so.1",
+    }
+)
 _SHARED_LIBRARY = re.compile(r"\.so(\.\d+)*$")
 # How llama_cpp's modules name the libraries they load: load_shared_library("ggml", ...) or
 # _lib_base_name = "llama" followed by load_shared_library(_lib_base_name, ...).
 _LOADED_NAME = re.compile(r'load_shared_library\(\s*"([\w.-]+)"|_base_name\s*=\s*"([\w.-]+)"')
 _RUNTIME_LIBRARY = re.compile(r"^nvidia/[^/]+/lib/([^/]+)$")
+_LICENCE_FILE = re.compile(r"^[^/]+\.dist-info/(?:licenses/)?(License[^/]*|LICENSE[^/]*)$")
+LICENSES_DIR = "licenses"
+# In the llama-cuda layer (whose only top-level directory is the package): the licences of
+# llama-cpp-python and of the llama.cpp it is built from (kept in packaging/licenses/).
+LLAMA_LICENSES_DIR = f"{PACKAGE_DIR}/LICENSES"
+LLAMA_CPP_LICENSE = Path(__file__).resolve().parents[1] / "licenses" / "llama.cpp-LICENSE.txt"
 _MANYLINUX = re.compile(r"^(?:many|musl)linux(?:_\d+_\d+|\d+)_(\w+)$")
 _CHUNK = 1 << 20
 
@@ -67,8 +85,13 @@ def _platform_tag(tag: str) -> str:
 def read_wheel_info(wheel: Path) -> WheelInfo:
     """Name, version and first tag from the wheel's METADATA and WHEEL files."""
     with zipfile.ZipFile(wheel) as archive:
-        dist_infos = sorted({name.split("/")[0] for name in archive.namelist()
-                             if name.split("/")[0].endswith(".dist-info")})
+        dist_infos = sorted(
+            {
+                name.split("/")[0]
+                for name in archive.namelist()
+                if name.split("/")[0].endswith(".dist-info")
+            }
+        )
         if len(dist_infos) != 1:
             msg = f"{wheel} is not a wheel: it holds {len(dist_infos)} .dist-info directories"
             raise BuildError(msg)
@@ -80,12 +103,15 @@ def read_wheel_info(wheel: Path) -> WheelInfo:
     if len(parts) != 3:
         msg = f"{wheel} has no valid Tag in its WHEEL file (got {tag!r})"
         raise BuildError(msg)
-    return WheelInfo(name=str(metadata["Name"]), version=str(metadata["Version"]),
-                     python_tag=parts[0], platform=_platform_tag(parts[2]))
+    return WheelInfo(
+        name=str(metadata["Name"]),
+        version=str(metadata["Version"]),
+        python_tag=parts[0],
+        platform=_platform_tag(parts[2]),
+    )
 
 
-def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path,
-                 mode: int) -> str:
+def _copy_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, target: Path, mode: int) -> str:
     """Extract one member to `target` (mode set), returning its sha256."""
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -117,7 +143,7 @@ class _Library:
 def _is_native(name: str) -> bool:
     top, _, rest = name.partition("/")
     basename = name.rsplit("/", 1)[-1]
-    in_lib_dir = name.startswith(f"{LIB_DIR}/") and "/" not in name[len(LIB_DIR) + 1:]
+    in_lib_dir = name.startswith(f"{LIB_DIR}/") and "/" not in name[len(LIB_DIR) + 1 :]
     in_bin = top == "bin" and "/" not in rest
     return (in_lib_dir or in_bin) and bool(_SHARED_LIBRARY.search(basename))
 
@@ -148,6 +174,13 @@ def _extract_package(wheel: Path, root: Path, scratch: Path) -> dict[str, _Libra
                     libraries[digest] = _Library(staged, {name.rsplit("/", 1)[-1]})
             elif name.split("/")[0] == PACKAGE_DIR:
                 _copy_member(archive, member, root / name, 0o644)
+            elif _LICENCE_FILE.match(name):  # llama-cpp-python's own licence (MIT)
+                _copy_member(
+                    archive,
+                    member,
+                    root / LLAMA_LICENSES_DIR / f"llama-cpp-python-{name.rsplit('/', 1)[-1]}",
+                    0o644,
+                )
     if not (root / PACKAGE_DIR / "__init__.py").is_file():
         msg = f"{wheel} holds no {PACKAGE_DIR}/ package: it is not a llama-cpp-python wheel"
         raise BuildError(msg)
@@ -170,8 +203,10 @@ def stage_llama_layer(wheel: Path, root: Path, scratch: Path, patchelf: Patchelf
         links = sorted(name for name in library.names - {real} if name in loaded or name in needed)
         for name in (real, *links):
             if name in placed:
-                msg = (f"{wheel} holds two different libraries named {name} (from "
-                       f"{placed[name]} and {', '.join(sorted(library.names))}): rebuild the wheel")
+                msg = (
+                    f"{wheel} holds two different libraries named {name} (from "
+                    f"{placed[name]} and {', '.join(sorted(library.names))}): rebuild the wheel"
+                )
                 raise BuildError(msg)
             placed[name] = ", ".join(sorted(library.names))
         target = lib_dir / real
@@ -179,6 +214,9 @@ def stage_llama_layer(wheel: Path, root: Path, scratch: Path, patchelf: Patchelf
         patchelf.set_runpath(target, RUNPATH)
         for name in links:
             (lib_dir / name).symlink_to(real)
+    add_to_layer(lib_dir, info.version)  # llama.cpp's memory fit, linked to this libllama
+    (root / LLAMA_LICENSES_DIR).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(LLAMA_CPP_LICENSE, root / LLAMA_LICENSES_DIR / LLAMA_CPP_LICENSE.name)
     return info
 
 
@@ -204,8 +242,9 @@ def _runtime_index(wheels: Sequence[Path]) -> dict[str, tuple[Path, str]]:
     return index
 
 
-def stage_runtime_layer(wheels: Sequence[Path], wanted: Iterable[str], root: Path,
-                        patchelf: Patchelf) -> tuple[str, ...]:
+def stage_runtime_layer(
+    wheels: Sequence[Path], wanted: Iterable[str], root: Path, patchelf: Patchelf
+) -> tuple[str, ...]:
     """Copy `wanted` and the libraries they need in turn from the `nvidia-*` wheels into
     `root/lib/`, unmodified; returns the shipped file names."""
     index = _runtime_index(wheels)
@@ -228,13 +267,34 @@ def stage_runtime_layer(wheels: Sequence[Path], wanted: Iterable[str], root: Pat
         for dependency in patchelf.needed(target):
             needed_by[dependency].add(name)
             queue.append(dependency)
+    if not missing:
+        _copy_licences(sorted({index[name][0] for name in shipped}), root / LICENSES_DIR)
     if missing:
         details = "; ".join(
             f"{name} (needed by {', '.join(sorted(needed_by[name])) or 'the llama-cuda layer'})"
-            for name in sorted(missing))
+            for name in sorted(missing)
+        )
         names = ", ".join(wheel.name for wheel in wheels) or "none"
-        msg = (f"the CUDA runtime layer lacks {details}: no runtime wheel provides them "
-               f"(wheels: {names}); add the nvidia-* wheel that ships them to requirements/gpu.in")
+        msg = (
+            f"the CUDA runtime layer lacks {details}: no runtime wheel provides them "
+            f"(wheels: {names}); add the nvidia-* wheel that ships them to requirements/gpu.in"
+        )
         raise BuildError(msg)
     return tuple(sorted(shipped))
 
+
+def _copy_licences(wheels: Sequence[Path], dest: Path) -> None:
+    """Copy each wheel's licence files to `dest/<distribution>/`; a wheel without one fails."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [info for info in archive.infolist() if _LICENCE_FILE.match(info.filename)]
+            if not members:
+                msg = (
+                    f"{wheel.name} carries no licence file (*.dist-info/License.txt): its "
+                    "libraries cannot be redistributed without NVIDIA's terms"
+                )
+                raise BuildError(msg)
+            distribution = members[0].filename.split("/")[0].removesuffix(".dist-info")
+            for member in members:
+                name = member.filename.rsplit("/", 1)[-1]
+                _copy_member(archive, member, dest / distribution.split("-")[0] / name, 0o644)

@@ -21,20 +21,21 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
-from llamaship.overlay.manifest import parse_manifest
 from llamaship.overlay.signing import load_signing_key
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.project import Project, cache_dir
-from llamaship_build.release_index import write_release_index
+from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
+from llamaship_contract.overlay import OsName, parse_manifest
 
 _log = logging.getLogger(__name__)
 SOURCES_FILE = "overlay-sources.json"
 # The oldest driver each CUDA major version runs on (NVIDIA's CUDA compatibility table).
-MIN_DRIVER = {
+MIN_DRIVER: dict[str, dict[OsName, str]] = {
     "12": {"linux": "525.60.13", "windows": "527.41"},
     "13": {"linux": "580.65.06", "windows": "580.88"},
 }
@@ -54,6 +55,7 @@ class OverlayOptions:
     level: int
     key_file: Path | None
     out_dir: Path
+    unsigned: bool = False  # no manifest signatures: `sign-release` adds them (release CI)
 
 
 def _index_pin(project: Project) -> Mapping[str, str]:
@@ -62,8 +64,10 @@ def _index_pin(project: Project) -> Mapping[str, str]:
         data = json.loads(path.read_text())
         return {"index_url": str(data["index_url"]), "sha256": str(data["sha256"])}
     except (OSError, ValueError, KeyError, TypeError) as error:
-        msg = (f"{path} must pin the CUDA wheel index: {{\"index_url\": ..., \"sha256\": "
-               f"<the wheel's sha256>}} ({error})")
+        msg = (
+            f'{path} must pin the CUDA wheel index: {{"index_url": ..., "sha256": '
+            f"<the wheel's sha256>}} ({error})"
+        )
         raise BuildError(msg) from None
 
 
@@ -82,14 +86,29 @@ def _from_wheel_index(project: Project, dest: Path) -> Path:
     with tempfile.TemporaryDirectory() as scratch:
         requirement = Path(scratch) / "cuda-wheel.txt"
         requirement.write_text(
-            f"llama-cpp-python=={pin.version} --hash=sha256:{source['sha256']}\n")
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--require-hashes", "--index-url", source["index_url"], "-r",
-                   str(requirement), "-d", str(dest)]
+            f"llama-cpp-python=={pin.version} --hash=sha256:{source['sha256']}\n"
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--require-hashes",
+            "--index-url",
+            source["index_url"],
+            "-r",
+            str(requirement),
+            "-d",
+            str(dest),
+        ]
         if subprocess.run(command, check=False).returncode != 0:
-            msg = (f"could not download llama-cpp-python {pin.version} from "
-                   f"{source['index_url']} with the pinned sha256; check the pin in "
-                   f"requirements/{SOURCES_FILE}")
+            msg = (
+                f"could not download llama-cpp-python {pin.version} from "
+                f"{source['index_url']} with the pinned sha256; check the pin in "
+                f"requirements/{SOURCES_FILE}"
+            )
             raise BuildError(msg)
     return next(dest.glob("llama_cpp_python-*.whl"))
 
@@ -104,8 +123,12 @@ def cuda_wheel(project: Project, options: OverlayOptions, scratch: Path) -> Path
     if options.source == "build":
         from llamaship_build.cuda_toolchain import build_cuda_wheel
 
-        return build_cuda_wheel(project.requirements / "gpu.txt", options.archs,
-                                cache_dir() / "wheelhouse", ptx_archs=options.ptx_archs)
+        return build_cuda_wheel(
+            project.requirements / "gpu.txt",
+            options.archs,
+            cache_dir() / "wheelhouse",
+            ptx_archs=options.ptx_archs,
+        )
     return _from_wheel_index(project, scratch)
 
 
@@ -120,20 +143,26 @@ def _cuda_version(runtime_wheels: Sequence[Path]) -> str:
 
 def build(project: Project, options: OverlayOptions) -> list[Path]:
     """Build and sign both layers into `options.out_dir`."""
-    key = load_signing_key(options.key_file, os.environ)
-    runtime_wheels = download_runtime_wheels(project.requirements / "gpu.txt",
-                                             cache_dir() / "nvidia-wheels")
+    key = None if options.unsigned else load_signing_key(options.key_file, os.environ)
+    runtime_wheels = download_runtime_wheels(
+        project.requirements / "gpu.txt", cache_dir() / "nvidia-wheels"
+    )
     cuda_version = _cuda_version(runtime_wheels)
     llama_version = Pin.from_lock(project.requirements / "gpu.txt").version
     with tempfile.TemporaryDirectory() as scratch:
         wheel = cuda_wheel(project, options, Path(scratch))
         return build_overlay(
-            wheel, options.out_dir, cuda_version=cuda_version, cuda_archs=options.archs,
-            ptx_archs=options.ptx_archs, min_driver=MIN_DRIVER[cuda_version.split(".")[0]],
-            min_vram_mb=DEFAULT_MIN_VRAM_MB, serial=options.serial,
+            wheel,
+            options.out_dir,
+            cuda_version=cuda_version,
+            min_driver=MIN_DRIVER[cuda_version.split(".")[0]],
+            min_vram_mb=DEFAULT_MIN_VRAM_MB,
+            serial=options.serial,
             overlay_version=f"{llama_version}-cu{cuda_version}-{options.serial}",
-            signing_key_b64=key, runtime_wheels=runtime_wheels,
-            compression_level=options.level)
+            signing_key_b64=key,
+            runtime_wheels=runtime_wheels,
+            compression_level=options.level,
+        )
 
 
 def default_serial() -> int:
@@ -141,9 +170,16 @@ def default_serial() -> int:
     return int(os.environ.get("SOURCE_DATE_EPOCH", time.time()))
 
 
-def release(overlay_dir: Path, out_dir: Path, serial: int, base_url: str,
-            key_file: Path | None) -> list[Path]:
-    """Copy the layers into `out_dir` and write the signed `releases.json` over them."""
+def release(
+    overlay_dir: Path,
+    out_dir: Path,
+    serial: int,
+    base_url: str,
+    key_file: Path | None,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+) -> list[Path]:
+    """Copy the layers into `out_dir` and write the signed `releases.json` over them
+    (expiring `lifetime` from now)."""
     manifests: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(overlay_dir.glob("*.json")):
         manifest = parse_manifest(path.read_bytes(), origin=str(path))
@@ -157,4 +193,4 @@ def release(overlay_dir: Path, out_dir: Path, serial: int, base_url: str,
             shutil.copy2(path, out_dir / path.name)
     entries = [[out_dir / path.name for path in paths] for _, paths in sorted(manifests.items())]
     key = load_signing_key(key_file, os.environ)
-    return write_release_index(out_dir, entries, serial, key, base_url)
+    return write_release_index(out_dir, entries, serial, key, base_url, lifetime=lifetime)

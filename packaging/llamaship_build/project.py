@@ -48,8 +48,11 @@ class Project:
 
 def cache_dir() -> Path:
     """Cache shared by every checkout on this machine (wheelhouse, build venvs)."""
-    if "LLAMASHIP_BUILD_CACHE" in os.environ:
-        return Path(os.environ["LLAMASHIP_BUILD_CACHE"])
+    from llamaship_build.settings import BuildSettings
+
+    configured = BuildSettings.resolve(os.environ).build_cache
+    if configured is not None:
+        return configured
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("llamaship-build", appauthor=False))

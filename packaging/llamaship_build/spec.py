@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from llamaship_build.errors import BuildError
+from llamaship_build.fit_tool import BUNDLE_FILES
 from llamaship_build.platforms import TargetPlatform
 from llamaship_build.project import Project
 
@@ -16,11 +18,27 @@ TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
 # Heavy frameworks that must never be pulled in by an optional import somewhere.
 # zstandard's cffi backend duplicates its C backend (12 MB unstripped).
-EXCLUDES = ("IPython", "PyInstaller", "llamaship_build", "matplotlib", "pytest", "scipy",
-            "tensorflow", "tkinter", "torch", "zstandard._cffi", "zstandard.backend_cffi")
-HIDDEN_IMPORT_PACKAGES = ("llamaship", "llamaship_backend")
+EXCLUDES = (
+    "IPython",
+    "PyInstaller",
+    "llamaship_build",
+    "matplotlib",
+    "pytest",
+    "scipy",
+    "tensorflow",
+    "tkinter",
+    "torch",
+    "zstandard._cffi",
+    "zstandard.backend_cffi",
+)
+HIDDEN_IMPORT_PACKAGES = ("llamaship", "llamaship_backend", "llamaship_contract")
 # PyNaCl's compiled _sodium imports cffi's backend from C.
 HIDDEN_IMPORTS = ("_cffi_backend",)
+# Package data files (source in the checkout, package directory in the bundle).
+PACKAGE_DATA = (
+    ("runtime/llamaship/models/catalogue.json", "llamaship/models"),
+    ("backend/llamaship_backend/static", "llamaship_backend/static"),
+)
 # Distributions whose metadata the bundle reads at run time (importlib.metadata.version).
 METADATA_OF = ("llama_cpp_python", "llamaship")
 
@@ -47,10 +65,12 @@ def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> 
         "platform": target.name,
         "entry_script": ENTRY_SCRIPT,
         "llama_libraries": list(target.llama_libraries),
+        "fit_tool_files": list(BUNDLE_FILES.get(target.name, ())),
         "excludes": sorted(EXCLUDES),
         "hidden_import_packages": list(HIDDEN_IMPORT_PACKAGES),
         "hidden_imports": list(HIDDEN_IMPORTS),
         "metadata_of": list(METADATA_OF),
+        "package_data": [list(item) for item in PACKAGE_DATA],
         "trusted_keys": sorted(keys),
         "version": project.version(),
     }
@@ -58,8 +78,10 @@ def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> 
 
 def render_spec(templates: Path, context: dict[str, Any]) -> str:
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates), undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True, autoescape=False,
+        loader=jinja2.FileSystemLoader(templates),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
     )
     try:
         return environment.get_template(TEMPLATE).render(context)
@@ -68,7 +90,11 @@ def render_spec(templates: Path, context: dict[str, Any]) -> str:
         raise BuildError(msg) from None
 
 
-def write_spec(project: Project, target: TargetPlatform, out: Path) -> Path:
-    text = render_spec(project.templates, build_context(project, target, trusted_keys(project)))
+def write_spec(
+    project: Project, target: TargetPlatform, out: Path, extra_trusted_keys: Sequence[str] = ()
+) -> Path:
+    """Render the spec; `extra_trusted_keys` (test bundles only) join the release keys."""
+    keys = sorted({*trusted_keys(project), *extra_trusted_keys})
+    text = render_spec(project.templates, build_context(project, target, keys))
     out.write_text(text)
     return out

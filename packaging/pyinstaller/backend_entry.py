@@ -1,5 +1,5 @@
 """Entry script of the frozen `backend` executable."""
 
-from llamaship.cli import backend_main
+from llamaship_backend.cli import backend_main
 
 raise SystemExit(backend_main())

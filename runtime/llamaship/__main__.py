@@ -1,4 +1,5 @@
-"""`python -m llamaship`: the same as the `llamaship` command."""
+"""`python -m llamaship`: the runtime's commands, without the HTTP backend (`serve` needs
+`python -m llamaship_backend` or the `llamaship` command)."""
 
 from llamaship.cli import main
 

@@ -1,14 +1,20 @@
 """Launch-time bootstrap: before anything imports llama_cpp, choose the build and activate it.
 
-Order: clean what an interrupted install left -> quarantine an overlay whose last launch never
-became healthy -> detect GPUs (cached) -> decide cpu/cuda -> install the overlay first if the
-user consented (AUTO_UPGRADE_GPU) -> probe it once per overlay and driver -> boot sentinel ->
-activate -> import llama_cpp and load its backends. Any failure on the way ends on the CPU build.
+Order: clean what an interrupted install left -> boot counting: count the earlier launches of
+the active overlay that died while its code ran, quarantine it after `sentinel.BOOT_TRIES` in a
+row -> detect GPUs (cached) -> decide cpu/cuda -> install the overlay first if the user
+consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock, adopted inside
+it) -> probe it once per overlay and driver (not again after the installer's probe) -> record
+this launch as booting the overlay -> activate -> import llama_cpp and load its backends. Any
+failure on the way ends on the CPU build. The decision, its reason and every event are logged
+at INFO and written to the launch status (`llamaship status`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -16,15 +22,20 @@ from typing import Any
 
 from llamaship import __version__, sentinel
 from llamaship.activate import activate, deactivate, imported_from
-from llamaship.boot_state import BootState
+from llamaship.boot_state import BootState, Variant
 from llamaship.config import Settings
 from llamaship.decide import Decision, OverlayRequirements, decide, recommend
 from llamaship.detect import load_or_detect
 from llamaship.errors import LlamashipError
+from llamaship.launch_log import InstallProgressLog
+from llamaship.launch_status import LaunchTracker
 from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import InstalledOverlay, OverlayStore
 from llamaship.paths import DataDirs
+from llamaship.probe import NoCudaDevice, check_cuda_devices
 from llamaship.probe_cache import ensure_probed
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.launch import LaunchProcess
 
 _log = logging.getLogger(__name__)
 # A second launch waits this long for the first to finish its decision, then boots on CPU.
@@ -36,23 +47,35 @@ AVAILABILITY_TIMEOUT_S = 3.0
 class _Plan:
     """The bootstrap's working state while it decides."""
 
-    report: Any
+    report: DetectionReport
     decision: Decision
     installed: InstalledOverlay | None
     events: list[str]
+    available: OverlayRequirements | None = None
+    install: bool = False
+    tries_left: int | None = None
+    last_failure: LaunchProcess | None = None
+
+    def note(self, event: str) -> None:
+        """An event of this launch: logged now, shown by /api/capabilities and `status`."""
+        _log.info("%s", event)
+        self.events.append(event)
 
 
 def detection_versions(installed: InstalledOverlay | None) -> dict[str, str]:
     """Versions that join the detection cache's fingerprint: a new bundle or overlay re-detects."""
-    return {"bundle": __version__,
-            "overlay": installed.overlay_version if installed else "none"}
+    return {"bundle": __version__, "overlay": installed.overlay_version if installed else "none"}
 
 
-def offline_decision(report: Any, store: OverlayStore) -> Decision:
+def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
     """The decision from what is installed, without asking the release server."""
     installed = store.active()
-    return decide(report, installed.requirements if installed else None, None,
-                  _quarantine_reason(store, installed, None))
+    return decide(
+        report,
+        installed.requirements if installed else None,
+        None,
+        _quarantine_reason(store, installed, None),
+    )
 
 
 def bundle_llama_cpp_version() -> str:
@@ -64,81 +87,160 @@ def bundle_llama_cpp_version() -> str:
         raise LlamashipError(msg) from None
 
 
-def _available(settings: Settings, store: OverlayStore, report: Any,
-               events: list[str]) -> OverlayRequirements | None:
+def _available(
+    settings: Settings, store: OverlayStore, plan: _Plan, keys: tuple[str, ...]
+) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any."""
     from llamaship.overlay.download import DownloadLimits, Fetcher
     from llamaship.overlay.install import Target, find_overlay
-    from llamaship.overlay.signing import trusted_keys
 
     assert settings.release_url is not None
-    limits = DownloadLimits(connect_timeout_s=AVAILABILITY_TIMEOUT_S,
-                            read_timeout_s=AVAILABILITY_TIMEOUT_S, max_attempts=1)
+    limits = DownloadLimits(
+        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
+        read_timeout_s=AVAILABILITY_TIMEOUT_S,
+        max_attempts=1,
+    )
     try:
-        target = Target.current(report, bundle_llama_cpp_version())
-        with Fetcher(limits) as fetcher:
-            found = find_overlay(settings.release_url, store, target, trusted_keys(settings),
-                                 fetcher)
+        target = Target.current(plan.report, bundle_llama_cpp_version())
+        with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads, in total
+            found = find_overlay(settings.release_url, store, target, keys, fetcher)
     except (LlamashipError, OSError) as error:
-        events.append(f"could not check for a CUDA overlay: {error}")
+        plan.note(f"could not check for a CUDA overlay: {error}")
         return None
     return found.requirements
 
 
-def _quarantine_reason(store: OverlayStore, installed: InstalledOverlay | None,
-                       available: OverlayRequirements | None) -> str | None:
-    version_of = installed.overlay_version if installed else (
-        available.overlay_version if available else None)
+def _quarantine_reason(
+    store: OverlayStore, installed: InstalledOverlay | None, available: OverlayRequirements | None
+) -> str | None:
+    version_of = (
+        installed.overlay_version
+        if installed
+        else (available.overlay_version if available else None)
+    )
     return store.quarantine_reason(version_of) if version_of else None
 
 
-def _plan(settings: Settings, dirs: DataDirs, store: OverlayStore) -> _Plan:
-    events: list[str] = []
+def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
+    """Boot counting for the active overlay: count earlier launches that died running it."""
+    installed = plan.installed
+    if installed is None or store.quarantine_reason(installed.overlay_version) is not None:
+        return
+    version_of = installed.overlay_version
+    assessment = sentinel.assess(dirs, version_of, tracker.me)
+    count = assessment.count
+    for failed in assessment.counted:
+        during = (
+            "loading its first model" + (f" {Path(failed.model).name}" if failed.model else "")
+            if failed.phase == "loading"
+            else "starting (importing the overlay's llama.cpp)"
+        )
+        plan.note(
+            f"the launch of {failed.started:%Y-%m-%d %H:%M:%S} UTC (pid {failed.pid}) with "
+            f"overlay {version_of} died while {during}: {count.tries_left} of "
+            f"{count.tries} tries left"
+        )
+    if assessment.quarantine:
+        reason = (
+            f"{count.tries} launches in a row with it died before they were healthy "
+            "(a crash or hang while starting or loading a model)"
+        )
+        store.quarantine(version_of, reason)
+        sentinel.forget(dirs, version_of)
+        plan.note(f"overlay {version_of} quarantined: {reason}")
+        return
+    plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
+
+
+def _plan(
+    settings: Settings,
+    dirs: DataDirs,
+    store: OverlayStore,
+    keys: tuple[str, ...],
+    tracker: LaunchTracker,
+    events: list[str],
+    *,
+    after_install: bool = False,
+    available: OverlayRequirements | None = None,
+) -> _Plan:
+    """Decide (call under the launch lock); `install` says AUTO_UPGRADE_GPU should run first."""
     store.cleanup_leftovers()
-    crashed = sentinel.crashed_launch(dirs.state)
-    if crashed is not None:
-        reason = "the last launch with it never became healthy (it crashed or hung at start)"
-        store.quarantine(crashed.overlay_version, reason)
-        events.append(f"overlay {crashed.overlay_version} quarantined: {reason}")
     installed = store.active()
     report = load_or_detect(settings, dirs, detection_versions(installed))
+    plan = _Plan(report, Decision("cpu", "", False), installed, events, available)
+    _count_boots(plan, dirs, store, tracker)
 
-    def plan_decision(available: OverlayRequirements | None) -> Decision:
-        return decide(report, installed.requirements if installed else None, available,
-                      _quarantine_reason(store, installed, available))
+    def plan_decision() -> Decision:
+        return decide(
+            report,
+            installed.requirements if installed else None,
+            plan.available,
+            _quarantine_reason(store, installed, plan.available),
+        )
 
-    decision = plan_decision(None)
-    if decision.variant == "cpu" and report["gpus"] and settings.release_url:
-        available = _available(settings, store, report, events)
-        decision = plan_decision(available)
-        if decision.upgrade_available and settings.auto_upgrade_gpu:
-            from llamaship.overlay.install import ensure_overlay
+    plan.decision = plan_decision()
+    if (
+        not after_install
+        and plan.decision.variant == "cpu"
+        and report.gpus
+        and settings.release_url
+    ):
+        plan.available = _available(settings, store, plan, keys)
+        plan.decision = plan_decision()
+        plan.install = plan.decision.upgrade_available and settings.auto_upgrade_gpu
+    return plan
 
-            outcome = ensure_overlay(settings, dirs, report, bundle_llama_cpp_version())
-            events.append(f"AUTO_UPGRADE_GPU: {outcome.message}")
-            installed = outcome.active
-            decision = plan_decision(available)
-    return _Plan(report, decision, installed, events)
+
+def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: tuple[str, ...]) -> None:
+    """AUTO_UPGRADE_GPU: download, verify, probe and install (the installer's own lock only)."""
+    from llamaship.overlay.install import ensure_overlay
+
+    _log.info(
+        "AUTO_UPGRADE_GPU: installing overlay %s before the launch continues",
+        plan.available.overlay_version if plan.available else "?",
+    )
+    outcome = ensure_overlay(
+        settings,
+        dirs,
+        plan.report,
+        bundle_llama_cpp_version(),
+        InstallProgressLog(),
+        trusted_keys=keys,
+    )
+    plan.note(f"AUTO_UPGRADE_GPU: {outcome.message}")
 
 
-def _prepare_overlay(plan: _Plan, dirs: DataDirs, store: OverlayStore) -> None:
-    """Probe (when needed), mark the sentinel and activate; on failure fall back to CPU."""
+def _prepare_overlay(
+    plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
+) -> None:
+    """Probe (when needed), record the launch as booting it and activate; else fall back."""
     installed = plan.installed
     assert installed is not None
     try:
-        ensure_probed(installed, dirs)
-        sentinel.mark_booting(dirs.state, installed.overlay_version)
+        record = ensure_probed(installed, dirs)
+        for note in check_cuda_devices(plan.report.gpus, record.result):
+            plan.note(note)
+        tracker.counting(installed.overlay_version)
         activate(installed.llama_dir, installed.runtime_lib_dir)
+    except NoCudaDevice as error:  # the driver's fault, not the overlay's: no quarantine
+        tracker.counting(None)
+        plan.decision = Decision("cpu", str(error), False)
+        plan.note(plan.decision.reason)
     except LlamashipError as error:
-        sentinel.clear(dirs.state)
+        tracker.counting(None)
         store.quarantine(installed.overlay_version, str(error))
         plan.decision = Decision(
-            "cpu", f"overlay {installed.overlay_version} was quarantined: {error}; running on "
-            "CPU. `llamaship overlay remove` deletes it", False)
-        plan.events.append(plan.decision.reason)
+            "cpu",
+            f"overlay {installed.overlay_version} was quarantined: {error}; running on "
+            "CPU. `llamaship overlay remove` deletes it",
+            False,
+        )
+        plan.note(plan.decision.reason)
 
 
-def _import_llama(plan: _Plan, dirs: DataDirs, store: OverlayStore) -> tuple[Any, LoadedBackends]:
+def _import_llama(
+    plan: _Plan, store: OverlayStore, tracker: LaunchTracker
+) -> tuple[Any, LoadedBackends]:
     """Import llama_cpp (the overlay's when active) and register its backends."""
     installed = plan.installed
     try:
@@ -149,54 +251,155 @@ def _import_llama(plan: _Plan, dirs: DataDirs, store: OverlayStore) -> tuple[Any
         if plan.decision.variant != "cuda" or installed is None:
             raise
         deactivate(installed.llama_dir)
-        sentinel.clear(dirs.state)
+        tracker.counting(None)
         reason = f"its llama_cpp failed to load: {error}"
         store.quarantine(installed.overlay_version, reason)
-        plan.decision = Decision("cpu", f"overlay {installed.overlay_version} was quarantined: "
-                                 f"{reason}; running on CPU", False)
-        plan.events.append(plan.decision.reason)
+        plan.decision = Decision(
+            "cpu",
+            f"overlay {installed.overlay_version} was quarantined: {reason}; running on CPU",
+            False,
+        )
+        plan.note(plan.decision.reason)
         import llama_cpp
 
         loaded = load_ggml_backends()
     return llama_cpp, loaded
 
 
-def boot(settings: Settings) -> BootState:
-    """Choose, prepare and import the llama.cpp build this launch runs on."""
-    from filelock import FileLock, Timeout
+@contextmanager
+def _launch_lock(dirs: DataDirs) -> Iterator[None]:
+    from filelock import FileLock
 
+    dirs.locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(dirs.locks / "launch.lock", timeout=LAUNCH_LOCK_TIMEOUT_S):
+        yield
+
+
+def _choose(
+    settings: Settings,
+    dirs: DataDirs,
+    store: OverlayStore,
+    keys: tuple[str, ...],
+    tracker: LaunchTracker,
+) -> _Plan:
+    """Decide and prepare under the launch lock; an install runs between two holds of it."""
+    from filelock import Timeout
+
+    events: list[str] = []
+    try:
+        with _launch_lock(dirs):
+            plan = _plan(settings, dirs, store, keys, tracker, events)
+            if not plan.install and plan.decision.variant == "cuda":
+                _prepare_overlay(plan, dirs, store, tracker)
+        if plan.install:
+            _auto_upgrade(settings, dirs, plan, keys)
+            with _launch_lock(dirs):  # adopt what is active now (this or another install)
+                plan = _plan(
+                    settings,
+                    dirs,
+                    store,
+                    keys,
+                    tracker,
+                    events,
+                    after_install=True,
+                    available=plan.available,
+                )
+                if plan.decision.variant == "cuda":
+                    _prepare_overlay(plan, dirs, store, tracker)
+    except Timeout:
+        tracker.counting(None)
+        reason = (
+            "another launch held the launch lock for too long (an overlay install?); "
+            "running on CPU this time"
+        )
+        plan = _Plan(
+            load_or_detect(settings, dirs, detection_versions(None)),
+            Decision("cpu", reason, False),
+            None,
+            events,
+        )
+        plan.note(reason)
+    return plan
+
+
+def boot(
+    settings: Settings,
+    trusted_keys: Sequence[str] | None = None,
+    tracker: LaunchTracker | None = None,
+) -> BootState:
+    """Choose, prepare and import the llama.cpp build this launch runs on.
+
+    `trusted_keys`: the release keys overlays must be signed with (default: the bundled ones).
+    `tracker` follows this launch's phases (default: a new one for this process).
+    """
+    from llamaship.overlay import signing
+
+    keys = signing.trusted_keys(trusted_keys)
     dirs = DataDirs(settings.home)
     store = OverlayStore(dirs)
-    dirs.locks.mkdir(parents=True, exist_ok=True)
-    try:
-        with FileLock(dirs.locks / "launch.lock", timeout=LAUNCH_LOCK_TIMEOUT_S):
-            plan = _plan(settings, dirs, store)
-            if plan.decision.variant == "cuda":
-                _prepare_overlay(plan, dirs, store)
-    except Timeout:
-        reason = ("another launch held the launch lock for too long (an overlay install?); "
-                  "running on CPU this time")
-        plan = _Plan(load_or_detect(settings, dirs, detection_versions(None)),
-                     Decision("cpu", reason, False), None, [reason])
-    llama_cpp, loaded = _import_llama(plan, dirs, store)
-    overlay_active = plan.installed is not None and imported_from(plan.installed.llama_dir)
-    variant = "cuda" if overlay_active else "cpu"
-    n_gpu_layers, n_threads = recommend(plan.report, variant, settings.n_gpu_layers,
-                                        settings.n_threads)
-    return BootState(
-        settings=settings, dirs=dirs, report=dict(plan.report),
-        decision=plan.decision.variant, reason=plan.decision.reason,
-        upgrade_available=plan.decision.upgrade_available, active_variant=variant,
-        overlay_version=plan.installed.overlay_version if overlay_active and plan.installed
+    tracker = tracker or LaunchTracker(dirs)
+    plan = _choose(settings, dirs, store, keys, tracker)
+    _log.info("decision: %s: %s", plan.decision.variant, plan.decision.reason)
+
+    def explain(
+        variant: str | None, overlay_version: str | None, llama_cpp_version: str | None
+    ) -> None:
+        tracker.explain(
+            decision=plan.decision.variant,
+            reason=plan.decision.reason,
+            upgrade_available=plan.decision.upgrade_available,
+            variant=variant,
+            overlay_version=overlay_version,
+            llama_cpp_version=llama_cpp_version,
+            events=plan.events,
+            tries_left=plan.tries_left,
+        )
+
+    explain(
+        None,
+        plan.installed.overlay_version
+        if plan.decision.variant == "cuda" and plan.installed
         else None,
-        llama_cpp_version=llama_cpp.__version__, llama_cpp_path=Path(llama_cpp.__file__),
+        None,
+    )
+    llama_cpp, loaded = _import_llama(plan, store, tracker)
+    overlay_active = plan.installed is not None and imported_from(plan.installed.llama_dir)
+    if not overlay_active:
+        tracker.counting(None)
+    variant: Variant = "cuda" if overlay_active else "cpu"
+    overlay_version = plan.installed.overlay_version if overlay_active and plan.installed else None
+    _log.info(
+        "running llama.cpp %s (%s) from %s",
+        llama_cpp.__version__,
+        variant,
+        Path(llama_cpp.__file__).parent,
+    )
+    explain(variant, overlay_version, llama_cpp.__version__)
+    n_gpu_layers, n_threads = recommend(
+        plan.report, variant, settings.n_gpu_layers, settings.n_threads
+    )
+    return BootState(
+        settings=settings,
+        dirs=dirs,
+        report=plan.report,
+        decision=plan.decision.variant,
+        reason=plan.decision.reason,
+        upgrade_available=plan.decision.upgrade_available,
+        active_variant=variant,
+        overlay_version=overlay_version,
+        llama_cpp_version=llama_cpp.__version__,
+        llama_cpp_path=Path(llama_cpp.__file__),
         gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
-        n_gpu_layers=n_gpu_layers, n_threads=n_threads, events=plan.events,
+        n_gpu_layers=n_gpu_layers,
+        n_threads=n_threads,
+        events=plan.events,
         cpu_backend=loaded.cpu_library,
+        trusted_keys=keys,
+        health=tracker,
+        last_failure=plan.last_failure if overlay_active else None,
     )
 
 
 def mark_healthy(state: BootState) -> None:
-    """The server answers: this launch did not crash, so clear the boot sentinel."""
-    if state.active_variant == "cuda":
-        sentinel.clear(state.dirs.state)
+    """The active variant generated tokens outside the engine's own calls (`llamaship bench`)."""
+    state.health.generated()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from llamaship.errors import LlamashipError
+from llamaship_contract.names import ExitStatus
 
 PRIVATE_KEY_FILE = "signing-key.b64"
 PUBLIC_KEY_FILE = "signing-key.pub.b64"
@@ -15,14 +16,15 @@ PUBLIC_KEY_FILE = "signing-key.pub.b64"
 class KeyFileExists(LlamashipError):
     """A key file is already there; generating would overwrite a key."""
 
-    exit_code = 2
+    exit_code = ExitStatus.CONFIG
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("keys", help="manage the keys that sign CUDA overlays")
     actions = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     generate = actions.add_parser(
-        "generate", help=f"write a new key pair ({PRIVATE_KEY_FILE}, {PUBLIC_KEY_FILE})")
+        "generate", help=f"write a new key pair ({PRIVATE_KEY_FILE}, {PUBLIC_KEY_FILE})"
+    )
     generate.add_argument("--out", type=Path, required=True, help="directory for the key files")
 
 
@@ -39,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     private_path, public_path = out / PRIVATE_KEY_FILE, out / PUBLIC_KEY_FILE
     existing = [str(path) for path in (private_path, public_path) if path.exists()]
     if existing:
-        msg = (f"refusing to overwrite {', '.join(existing)}: a key there may already sign "
-               "releases; choose another --out directory or move the files away first")
+        msg = (
+            f"refusing to overwrite {', '.join(existing)}: a key there may already sign "
+            "releases; choose another --out directory or move the files away first"
+        )
         raise KeyFileExists(msg)
     out.mkdir(parents=True, exist_ok=True)
     private_b64, public_b64 = generate_keypair()
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     _write_new(public_path, public_b64, 0o644)
     print(f"public key: {public_b64}")
     print(f"key id:     {key_id(public_b64)}")
-    print(f"private key written to {private_path} (mode 0600): keep it secret, "
-          "e.g. as the CI secret LLAMASHIP_SIGNING_KEY")
+    print(
+        f"private key written to {private_path} (mode 0600): keep it secret, "
+        "e.g. as the CI secret LLAMASHIP_SIGNING_KEY"
+    )
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,13 +18,19 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser("overlay", help="install, inspect or remove the CUDA overlay")
     actions = parser.add_subparsers(dest="overlay_command", metavar="ACTION", required=True)
     install = actions.add_parser(
-        "install", help="install the overlay from a release (directory, releases.json or URL)",
+        "install",
+        help="install the overlay from a release (directory, releases.json or URL)",
         description="Verify, download, unpack, probe and activate the overlay the signed "
-                    "release index offers this machine. Progress goes to stderr.")
-    install.add_argument("source", help="a release directory, its releases.json, or an "
-                         "http(s):// URL of releases.json")
-    install.add_argument("--llama-cpp-version",
-                         help="the bundle's llama-cpp-python version (default: the installed one)")
+        "release index offers this machine. Progress goes to stderr.",
+    )
+    install.add_argument(
+        "source",
+        help="a release directory, its releases.json, or an http(s):// URL of releases.json",
+    )
+    install.add_argument(
+        "--llama-cpp-version",
+        help="the bundle's llama-cpp-python version (default: the installed one)",
+    )
     status = actions.add_parser("status", help="show the active and previous overlay")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     actions.add_parser("rollback", help="switch back to the previously active overlay")
@@ -33,10 +38,9 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    from llamaship.config import default_env_file, resolve_settings
+    from llamaship.config import executable_dir, load_settings
 
-    env_file = Path(args.env_file) if args.env_file else default_env_file()
-    return resolve_settings(env_file=env_file)
+    return load_settings(args.env_file, bundle_dir=executable_dir())
 
 
 def _bundle_llama_cpp_version(given: str | None) -> str:
@@ -49,8 +53,10 @@ def _bundle_llama_cpp_version(given: str | None) -> str:
     try:
         return importlib.metadata.version(_LLAMA_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        msg = ("cannot tell which llama-cpp-python version this bundle carries: "
-               "pass --llama-cpp-version")
+        msg = (
+            "cannot tell which llama-cpp-python version this bundle carries: "
+            "pass --llama-cpp-version"
+        )
         raise ConfigError(msg) from None
 
 
@@ -69,8 +75,10 @@ class _ProgressPrinter:
             tenth = 10 * progress.bytes_done // progress.bytes_total
             if tenth != self._tenth:
                 self._tenth = tenth
-                print(f"  {progress.bytes_done / 1e6:.1f} / {progress.bytes_total / 1e6:.1f} MB",
-                      file=sys.stderr)
+                print(
+                    f"  {progress.bytes_done / 1e6:.1f} / {progress.bytes_total / 1e6:.1f} MB",
+                    file=sys.stderr,
+                )
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -87,33 +95,43 @@ def _install(args: argparse.Namespace) -> int:
     target = Target.current(report, _bundle_llama_cpp_version(args.llama_cpp_version))
     path = local_path(args.source)
     location = args.source if path is None else index_location_of(path)
-    installer = Installer(dirs, trusted_keys(settings), progress=_ProgressPrinter())
+    installer = Installer(dirs, trusted_keys(args.trusted_keys), progress=_ProgressPrinter())
     result = installer.install(location, target)
     overlay = result.overlay
     if not result.changed:
         print(f"overlay {overlay.overlay_version} is already active")
         return 0
     reused = f", reused {', '.join(result.reused_layers)}" if result.reused_layers else ""
-    print(f"overlay {overlay.overlay_version} is active (fetched "
-          f"{', '.join(result.fetched_layers)}{reused}); restart the app to use it")
+    print(
+        f"overlay {overlay.overlay_version} is active (fetched "
+        f"{', '.join(result.fetched_layers)}{reused}); restart the app to use it"
+    )
     return 0
 
 
 def _describe(overlay: InstalledOverlay | None) -> dict[str, Any] | None:
     if overlay is None:
         return None
-    return {"overlay_version": overlay.overlay_version, "serial": overlay.serial,
-            "llama_cpp_version": overlay.llama_cpp_version,
-            "cuda_version": overlay.requirements.cuda_version, "layers": dict(overlay.layers),
-            "llama_dir": str(overlay.llama_dir), "runtime_lib_dir": str(overlay.runtime_lib_dir)}
+    return {
+        "overlay_version": overlay.overlay_version,
+        "serial": overlay.serial,
+        "llama_cpp_version": overlay.llama_cpp_version,
+        "cuda_version": overlay.requirements.cuda_version,
+        "layers": dict(overlay.layers),
+        "llama_dir": str(overlay.llama_dir),
+        "runtime_lib_dir": str(overlay.runtime_lib_dir),
+    }
 
 
 def status_document(store: OverlayStore) -> dict[str, Any]:
     """The overlay state as `overlay status --json` prints it."""
     accepted = store.accepted_serials()
-    return {"active": _describe(store.active()), "previous": _describe(store.previous()),
-            "quarantined": store.quarantined(),
-            "accepted_serials": {"index": accepted.index, "manifest": accepted.manifest}}
+    return {
+        "active": _describe(store.active()),
+        "previous": _describe(store.previous()),
+        "quarantined": store.quarantined(),
+        "accepted_serials": {"index": accepted.index, "manifest": accepted.manifest},
+    }
 
 
 def _status(args: argparse.Namespace, store: OverlayStore) -> int:
@@ -128,8 +146,10 @@ def _status(args: argparse.Namespace, store: OverlayStore) -> int:
         if overlay is None:
             print(f"{role}: none" + (" (the app runs on CPU)" if role == "active" else ""))
         else:
-            print(f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
-                  f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}")
+            print(
+                f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
+                f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}"
+            )
     for version, reason in sorted(document["quarantined"].items()):
         print(f"quarantined: {version}: {reason}")
     return 0
@@ -152,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     if removed is None:
         print("no overlay was active; the app runs on CPU")
     else:
-        print(f"overlay {removed.overlay_version} is deactivated (the app runs on CPU after a "
-              "restart); `llamaship overlay rollback` brings it back")
+        print(
+            f"overlay {removed.overlay_version} is deactivated (the app runs on CPU after a "
+            "restart); `llamaship overlay rollback` brings it back"
+        )
     return 0

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "probe", help="(internal) load an overlay in a child process and report what it saw")
+        "probe", help="(internal) load an overlay in a child process and report what it saw"
+    )
     parser.add_argument("--llama-dir", type=Path, required=True)
     parser.add_argument("--runtime-lib-dir", type=Path, required=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from llamaship.activate import ActivationError, activate, foreign_libraries, imported_from
-    from llamaship.native import load_ggml_backends
+    from llamaship.fit.backoff import LlamaLog
+    from llamaship.native import _ggml_library, load_ggml_backends
+    from llamaship.probe import backend_devices, cuda_failure
 
     activate(args.llama_dir, args.runtime_lib_dir)
     import llama_cpp
@@ -25,12 +29,29 @@ def run(args: argparse.Namespace) -> int:
     if not imported_from(args.llama_dir):
         msg = f"llama_cpp was imported from {llama_cpp.__file__}, not from the overlay"
         raise ActivationError(msg)
-    loaded = load_ggml_backends()
+    LlamaLog.install()
+    with LlamaLog.captured() as log_lines:
+        loaded = load_ggml_backends()
+    gpu_devices = backend_devices(_ggml_library(loaded.lib_dir))
+    cuda_error = (
+        None
+        if any(device.backend == "CUDA" for device in gpu_devices)
+        else cuda_failure(loaded.lib_dir, log_lines)
+    )
     foreign = foreign_libraries(args.llama_dir)
     if foreign:
         msg = f"the overlay's llama_cpp also loaded libraries from outside it: {foreign}"
         raise ActivationError(msg)
-    print(json.dumps({"llama_cpp_version": llama_cpp.__version__,
-                      "llama_cpp_path": llama_cpp.__file__,
-                      "backends": loaded.backends, "devices": loaded.devices}))
+    print(
+        json.dumps(
+            {
+                "llama_cpp_version": llama_cpp.__version__,
+                "llama_cpp_path": llama_cpp.__file__,
+                "backends": loaded.backends,
+                "devices": loaded.devices,
+                "gpu_devices": [asdict(device) for device in gpu_devices],
+                "cuda_error": cuda_error,
+            }
+        )
+    )
     return 0

@@ -10,9 +10,11 @@ import ctypes
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamaship.activate import Loader, add_dll_directories
 from llamaship.errors import LlamashipError
 
 _log = logging.getLogger(__name__)
@@ -50,20 +52,22 @@ def mapped_llama_libraries() -> set[Path]:
         maps = _MAPS.read_text()
     except OSError:
         return set()
-    paths = {Path(line.split(maxsplit=5)[-1]) for line in maps.splitlines()
-             if "/libggml" in line or "/libllama" in line}
+    paths = {
+        Path(line.split(maxsplit=5)[-1])
+        for line in maps.splitlines()
+        if "/libggml" in line or "/libllama" in line
+    }
     return {path for path in paths if path.is_absolute()}
 
 
 def _mapped_cpu_library() -> str | None:
     """The file name of the CPU backend variant ggml picked (Linux: from the memory map)."""
-    names = {path.name for path in mapped_llama_libraries()
-             if path.name.startswith("libggml-cpu-")}
+    names = {path.name for path in mapped_llama_libraries() if path.name.startswith("libggml-cpu-")}
     return min(names) if names else None
 
 
-def _ggml_library(lib_dir: Path) -> Path:
-    platform = "linux" if sys.platform.startswith("linux") else sys.platform
+def _ggml_library(lib_dir: Path, system: str = sys.platform) -> Path:
+    platform = "linux" if system.startswith("linux") else system
     for name in _GGML_NAMES.get(platform, ()):
         candidate = lib_dir / name
         if candidate.is_file():
@@ -72,7 +76,9 @@ def _ggml_library(lib_dir: Path) -> Path:
     raise BackendLoadError(msg)
 
 
-def _names(count: int, get_item: ctypes._CFuncPtr, get_name: ctypes._CFuncPtr) -> tuple[str, ...]:
+def _names(
+    count: int, get_item: Callable[[int], int], get_name: Callable[[int], bytes]
+) -> tuple[str, ...]:
     return tuple(get_name(get_item(index)).decode() for index in range(count))
 
 
@@ -84,7 +90,10 @@ def load_ggml_backends() -> LoadedBackends:
     import llama_cpp  # the bootstrap has put the chosen build first on sys.path
 
     lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
-    ggml = ctypes.CDLL(os.fspath(_ggml_library(lib_dir)))
+    loader = Loader()
+    if loader.windows:  # ggml loads its backend DLLs by path; their imports resolve here
+        add_dll_directories([lib_dir], loader)
+    ggml = ctypes.CDLL(os.fspath(_ggml_library(lib_dir, loader.system)))
     ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
     ggml.ggml_backend_load_all_from_path.restype = None
     for getter in (ggml.ggml_backend_reg_get, ggml.ggml_backend_dev_get):
@@ -97,15 +106,20 @@ def load_ggml_backends() -> LoadedBackends:
         counter.restype = ctypes.c_size_t
 
     ggml.ggml_backend_load_all_from_path(os.fsencode(lib_dir))
-    backends = _names(ggml.ggml_backend_reg_count(), ggml.ggml_backend_reg_get,
-                      ggml.ggml_backend_reg_name)
-    devices = _names(ggml.ggml_backend_dev_count(), ggml.ggml_backend_dev_get,
-                     ggml.ggml_backend_dev_name)
+    backends = _names(
+        ggml.ggml_backend_reg_count(), ggml.ggml_backend_reg_get, ggml.ggml_backend_reg_name
+    )
+    devices = _names(
+        ggml.ggml_backend_dev_count(), ggml.ggml_backend_dev_get, ggml.ggml_backend_dev_name
+    )
     if not backends:
-        msg = (f"llama.cpp registered no backend from {lib_dir}: the CPU backend libraries "
-               "(libggml-cpu-*) are missing or none fits this CPU; reinstall the application")
+        msg = (
+            f"llama.cpp registered no backend from {lib_dir}: the CPU backend libraries "
+            "(libggml-cpu-*) are missing or none fits this CPU; reinstall the application"
+        )
         raise BackendLoadError(msg)
     _log.debug("ggml backends %s, devices %s from %s", backends, devices, lib_dir)
-    _loaded = LoadedBackends(lib_dir=lib_dir, backends=backends, devices=devices,
-                             cpu_library=_mapped_cpu_library())
+    _loaded = LoadedBackends(
+        lib_dir=lib_dir, backends=backends, devices=devices, cpu_library=_mapped_cpu_library()
+    )
     return _loaded

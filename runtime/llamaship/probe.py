@@ -1,20 +1,51 @@
-"""Try an overlay in a child process first: its native libraries may crash the process."""
+"""Try an overlay in a child process first: its native libraries may crash the process.
+
+The probe also reports the devices the CUDA backend registered. A CUDA overlay whose backend
+sees none of the GPUs NVML reports (no usable libcuda.so.1, a driver older than the runtime)
+would run CPU code from a 700 MB overlay: `check_cuda_devices` raises `NoCudaDevice` and the
+launch runs the CPU bundle until the driver changes (the probe record is keyed by the driver).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship.errors import LlamashipError
+from llamaship_contract.detection import GpuInfo
+from llamaship_contract.launch import ProbeResult as ProbeRecordResult
+
+_DEVICE_TYPES = {1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type; 0 is the CPU
+VRAM_TOLERANCE = 0.10  # CUDA's total can be below NVML's (memory the driver reserves)
 
 
 class ProbeFailed(LlamashipError):
     """The overlay crashed, hung or failed to load in the probe process."""
+
+
+class NoCudaDevice(LlamashipError):
+    """The overlay works, but its CUDA backend sees none of the detected GPUs.
+
+    Not the overlay's fault: the launch runs the CPU build for this driver, without
+    quarantining the overlay, and probes again when the driver changes."""
+
+
+@dataclass(frozen=True)
+class BackendDevice:
+    """A non-CPU device a ggml backend registered; memory in bytes."""
+
+    backend: str
+    name: str
+    description: str
+    memory_total: int
+    memory_free: int
 
 
 @dataclass(frozen=True)
@@ -25,6 +56,8 @@ class ProbeResult:
     llama_cpp_path: str
     backends: tuple[str, ...]
     devices: tuple[str, ...]
+    gpu_devices: tuple[BackendDevice, ...] = ()
+    cuda_error: str | None = None
 
 
 def _self_command() -> list[str]:
@@ -35,11 +68,23 @@ def _self_command() -> list[str]:
 
 def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
     """Import the overlay's llama_cpp and load its backends in a subprocess."""
-    command = [*_self_command(), "probe", "--llama-dir", os.fspath(llama_dir),
-               "--runtime-lib-dir", os.fspath(runtime_lib_dir)]
+    command = [
+        *_self_command(),
+        "probe",
+        "--llama-dir",
+        os.fspath(llama_dir),
+        "--runtime-lib-dir",
+        os.fspath(runtime_lib_dir),
+    ]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                check=False, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         msg = f"the overlay probe did not finish within {timeout:g} s (hung while loading)"
         raise ProbeFailed(msg) from None
@@ -54,8 +99,128 @@ def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeRe
         raise ProbeFailed(msg)
     try:
         seen = json.loads(last_line)
-        return ProbeResult(seen["llama_cpp_version"], seen["llama_cpp_path"],
-                           tuple(seen["backends"]), tuple(seen["devices"]))
+        return ProbeResult(
+            seen["llama_cpp_version"],
+            seen["llama_cpp_path"],
+            tuple(seen["backends"]),
+            tuple(seen["devices"]),
+            tuple(BackendDevice(**device) for device in seen["gpu_devices"]),
+            seen["cuda_error"],
+        )
     except (ValueError, KeyError, TypeError):
         msg = f"the overlay probe printed no result (last line: {last_line!r})"
         raise ProbeFailed(msg) from None
+
+
+def backend_devices(ggml_library: Path) -> tuple[BackendDevice, ...]:
+    """The non-CPU devices registered in the ggml registry of `ggml_library` (already loaded
+    by `llamaship.native.load_ggml_backends`: the same file gives the same registry)."""
+    ggml = ctypes.CDLL(os.fspath(ggml_library))
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    for function in (ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description):
+        function.argtypes = [ctypes.c_void_p]
+        function.restype = ctypes.c_char_p
+    ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_type.restype = ctypes.c_int
+    ggml.ggml_backend_dev_memory.argtypes = [
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ]
+    ggml.ggml_backend_dev_memory.restype = None
+    ggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+    devices = []
+    for index in range(ggml.ggml_backend_dev_count()):
+        device = ggml.ggml_backend_dev_get(index)
+        if ggml.ggml_backend_dev_type(device) not in _DEVICE_TYPES:
+            continue
+        free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+        ggml.ggml_backend_dev_memory(device, ctypes.byref(free), ctypes.byref(total))
+        devices.append(
+            BackendDevice(
+                backend=ggml.ggml_backend_reg_name(
+                    ggml.ggml_backend_dev_backend_reg(device)
+                ).decode(),
+                name=ggml.ggml_backend_dev_name(device).decode(),
+                description=ggml.ggml_backend_dev_description(device).decode(),
+                memory_total=total.value,
+                memory_free=free.value,
+            )
+        )
+    return tuple(devices)
+
+
+def cuda_failure(lib_dir: Path, log_lines: Sequence[str]) -> str:
+    """Why the CUDA backend registered no device: llama.cpp's own log line, else the dynamic
+    loader's error for libggml-cuda (ggml skips a backend it cannot load without a word)."""
+    said = [
+        line.strip()
+        for line in log_lines
+        if "cuda" in line.lower()
+        and any(word in line.lower() for word in ("fail", "error", "insufficient"))
+    ]
+    if said:
+        return said[-1]
+    library = lib_dir / "libggml-cuda.so"
+    if not library.is_file():
+        return f"the overlay has no {library.name}"
+    try:
+        ctypes.CDLL(os.fspath(library))
+    except OSError as error:
+        return str(error)
+    return "the CUDA backend loaded but registered no device"
+
+
+def _short(name: str) -> str:
+    return name.lower().removeprefix("nvidia ").strip()
+
+
+def check_cuda_devices(gpus: Sequence[GpuInfo], result: ProbeRecordResult | None) -> list[str]:
+    """Raise `NoCudaDevice` unless the probe's CUDA devices include the GPUs NVML reported
+    (same name, VRAM within 10 %); return a note for each GPU CUDA does not show.
+
+    A probe that reported no details (`None`, or a record from before devices were reported:
+    no devices and no CUDA error) cannot be checked: no notes."""
+    if result is None or not gpus or (not result.gpu_devices and result.cuda_error is None):
+        return []
+    cuda = [device for device in result.gpu_devices if device.backend == "CUDA"]
+    unmatched = list(cuda)
+    missing = []
+    for gpu in gpus:
+        total = gpu.vram_total_mb * 2**20
+        match = next(
+            (
+                device
+                for device in unmatched
+                if _short(device.description) == _short(gpu.name)
+                and device.memory_total >= total * (1 - VRAM_TOLERANCE)
+            ),
+            None,
+        )
+        if match is None:
+            missing.append(gpu)
+        else:
+            unmatched.remove(match)
+    if len(missing) < len(gpus):
+        return [
+            f"NVML sees {gpu.name} ({gpu.uuid}) but CUDA does not: it runs on the other GPUs"
+            for gpu in missing
+        ]
+    names = ", ".join(gpu.name for gpu in gpus)
+    if cuda:
+        seen = ", ".join(
+            f"{device.description} ({device.memory_total // 2**20} MiB)" for device in cuda
+        )
+        why = f"CUDA reports other devices: {seen}"
+    else:
+        why = f"CUDA reports no device: {result.cuda_error or 'no reason given'}"
+    msg = (
+        f"NVML sees {names} but {why}; running on the CPU build until the NVIDIA driver "
+        "changes (check that the driver is installed and loaded: nvidia-smi)"
+    )
+    raise NoCudaDevice(msg)

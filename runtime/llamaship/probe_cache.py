@@ -1,37 +1,84 @@
-"""Probe an overlay before its first activation and again after the driver changes."""
+"""Probe an overlay before its first activation and again after the driver changes.
+
+The record (`state/probe.json`, a `ProbeRecord`) says which overlay layers passed with which
+driver; the installer writes it after its own probe, so the launch after an install does not
+probe again.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
 
+from llamaship import probe
 from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship.overlay._fs import atomic_write_json
+from llamaship.overlay._fs import atomic_write_bytes
 from llamaship.overlay.store import InstalledOverlay
 from llamaship.paths import DataDirs
-from llamaship.probe import run_probe
+from llamaship_contract.document import dump_document_pretty, parse_document
+from llamaship_contract.errors import ContractError
+from llamaship_contract.launch import ProbeKey, ProbeRecord, ProbeResult
 
 _log = logging.getLogger(__name__)
 PROBE_RECORD = "probe.json"
 PROBE_TIMEOUT_S = 120.0  # first CUDA initialisation can be slow
+ProbeRunner = Callable[[Path, Path, float], probe.ProbeResult | None]
+"""`(llama_dir, runtime_lib_dir, timeout_s)`; raises `ProbeFailed` when the overlay fails."""
 
 
-def _probe_key(overlay: InstalledOverlay) -> dict[str, object]:
+def probe_key(overlay: InstalledOverlay) -> ProbeKey:
     """What a passed probe vouches for: these overlay layers with this driver and these GPUs."""
-    return {"overlay_version": overlay.overlay_version, "layers": dict(overlay.layers),
-            "driver": compute_fingerprint({})}
+    driver = json.loads(json.dumps(compute_fingerprint({})))  # as it reads back from JSON
+    return ProbeKey(
+        overlay_version=overlay.overlay_version, layers=dict(overlay.layers), driver=driver
+    )
 
 
-def ensure_probed(overlay: InstalledOverlay, dirs: DataDirs) -> None:
-    """Run the probe unless it already passed for this overlay and driver; raises ProbeFailed."""
-    record = dirs.state / PROBE_RECORD
-    key = json.loads(json.dumps(_probe_key(overlay)))  # as it reads back from JSON
+def read_record(dirs: DataDirs) -> ProbeRecord | None:
+    """The probe record; a missing or unreadable one is None (then the overlay is probed)."""
+    path = dirs.state / PROBE_RECORD
     try:
-        if json.loads(record.read_text()).get("key") == key:
-            return
-    except (OSError, ValueError, AttributeError):
-        pass  # no record, or an unreadable one: probe again
-    _log.info("probing overlay %s", overlay.overlay_version)
-    result = run_probe(overlay.llama_dir, overlay.runtime_lib_dir, PROBE_TIMEOUT_S)
-    atomic_write_json(record, {"key": key, "result": asdict(result)})
+        return parse_document(ProbeRecord, path.read_bytes(), str(path))
+    except FileNotFoundError:
+        return None
+    except (OSError, ContractError) as error:
+        _log.warning("ignoring an unreadable probe record: %s", error)
+        return None
+
+
+def record_passed(
+    overlay: InstalledOverlay,
+    dirs: DataDirs,
+    by: Literal["install", "launch"],
+    result: probe.ProbeResult | None = None,
+) -> ProbeRecord:
+    """Remember that `overlay` passed its probe with this driver (and what the probe saw)."""
+    details = None if result is None else ProbeResult.model_validate(asdict(result))
+    record = ProbeRecord(key=probe_key(overlay), by=by, at=datetime.now(UTC), result=details)
+    atomic_write_bytes(dirs.state / PROBE_RECORD, dump_document_pretty(record))
+    return record
+
+
+def ensure_probed(
+    overlay: InstalledOverlay, dirs: DataDirs, run: ProbeRunner = probe.run_probe
+) -> ProbeRecord:
+    """The record of a probe that passed for this overlay and driver: the earlier one (the
+    installer's or a launch's), else a new probe's. Raises `ProbeFailed` when it fails."""
+    record = read_record(dirs)
+    if record is not None and record.key == probe_key(overlay):
+        _log.info(
+            "overlay %s passed its probe with this driver before (%s, %s): not probing",
+            overlay.overlay_version,
+            record.by,
+            record.at.isoformat(timespec="seconds"),
+        )
+        return record
+    _log.info("probing overlay %s in a subprocess", overlay.overlay_version)
+    return record_passed(
+        overlay, dirs, "launch", run(overlay.llama_dir, overlay.runtime_lib_dir, PROBE_TIMEOUT_S)
+    )

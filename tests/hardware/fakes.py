@@ -23,6 +23,15 @@ NVML_LIBRARY_NAME = "libnvidia-ml.so.1"
 # Environment variables of the caller that must not reach a detection subprocess.
 _SCRUBBED_PREFIXES = ("LLAMASHIP_", "FAKE_", "GPU_DETECTION_", "LLAMACPP_")
 _SCRUBBED_KEYS = frozenset({"LD_LIBRARY_PATH", "LD_PRELOAD", "AUTO_UPGRADE_GPU", "PATH"})
+TRUSTING_CLI = HARDWARE_DIR.parent / "trusting_cli.py"
+
+
+def llamaship_command(trust: str | None = None) -> list[str]:
+    """The `llamaship` command, or the test launcher that also trusts the release key `trust`."""
+    if trust is None:
+        return [sys.executable, "-m", "llamaship_backend"]
+    return [sys.executable, str(TRUSTING_CLI), trust]
+
 
 # A fake nvidia-smi: FAKE_SMI_MODE = normal | garbage | fail | hang.
 _FAKE_SMI = '''#!{python}
@@ -74,8 +83,19 @@ def compile_fake_nvml(out_dir: Path) -> Path:
     """Build the fake `libnvidia-ml.so.1` into `out_dir` with gcc; return its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     library = out_dir / NVML_LIBRARY_NAME
-    command = ["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
-               f"-Wl,-soname,{NVML_LIBRARY_NAME}", "-o", str(library), str(FAKE_NVML_SOURCE)]
+    command = [
+        "gcc",
+        "-shared",
+        "-fPIC",
+        "-O2",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        f"-Wl,-soname,{NVML_LIBRARY_NAME}",
+        "-o",
+        str(library),
+        str(FAKE_NVML_SOURCE),
+    ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return library
 
@@ -100,14 +120,17 @@ class FakeGpu:
     compute_capability: str
 
     def spec(self) -> str:
-        return "|".join([self.name, self.uuid, str(self.total_mb), str(self.free_mb),
-                         self.compute_capability])
+        return "|".join(
+            [self.name, self.uuid, str(self.total_mb), str(self.free_mb), self.compute_capability]
+        )
 
 
-GTX_1060 = FakeGpu("NVIDIA GeForce GTX 1060 6GB", "GPU-1060aaaa-0000-0000-0000-000000000000",
-                   6144, 5760, "6.1")
-RTX_3060 = FakeGpu("NVIDIA GeForce RTX 3060", "GPU-3060bbbb-0000-0000-0000-000000000000",
-                   12288, 11800, "8.6")
+GTX_1060 = FakeGpu(
+    "NVIDIA GeForce GTX 1060 6GB", "GPU-1060aaaa-0000-0000-0000-000000000000", 6144, 5760, "6.1"
+)
+RTX_3060 = FakeGpu(
+    "NVIDIA GeForce RTX 3060", "GPU-3060bbbb-0000-0000-0000-000000000000", 12288, 11800, "8.6"
+)
 
 
 @dataclass
@@ -151,23 +174,27 @@ class FakeHardware:
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a process running on this fake machine."""
-        env = {key: value for key, value in os.environ.items()
-               if key not in _SCRUBBED_KEYS and not key.startswith(_SCRUBBED_PREFIXES)}
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in _SCRUBBED_KEYS and not key.startswith(_SCRUBBED_PREFIXES)
+        }
         empty_bin = self.root / "empty-bin"
         empty_bin.mkdir(parents=True, exist_ok=True)
         self.lib_dir.mkdir(parents=True, exist_ok=True)
-        env.update({
-            "PATH": str(self.smi_bin if self.smi_mode is not None else empty_bin),
-            "LD_LIBRARY_PATH": str(self.lib_dir),
-            "LLAMASHIP_HOME": str(self.home),
-            "LLAMASHIP_ENV_FILE": str(self.root / "absent.env"),
-            "FAKE_GPUS": ";".join(gpu.spec() for gpu in self.gpus),
-            "FAKE_DRIVER_VERSION": self.driver_version,
-            "FAKE_CUDA_VERSION": str(self.cuda_version),
-            "FAKE_NVML_LOG": str(self.root / "nvml-calls.log"),
-            "FAKE_SMI_LOG": str(self.root / "smi-calls.log"),
-            "FAKE_SMI_PIDFILE": str(self.root / "smi.pids"),
-        })
+        env.update(
+            {
+                "PATH": str(self.smi_bin if self.smi_mode is not None else empty_bin),
+                "LD_LIBRARY_PATH": str(self.lib_dir),
+                "LLAMASHIP_HOME": str(self.home),
+                "FAKE_GPUS": ";".join(gpu.spec() for gpu in self.gpus),
+                "FAKE_DRIVER_VERSION": self.driver_version,
+                "FAKE_CUDA_VERSION": str(self.cuda_version),
+                "FAKE_NVML_LOG": str(self.root / "nvml-calls.log"),
+                "FAKE_SMI_LOG": str(self.root / "smi-calls.log"),
+                "FAKE_SMI_PIDFILE": str(self.root / "smi.pids"),
+            }
+        )
         if self.nvml_fail is not None:
             env["FAKE_NVML_FAIL"] = self.nvml_fail
         if self.smi_mode is not None:
@@ -175,11 +202,23 @@ class FakeHardware:
         env.update(extra)
         return env
 
-    def run_cli(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        """Run `python -m llamaship ARGS` on this machine (extra: more environment variables)."""
-        return subprocess.run([sys.executable, "-m", "llamaship", *args], env=self.env(**extra),
-                              cwd=self.root, capture_output=True, text=True, timeout=120,
-                              check=False)
+    def run_cli(
+        self, *args: str, trust: str | None = None, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `python -m llamaship ARGS` on this machine (extra: more environment variables).
+
+        `trust`: a release public key to trust besides the bundled ones (through the test
+        launcher `tests/trusting_cli.py`: the shipped command has no such option).
+        """
+        return subprocess.run(
+            [*llamaship_command(trust), *args],
+            env=self.env(**extra),
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     def detect(self, *args: str, **extra: str) -> dict[str, Any]:
         """`llamaship detect --json ARGS`: the report it printed (it must exit 0)."""

@@ -20,8 +20,11 @@ def assert_settled(dirs: DataDirs, active_version: str | None) -> None:
     store = OverlayStore(dirs)
     active = store.active()
     assert (active.overlay_version if active else None) == active_version
-    leftovers = sorted(path.name for path in dirs.overlays.glob(".*")
-                       if path.name.startswith((".staging-", ".trash-")))
+    leftovers = sorted(
+        path.name
+        for path in dirs.overlays.glob(".*")
+        if path.name.startswith((".staging-", ".trash-"))
+    )
     assert leftovers == [], f"half-installed leftovers: {leftovers}"
     referenced: set[str] = set()
     for overlay in (active, store.previous()):
@@ -30,8 +33,11 @@ def assert_settled(dirs: DataDirs, active_version: str | None) -> None:
     layers_dir = dirs.overlays / "layers"
     present = {path.name for path in layers_dir.iterdir()} if layers_dir.is_dir() else set()
     assert present <= referenced, f"layers nothing refers to: {sorted(present - referenced)}"
-    downloads = sorted(path.name for path in dirs.downloads.glob("*")
-                       if not path.name.endswith((".part", ".part.meta")))
+    downloads = sorted(
+        path.name
+        for path in dirs.downloads.glob("*")
+        if not path.name.endswith((".part", ".part.meta"))
+    )
     assert downloads == [], f"finished downloads left behind: {downloads}"
 
 

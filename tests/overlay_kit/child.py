@@ -1,41 +1,26 @@
-"""The installer in a child process, optionally paused at a named step (see
-`llamaship.overlay._testhook`) so a test can SIGKILL it there, or run under a file size limit."""
+"""The installer in a child process: paused at a named install step so a test can SIGKILL it
+there, run under a file size limit, or measured for peak memory.
+
+Run as a script (`python child.py ARGS_JSON`), this file sets a checkpoint callback through the
+installer's Python API (`llamaship.overlay.checkpoints.set_checkpoint`) that prints
+`PAUSED <step>` to stderr and waits to be killed, then calls `Installer.install`. The shipped
+code reads no environment variable for any of this.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-_CHILD = """
-import json, logging, sys
-from pathlib import Path
-args = json.loads(sys.argv[1])
-sys.path.insert(0, args["tests_dir"])
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
-if args.get("file_size_limit"):
-    import resource, signal
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (args["file_size_limit"],) * 2)
-from overlay_kit.probe import import_probe
-from overlay_kit.releases import FAST_OPTIONS, TARGET
-from llamaship.errors import LlamashipError
-from llamaship.overlay.install import Installer
-from llamaship.paths import DataDirs
-installer = Installer(DataDirs(Path(args["home"])), args["keys"], probe=import_probe,
-                      options=FAST_OPTIONS)
-try:
-    result = installer.install(args["index"], TARGET)
-except LlamashipError as error:
-    print(f"{type(error).__name__}: {error}")
-    sys.exit(error.exit_code)
-print(f"installed {result.overlay.overlay_version}")
-"""
+PAUSED_MARKER = "PAUSED"
+MAXRSS_MARKER = "MAXRSS_KIB"
 
 
 @dataclass
@@ -45,12 +30,12 @@ class InstallerChild:
     process: subprocess.Popen[str]
 
     def wait_paused(self, step: str) -> None:
-        """Read the child's log until it says it paused at `step`."""
+        """Read the child's stderr until it says it paused at `step`."""
         assert self.process.stderr is not None
         seen = []
         for line in self.process.stderr:
             seen.append(line)
-            if f"LLAMASHIP_TEST_PAUSED {step}" in line:
+            if line.strip() == f"{PAUSED_MARKER} {step}":
                 return
         raise AssertionError(f"the installer ended without pausing at {step}: {''.join(seen)}")
 
@@ -67,16 +52,89 @@ class InstallerChild:
         return self.process.returncode, out, err
 
 
-def start_installer(home: Path, index: str, keys: Sequence[str], *, pause_at: str | None = None,
-                    file_size_limit: int | None = None) -> InstallerChild:
-    """Run `Installer.install(index, TARGET)` in a child process (the test probe)."""
-    env = {key: value for key, value in os.environ.items() if key != "LLAMASHIP_TEST_PAUSE_AT"}
-    if pause_at is not None:
-        env["LLAMASHIP_TEST_PAUSE_AT"] = pause_at
-    args = {"home": str(home), "index": index, "keys": list(keys),
-            "tests_dir": str(Path(__file__).resolve().parent.parent),
-            "file_size_limit": file_size_limit}
-    process = subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(args)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               stdin=subprocess.DEVNULL)
+def start_installer(
+    home: Path,
+    index: str,
+    keys: Sequence[str],
+    *,
+    pause_at: str | None = None,
+    file_size_limit: int | None = None,
+    measure_rss: bool = False,
+) -> InstallerChild:
+    """Run `Installer.install(index, TARGET)` in a child process (the test probe).
+
+    `measure_rss`: the child prints `MAXRSS_KIB <before> <after>`, its peak resident memory
+    once everything is imported and after the install.
+    """
+    args = {
+        "home": str(home),
+        "index": index,
+        "keys": list(keys),
+        "pause_at": pause_at,
+        "file_size_limit": file_size_limit,
+        "measure_rss": measure_rss,
+    }
+    process = subprocess.Popen(
+        [sys.executable, __file__, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     return InstallerChild(process)
+
+
+def _pause(step: str) -> None:
+    print(PAUSED_MARKER, step, file=sys.stderr, flush=True)
+    threading.Event().wait()  # until the test kills this process
+
+
+def _max_rss_kib() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def _main(args: dict[str, Any]) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    if args["file_size_limit"]:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args["file_size_limit"],) * 2)
+    # Everything an install uses is imported before the baseline is taken.
+    import anyio._backends._asyncio  # noqa: F401
+    import httpx  # noqa: F401
+    import zstandard  # noqa: F401
+
+    from llamaship.errors import LlamashipError
+    from llamaship.overlay.checkpoints import set_checkpoint
+    from llamaship.overlay.install import Installer
+    from llamaship.paths import DataDirs
+    from overlay_kit.probe import import_probe
+    from overlay_kit.releases import FAST_OPTIONS, TARGET
+
+    pause_at = args["pause_at"]
+    if pause_at is not None:
+        set_checkpoint(lambda step: _pause(step) if step == pause_at else None)
+    before = _max_rss_kib()
+    installer = Installer(
+        DataDirs(Path(args["home"])), args["keys"], probe=import_probe, options=FAST_OPTIONS
+    )
+    try:
+        result = installer.install(args["index"], TARGET)
+    except LlamashipError as error:
+        print(f"{type(error).__name__}: {error}")
+        return error.exit_code
+    finally:
+        if args["measure_rss"]:
+            print(MAXRSS_MARKER, before, _max_rss_kib())
+    print(f"installed {result.overlay.overlay_version}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # tests/, not tests/overlay_kit/
+    sys.exit(_main(json.loads(sys.argv[1])))

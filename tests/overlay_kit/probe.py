@@ -11,7 +11,6 @@ from pathlib import Path
 from llamaship.errors import LlamashipError
 from llamaship.overlay.install import Installer
 from llamaship.paths import DataDirs
-
 from overlay_kit.releases import FAST_OPTIONS, TARGET, Keys
 
 
@@ -22,12 +21,19 @@ class FakeProbeFailed(LlamashipError):
 def import_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
     """The probe for test layers (no real ggml inside): a child process imports the overlay's
     llama_cpp (which must come from `llama_dir`) and checks the runtime library folder."""
-    code = ("import sys, llama_cpp; from pathlib import Path; "
-            "assert Path(sys.argv[2]).is_dir(), 'runtime lib dir missing'; "
-            "print(llama_cpp.__file__)")
-    result = subprocess.run([sys.executable, "-c", code, str(llama_dir), str(runtime_lib_dir)],
-                            env={**os.environ, "PYTHONPATH": str(llama_dir)},
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    code = (
+        "import sys, llama_cpp; from pathlib import Path; "
+        "assert Path(sys.argv[2]).is_dir(), 'runtime lib dir missing'; "
+        "print(llama_cpp.__file__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(llama_dir), str(runtime_lib_dir)],
+        env={**os.environ, "PYTHONPATH": str(llama_dir)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if result.returncode != 0:
         raise FakeProbeFailed(f"probe child exited {result.returncode}: {result.stderr.strip()}")
     if not Path(result.stdout.strip()).is_relative_to(llama_dir):
@@ -37,4 +43,5 @@ def import_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None
 def install_release(dirs: DataDirs, location: str, keys: Keys) -> None:
     """Install the release at `location` with the fast test options and the import probe."""
     Installer(dirs, [keys.public], probe=import_probe, options=FAST_OPTIONS).install(
-        location, TARGET)
+        location, TARGET
+    )

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import zstandard
+
 from llamaship.overlay.download import DownloadLimits
 from llamaship.overlay.install import InstallOptions, Target
 from llamaship.overlay.manifest import (
@@ -30,22 +30,41 @@ from llamaship.overlay.manifest import (
 from llamaship.overlay.signing import sign
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
+from llamaship_contract.detection import DetectionReport, GpuInfo
 
 LLAMA_CPP_VERSION = "0.3.36"
 CUDA_VERSION = "13.0"
-TARGET = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
-                llama_cpp_version=LLAMA_CPP_VERSION, cuda_driver_version=CUDA_VERSION)
-GPU_REPORT: dict[str, Any] = {
-    "schema": 1, "source": "nvml", "cached": False, "driver_version": "580.95.05",
-    "cuda_driver_version": CUDA_VERSION,
-    "gpus": [{"index": 0, "name": "NVIDIA GeForce RTX 2060", "uuid": "GPU-0",
-              "vram_total_mb": 6144, "vram_free_mb": 5760, "compute_capability": "7.5"}],
-    "errors": [],
-}
+GPU_REPORT = DetectionReport(
+    source="nvml",
+    driver_version="580.95.05",
+    cuda_driver_version=CUDA_VERSION,
+    gpus=(
+        GpuInfo(
+            index=0,
+            name="NVIDIA GeForce RTX 2060",
+            uuid="GPU-0",
+            vram_total_mb=6144,
+            vram_free_mb=5760,
+            compute_capability="7.5",
+        ),
+    ),
+)
+TARGET = Target(
+    platform="linux_x86_64",
+    os_name="linux",
+    python_tags=("py3",),
+    llama_cpp_version=LLAMA_CPP_VERSION,
+    machine=GPU_REPORT,
+)
 # Fast retries and a short overall deadline (0.5 s grace + size at >= 256 KiB/s).
-FAST_LIMITS = DownloadLimits(connect_timeout_s=5.0, read_timeout_s=5.0,
-                             min_bytes_per_second=256 * 1024, deadline_grace_s=0.5,
-                             max_attempts=3, retry_pause_s=0.0)
+FAST_LIMITS = DownloadLimits(
+    connect_timeout_s=5.0,
+    read_timeout_s=5.0,
+    min_bytes_per_second=256 * 1024,
+    deadline_grace_s=0.5,
+    max_attempts=3,
+    retry_pause_s=0.0,
+)
 FAST_OPTIONS = InstallOptions(limits=FAST_LIMITS, probe_timeout_s=60.0, lock_timeout_s=0.2)
 _LIB_SIZE = 48 * 1024
 
@@ -87,8 +106,9 @@ def runtime_files(flavour: str = "13.0", size: int = _LIB_SIZE) -> dict[str, byt
 
 
 def llama_files(mark: str, init: str | None = None) -> dict[str, bytes | Link]:
-    source = init if init is not None else (
-        f'__version__ = "{LLAMA_CPP_VERSION}"\nOVERLAY = "{mark}"\n')
+    source = (
+        init if init is not None else (f'__version__ = "{LLAMA_CPP_VERSION}"\nOVERLAY = "{mark}"\n')
+    )
     return {
         "llama_cpp/__init__.py": source.encode(),
         "llama_cpp/lib/libggml-cuda.so": _payload(f"ggml-cuda {mark}"),
@@ -142,8 +162,9 @@ def layer_members(root: Path, files: Sequence[FileEntry]) -> list[Member]:
     members = []
     for entry in files:
         if entry.link is not None:
-            members.append(member(entry.path, type=tarfile.SYMTYPE, linkname=entry.link,
-                                  mode=0o777))
+            members.append(
+                member(entry.path, type=tarfile.SYMTYPE, linkname=entry.link, mode=0o777)
+            )
         else:
             members.append(member(entry.path, (root / entry.path).read_bytes()))
     return members
@@ -169,9 +190,16 @@ class ReleaseFactory:
                 path.write_bytes(content)
         return root
 
-    def layer(self, out_dir: Path, layer: str, spec: ReleaseSpec, files: Files,
-              requires: RequiredLayer | None, overrides: Mapping[str, Any],
-              writer: ArchiveWriter | None) -> tuple[LayerManifest, Path]:
+    def layer(
+        self,
+        out_dir: Path,
+        layer: str,
+        spec: ReleaseSpec,
+        files: Files,
+        requires: RequiredLayer | None,
+        overrides: Mapping[str, Any],
+        writer: ArchiveWriter | None,
+    ) -> tuple[LayerManifest, Path]:
         """Pack, describe and sign one layer; returns its manifest and manifest path."""
         root = self._stage(files)
         entries = layer_files(root)
@@ -182,32 +210,56 @@ class ReleaseFactory:
         else:
             data = writer(root, entries)
             archive_path.write_bytes(data)
-            archive = ArchiveRef(archive_path.name, len(data), hashlib.sha256(data).hexdigest())
+            archive = ArchiveRef(
+                name=archive_path.name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
         manifest = LayerManifest(
-            format=FORMAT, layer=layer, overlay_version=spec.overlay_version,
-            serial=spec.serial, requires=requires, llama_cpp_version=spec.llama_cpp_version,
-            python_tag="py3", platform=spec.platform, cuda_version=spec.cuda_version,
-            min_driver={"linux": "580.65.06", "windows": "580.88"}, cuda_archs=("75",),
-            ptx_archs=(), min_vram_mb=1024, archive=archive,
+            format=FORMAT,
+            layer=layer,
+            overlay_version=spec.overlay_version,
+            serial=spec.serial,
+            requires=requires,
+            llama_cpp_version=spec.llama_cpp_version,
+            python_tag="py3",
+            platform=spec.platform,
+            cuda_version=spec.cuda_version,
+            min_driver={"linux": "580.65.06", "windows": "580.88"},
+            cuda_archs=("75",),
+            ptx_archs=("75",),
+            min_vram_mb=1024,
+            archive=archive,
             unpacked_size=sum(entry.size for entry in entries if entry.link is None),
-            files=entries, created="2026-11-25T00:00:00Z")
-        manifest = dataclasses.replace(manifest, **overrides)
+            files=entries,
+            created="2026-11-25T00:00:00Z",
+        )
+        manifest = manifest.model_copy(update=dict(overrides))
         manifest_path = out_dir / f"{stem}.json"
         data = dump_manifest(manifest)
         manifest_path.write_bytes(data)
         manifest_path.with_name(manifest_path.name + ".sig").write_bytes(
-            sign(data, self.keys.private))
+            sign(data, self.keys.private)
+        )
         return manifest, manifest_path
 
     def release(self, out_dir: Path, spec: ReleaseSpec) -> list[Path]:
         """Both layers of `spec`; returns the manifest paths (runtime, llama)."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        runtime, runtime_path = self.layer(out_dir, "cuda-runtime", spec, spec.runtime, None,
-                                           spec.runtime_overrides, spec.runtime_archive)
-        requires = RequiredLayer("cuda-runtime", layer_id(runtime), runtime.archive.sha256)
+        runtime, runtime_path = self.layer(
+            out_dir,
+            "cuda-runtime",
+            spec,
+            spec.runtime,
+            None,
+            spec.runtime_overrides,
+            spec.runtime_archive,
+        )
+        requires = RequiredLayer(
+            layer="cuda-runtime", id=layer_id(runtime), sha256=runtime.archive.sha256
+        )
         llama = spec.llama if spec.llama is not None else llama_files(spec.overlay_version)
-        _, llama_path = self.layer(out_dir, "llama-cuda", spec, llama, requires,
-                                   spec.llama_overrides, spec.llama_archive)
+        _, llama_path = self.layer(
+            out_dir, "llama-cuda", spec, llama, requires, spec.llama_overrides, spec.llama_archive
+        )
         return [runtime_path, llama_path]
 
     def publish(self, out_dir: Path, *specs: ReleaseSpec, serial: int | None = None) -> Path:

@@ -30,8 +30,17 @@ class Request:
 # one byte later; bogus_206: answer any request with a 206 missing the first byte; flip: one bit
 # flipped mid-file; endless: no length, the file then zeros forever; slow: 16 bytes per 20 ms;
 # missing: 404; unavailable: 503.
-FAULTS = ("truncate", "ignore_range", "wrong_range", "bogus_206", "flip", "endless", "slow",
-          "missing", "unavailable")
+FAULTS = (
+    "truncate",
+    "ignore_range",
+    "wrong_range",
+    "bogus_206",
+    "flip",
+    "endless",
+    "slow",
+    "missing",
+    "unavailable",
+)
 
 
 class OverlayServer(ThreadingHTTPServer):
@@ -86,8 +95,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the test reads `OverlayServer.requests` instead."""
 
     def _send(self, status: int, headers: Mapping[str, str], body: bytes, name: str) -> None:
-        self.server.log(Request(name, self.headers.get("Range"), self.headers.get("If-Range"),
-                                status))
+        self.server.log(
+            Request(name, self.headers.get("Range"), self.headers.get("If-Range"), status)
+        )
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
@@ -108,7 +118,7 @@ class _Handler(BaseHTTPRequestHandler):
         etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
         size = len(data)
         if fault == "flip":
-            data = data[:size // 2] + bytes([data[size // 2] ^ 0x01]) + data[size // 2 + 1:]
+            data = data[: size // 2] + bytes([data[size // 2] ^ 0x01]) + data[size // 2 + 1 :]
         if fault == "endless":
             self._endless(name, data)
             return
@@ -127,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {first}-{size - 1}/{size}"
         headers["Content-Length"] = str(len(body))
         if fault == "truncate":
-            self._send(status, headers, body[:len(body) // 2], name)
+            self._send(status, headers, body[: len(body) // 2], name)
             self.close_connection = True
             return
         self._send(status, headers, body, name)
@@ -139,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if if_range is not None and if_range != etag:
             return None
-        start = int(requested[len("bytes="):-1])
+        start = int(requested[len("bytes=") : -1])
         return start if start < size else None
 
     def _endless(self, name: str, data: bytes) -> None:
@@ -161,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         try:
             for offset in range(0, len(data), 16):
-                self.wfile.write(data[offset:offset + 16])
+                self.wfile.write(data[offset : offset + 16])
                 self.wfile.flush()
                 time.sleep(0.02)
         except OSError:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llamaship.detect.cache import read_cache, write_cache
 from llamaship.detect.errors import DetectionError, SourceMissing
 from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship.detect.report import DetectionReport, GpuInfo, none_report
+from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
@@ -43,8 +43,7 @@ def _detect(timeout: float) -> tuple[DetectionReport, bool]:
             errors.append(str(error))
             conclusive = conclusive and isinstance(error, SourceMissing)
         else:
-            report["errors"] = errors
-            return report, True
+            return report.model_copy(update={"errors": tuple(errors)}), True
     return none_report(errors), conclusive
 
 

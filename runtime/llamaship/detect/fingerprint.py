@@ -42,7 +42,7 @@ def _kernel_driver_version() -> str | None:
 
 def _kernel_gpu_entries() -> list[str] | None:
     try:
-        return sorted(os.listdir(_PROC_DRIVER / "gpus"))
+        return sorted(entry.name for entry in (_PROC_DRIVER / "gpus").iterdir())
     except OSError:
         return None
 

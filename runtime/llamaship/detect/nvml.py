@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llamaship.detect.errors import SourceFailed, SourceMissing
-from llamaship.detect.report import REPORT_SCHEMA, DetectionReport, GpuInfo
+from llamaship_contract.detection import DetectionReport, GpuInfo
 
 _MIB = 1024 * 1024
 
@@ -16,7 +16,7 @@ def format_cuda_version(encoded: int) -> str:
 def read_nvml() -> DetectionReport:
     """Ask NVML for the driver and every GPU; raise SourceMissing or SourceFailed."""
     try:
-        import pynvml  # type: ignore[import-untyped]  # only the cold launch pays for this import
+        import pynvml  # only the cold launch pays for this import
     except ImportError:
         msg = "NVML: nvidia-ml-py is not installed in this Python; reinstall llamaship"
         raise SourceMissing(msg) from None
@@ -36,14 +36,16 @@ def read_nvml() -> DetectionReport:
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            gpus.append({
-                "index": index,
-                "name": pynvml.nvmlDeviceGetName(handle),
-                "uuid": pynvml.nvmlDeviceGetUUID(handle),
-                "vram_total_mb": int(memory.total) // _MIB,
-                "vram_free_mb": int(memory.free) // _MIB,
-                "compute_capability": f"{major}.{minor}",
-            })
+            gpus.append(
+                GpuInfo(
+                    index=index,
+                    name=pynvml.nvmlDeviceGetName(handle),
+                    uuid=pynvml.nvmlDeviceGetUUID(handle),
+                    vram_total_mb=int(memory.total) // _MIB,
+                    vram_free_mb=int(memory.free) // _MIB,
+                    compute_capability=f"{major}.{minor}",
+                )
+            )
     except pynvml.NVMLError as error:
         raise SourceFailed(f"NVML: reading the GPUs failed: {error}") from None
     finally:
@@ -51,12 +53,9 @@ def read_nvml() -> DetectionReport:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:
             pass  # the answer (or the error above) is what matters; the process moves on
-    return {
-        "schema": REPORT_SCHEMA,
-        "source": "nvml",
-        "cached": False,
-        "driver_version": driver_version,
-        "cuda_driver_version": cuda_driver_version,
-        "gpus": gpus,
-        "errors": [],
-    }
+    return DetectionReport(
+        source="nvml",
+        driver_version=driver_version,
+        cuda_driver_version=cuda_driver_version,
+        gpus=tuple(gpus),
+    )

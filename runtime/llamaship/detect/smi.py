@@ -11,11 +11,18 @@ from pathlib import Path
 
 from llamaship.detect.errors import SourceFailed, SourceMissing
 from llamaship.detect.locate import find_executable
-from llamaship.detect.report import REPORT_SCHEMA, DetectionReport, GpuInfo
+from llamaship_contract.detection import DetectionReport, GpuInfo
 
 # The order of the columns `_parse_gpu_line` expects (`nvidia-smi --help-query-gpu`).
-QUERY_FIELDS = ("index", "name", "uuid", "memory.total", "memory.free", "compute_cap",
-                "driver_version")
+QUERY_FIELDS = (
+    "index",
+    "name",
+    "uuid",
+    "memory.total",
+    "memory.free",
+    "compute_cap",
+    "driver_version",
+)
 _COMPUTE_CAPABILITY = re.compile(r"\d+\.\d+")
 _CUDA_VERSION = re.compile(r"CUDA Version:\s*(\d+\.\d+)")
 
@@ -32,7 +39,10 @@ def _run(command: list[str], timeout: float) -> tuple[int, str, str]:
         creationflags = subprocess.CREATE_NEW_PROCESS_GROUP
     try:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             start_new_session=sys.platform != "win32",
             creationflags=creationflags,
         )
@@ -48,11 +58,16 @@ def _run(command: list[str], timeout: float) -> tuple[int, str, str]:
         for pipe in (process.stdout, process.stderr):
             if pipe is not None:
                 pipe.close()
-        msg = (f"nvidia-smi did not answer within {timeout:g} s and was killed; "
-               "the NVIDIA driver may be hung (raise GPU_DETECTION_TIMEOUT if it is just slow)")
+        msg = (
+            f"nvidia-smi did not answer within {timeout:g} s and was killed; "
+            "the NVIDIA driver may be hung (raise GPU_DETECTION_TIMEOUT if it is just slow)"
+        )
         raise SourceFailed(msg) from None
-    return (process.returncode, stdout.decode("utf-8", "replace"),
-            stderr.decode("utf-8", "replace"))
+    return (
+        process.returncode,
+        stdout.decode("utf-8", "replace"),
+        stderr.decode("utf-8", "replace"),
+    )
 
 
 def _kill_group(pid: int) -> None:
@@ -73,14 +88,14 @@ def _parse_gpu_line(line: str) -> tuple[GpuInfo, str]:
     index, name, uuid, total, free, capability, driver = fields
     if not _COMPUTE_CAPABILITY.fullmatch(capability):
         raise ValueError(f"compute capability {capability!r} is not like 8.6")
-    gpu: GpuInfo = {
-        "index": int(index),
-        "name": name,
-        "uuid": uuid,
-        "vram_total_mb": int(total),
-        "vram_free_mb": int(free),
-        "compute_capability": capability,
-    }
+    gpu = GpuInfo(
+        index=int(index),
+        name=name,
+        uuid=uuid,
+        vram_total_mb=int(total),
+        vram_free_mb=int(free),
+        compute_capability=capability,
+    )
     return gpu, driver
 
 
@@ -107,22 +122,22 @@ def read_nvidia_smi(timeout: float, env: Mapping[str, str] | None = None) -> Det
     if executable is None:
         raise SourceMissing("nvidia-smi: not found on PATH")
     deadline = time.monotonic() + timeout
-    query = [str(executable), f"--query-gpu={','.join(QUERY_FIELDS)}",
-             "--format=csv,noheader,nounits"]
+    query = [
+        str(executable),
+        f"--query-gpu={','.join(QUERY_FIELDS)}",
+        "--format=csv,noheader,nounits",
+    ]
     returncode, output, errors = _run(query, timeout)
     if returncode != 0:
         detail = " ".join(f"{output} {errors}".split())[:300] or "no output"
         raise SourceFailed(f"nvidia-smi exited with status {returncode}: {detail}")
     gpus, driver_version = parse_query_output(output)
-    return {
-        "schema": REPORT_SCHEMA,
-        "source": "nvidia-smi",
-        "cached": False,
-        "driver_version": driver_version,
-        "cuda_driver_version": _read_cuda_version(executable, deadline - time.monotonic()),
-        "gpus": gpus,
-        "errors": [],
-    }
+    return DetectionReport(
+        source="nvidia-smi",
+        driver_version=driver_version,
+        cuda_driver_version=_read_cuda_version(executable, deadline - time.monotonic()),
+        gpus=tuple(gpus),
+    )
 
 
 def _read_cuda_version(executable: Path, budget: float) -> str | None:

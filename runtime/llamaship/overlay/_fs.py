@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.errors import LlamashipError
+from llamaship_contract.names import ExitStatus
 
 # Write errors that mean "no room": disk full, quota exceeded, file size limit (RLIMIT_FSIZE).
-STORAGE_FULL_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+STORAGE_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 # Temporary files of `atomic_write_json` carry this suffix so leftovers can be recognised.
 TEMP_SUFFIX = ".tmp"
 
@@ -22,7 +22,7 @@ TEMP_SUFFIX = ".tmp"
 class DiskSpaceError(LlamashipError):
     """Not enough free disk space for a download or an extraction."""
 
-    exit_code = 5
+    exit_code = ExitStatus.DISK_FULL
 
 
 def fsync_dir(path: Path) -> None:

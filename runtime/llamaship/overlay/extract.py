@@ -28,8 +28,9 @@ from llamaship.overlay._fs import (
     ensure_free_space,
     fsync_dir,
 )
-from llamaship.overlay._testhook import pause_if_requested
+from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.manifest import FileEntry, LayerManifest, safe_relative_path
+from llamaship_contract.names import ExitStatus
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _CHUNK = 1024 * 1024
 class ArchiveError(LlamashipError):
     """A layer archive does not match its signed manifest or is unsafe to unpack."""
 
-    exit_code = 10
+    exit_code = ExitStatus.ARCHIVE
 
 
 class _CappedReader:
@@ -63,8 +64,10 @@ class _CappedReader:
         data = self._raw.read(size)
         self.done += len(data)
         if self.done > self._limit:
-            msg = (f"{self._what} unpacks to more than the {self._limit} bytes its manifest "
-                   "allows (a decompression bomb?): refused")
+            msg = (
+                f"{self._what} unpacks to more than the {self._limit} bytes its manifest "
+                "allows (a decompression bomb?): refused"
+            )
             raise ArchiveError(msg)
         return data
 
@@ -122,11 +125,15 @@ class _Extraction:
             raise self.refuse(name, "is not listed in the signed manifest")
         if member.issym():
             if entry.link != member.linkname:
-                raise self.refuse(name, f"is a symlink to {member.linkname!r}; the manifest "
-                                  f"lists {'a regular file' if entry.link is None else entry.link}")
+                raise self.refuse(
+                    name,
+                    f"is a symlink to {member.linkname!r}; the manifest "
+                    f"lists {'a regular file' if entry.link is None else entry.link}",
+                )
         elif entry.link is not None:
-            raise self.refuse(name, "is a regular file; the manifest lists a symlink to "
-                              f"{entry.link}")
+            raise self.refuse(
+                name, f"is a regular file; the manifest lists a symlink to {entry.link}"
+            )
         elif member.size != entry.size:
             raise self.refuse(name, f"is {member.size} bytes; the manifest lists {entry.size}")
         return name
@@ -144,7 +151,7 @@ class _Extraction:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         if member.issym():
-            os.symlink(member.linkname, target)
+            target.symlink_to(member.linkname)
             self.links.add(name)
             return
         source = tar.extractfile(member)
@@ -152,15 +159,16 @@ class _Extraction:
         self.written += member.size
         self.hashes[name] = _write(source, target, executable=bool(member.mode & 0o111))
         if len(self.hashes) == 1:
-            pause_if_requested("extract")
+            checkpoint("extract")
 
     def verify(self) -> None:
         """Check the unpacked tree against the manifest; one error lists every problem."""
         problems = [f"{path} is missing" for path in sorted(set(self.expected) - self.seen)]
         for name, digest in sorted(self.hashes.items()):
             if digest != self.expected[name].sha256:
-                problems.append(f"{name} has sha256 {digest}, the manifest lists "
-                                f"{self.expected[name].sha256}")
+                problems.append(
+                    f"{name} has sha256 {digest}, the manifest lists {self.expected[name].sha256}"
+                )
         root = os.path.realpath(self.staging)
         for directory, subdirs, files in os.walk(self.staging):
             for entry in [*subdirs, *files]:
@@ -196,9 +204,14 @@ def _fsync_tree(root: Path) -> None:
         fsync_dir(Path(directory))
 
 
-def extract_layer(archive: Path, staging: Path, manifest: LayerManifest, *,
-                  max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
-                  max_entries: int = MAX_ENTRIES) -> None:
+def extract_layer(
+    archive: Path,
+    staging: Path,
+    manifest: LayerManifest,
+    *,
+    max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> None:
     """Unpack `archive` (already verified against `manifest.archive`) into empty `staging`.
 
     Raises ArchiveError (unsafe or mismatched content), DiskSpaceError; on error the caller
@@ -208,8 +221,10 @@ def extract_layer(archive: Path, staging: Path, manifest: LayerManifest, *,
 
     what = f"layer archive {manifest.archive.name}"
     if manifest.unpacked_size > max_unpacked_bytes:
-        msg = (f"{what} claims {manifest.unpacked_size} unpacked bytes, more than the "
-               f"{max_unpacked_bytes} llamaship accepts: refused")
+        msg = (
+            f"{what} claims {manifest.unpacked_size} unpacked bytes, more than the "
+            f"{max_unpacked_bytes} llamaship accepts: refused"
+        )
         raise ArchiveError(msg)
     if any(staging.iterdir()):
         msg = f"staging directory {staging} is not empty"
@@ -217,17 +232,22 @@ def extract_layer(archive: Path, staging: Path, manifest: LayerManifest, *,
     ensure_free_space(staging, manifest.unpacked_size, f"unpacking {manifest.archive.name}")
     state = _Extraction(staging, manifest)
     entry_limit = min(max_entries, len(state.expected) + len(state.dirs))
-    stream_limit = (manifest.unpacked_size + _TAR_BYTES_AT_END
-                    + _TAR_BYTES_PER_ENTRY * (entry_limit + 1))
+    stream_limit = (
+        manifest.unpacked_size + _TAR_BYTES_AT_END + _TAR_BYTES_PER_ENTRY * (entry_limit + 1)
+    )
     try:
-        with archive.open("rb") as compressed, zstandard.ZstdDecompressor().stream_reader(
-                compressed, read_across_frames=True) as raw:
+        with (
+            archive.open("rb") as compressed,
+            zstandard.ZstdDecompressor().stream_reader(compressed, read_across_frames=True) as raw,
+        ):
             capped = _CappedReader(raw, stream_limit, what)
             with tarfile.open(fileobj=capped, mode="r|") as tar:  # type: ignore[call-overload]
                 for count, member in enumerate(tar, start=1):
                     if count > entry_limit:
-                        msg = (f"{what} holds more than the {entry_limit} entries its manifest "
-                               "describes (a decompression bomb?): refused")
+                        msg = (
+                            f"{what} holds more than the {entry_limit} entries its manifest "
+                            "describes (a decompression bomb?): refused"
+                        )
                         raise ArchiveError(msg)
                     state.unpack(tar, member)
     except (tarfile.TarError, zstandard.ZstdError) as error:
@@ -235,11 +255,14 @@ def extract_layer(archive: Path, staging: Path, manifest: LayerManifest, *,
         raise ArchiveError(msg) from None
     except OSError as error:
         if error.errno in STORAGE_FULL_ERRNOS:
-            msg = (f"the disk filled up while unpacking {manifest.archive.name} into {staging} "
-                   f"({error.strerror}); free some space and try again")
+            msg = (
+                f"the disk filled up while unpacking {manifest.archive.name} into {staging} "
+                f"({error.strerror}); free some space and try again"
+            )
             raise DiskSpaceError(msg) from None
         raise
     state.verify()
     _fsync_tree(staging)
-    _log.info("unpacked %s (%d files, %d bytes)", manifest.archive.name, len(state.seen),
-              state.written)
+    _log.info(
+        "unpacked %s (%d files, %d bytes)", manifest.archive.name, len(state.seen), state.written
+    )

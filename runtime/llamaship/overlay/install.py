@@ -5,8 +5,8 @@ Pipeline (one installer at a time: the store's install lock; a second one waits
 `InstallOptions.lock_timeout_s`, then fails with `InstallBusy`):
 1. fetch `releases.json` + `.sig`, verify the signature, refuse a serial older than the newest
    accepted one (`DataDirs.state/accepted_serial.json`);
-2. pick the release for this platform, python tag, the bundle's llama_cpp version and the
-   newest CUDA version the driver supports;
+2. pick the release for this platform, python tag and the bundle's llama_cpp version that
+   this machine can run (`llamaship.compat`), the newest CUDA version first;
 3. fetch and verify both layer manifests (signature, the sha256 the index pins, and that they
    describe this release), refuse a manifest serial older than the newest accepted;
 4. download the archives of layers not installed yet (the `cuda-runtime` layer is shared by
@@ -16,14 +16,13 @@ Pipeline (one installer at a time: the store's install lock; a second one waits
    the version;
 7. switch `active.json` atomically, keeping the old one as `previous.json`.
 Anything that fails leaves the previous overlay (or none: CPU) active and removes what it
-created. The test-only pause points are documented in `llamaship.overlay._testhook`.
+created. The steps a caller may observe are listed in `llamaship.overlay.checkpoints`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import platform
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -31,9 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
 from llamaship.errors import LlamashipError
 from llamaship.overlay._fs import ensure_free_space
-from llamaship.overlay._testhook import pause_if_requested
+from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.download import (
     DownloadError,
     DownloadLimits,
@@ -42,16 +42,18 @@ from llamaship.overlay.download import (
     resolve_location,
 )
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
+from llamaship.overlay.freshness import ensure_unexpired
 from llamaship.overlay.manifest import (
     LAYER_NAMES,
     LayerManifest,
     LayerRef,
+    ManifestError,
     ReleaseEntry,
     ReleaseIndex,
     layer_id,
     parse_index,
     parse_manifest,
-    to_requirements,
+    requirements_for,
 )
 from llamaship.overlay.signing import SignatureError, verify
 from llamaship.overlay.store import (
@@ -63,21 +65,22 @@ from llamaship.overlay.store import (
     OverlayStore,
 )
 from llamaship.paths import DataDirs
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX, ExitStatus
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
     from llamaship.decide import OverlayRequirements
+    from llamaship.probe import ProbeResult
 
 _log = logging.getLogger(__name__)
 
-INDEX_NAME = "releases.json"
-SIGNATURE_SUFFIX = ".sig"
 MAX_INDEX_BYTES = 1 * 2**20
 MAX_MANIFEST_BYTES = 8 * 2**20
 MAX_SIGNATURE_BYTES = 4096
 
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
-ProbeFn = Callable[[Path, Path, float], None]
+ProbeFn = Callable[[Path, Path, float], "ProbeResult | None"]
 """`(llama_dir, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
 
 # (sys.platform, platform.machine()) -> (wheel platform tag, OS name used by `min_driver`)
@@ -90,7 +93,7 @@ _PLATFORMS: Mapping[tuple[str, str], tuple[str, str]] = {
 class InstallError(LlamashipError):
     """The overlay cannot be installed; the previously active variant stays in use."""
 
-    exit_code = 11
+    exit_code = ExitStatus.OVERLAY_REJECTED
 
 
 class NoMatchingOverlay(InstallError):
@@ -134,22 +137,27 @@ class Target:
     os_name: str
     python_tags: tuple[str, ...]
     llama_cpp_version: str
-    cuda_driver_version: str | None
+    machine: DetectionReport
 
     @classmethod
-    def current(cls, report: Mapping[str, Any], llama_cpp_version: str) -> Target:
+    def current(cls, report: DetectionReport, llama_cpp_version: str) -> Target:
         """The target of the running process; raises NoMatchingOverlay on an unknown OS/CPU."""
         key = ("linux" if sys.platform.startswith("linux") else sys.platform, platform.machine())
         if key not in _PLATFORMS:
-            msg = (f"there is no CUDA overlay for {sys.platform} on {platform.machine()}: "
-                   "overlays exist for Linux x86_64 and Windows x64 only")
+            msg = (
+                f"there is no CUDA overlay for {sys.platform} on {platform.machine()}: "
+                "overlays exist for Linux x86_64 and Windows x64 only"
+            )
             raise NoMatchingOverlay(msg)
         wheel_platform, os_name = _PLATFORMS[key]
         major, minor = sys.version_info[:2]
-        return cls(platform=wheel_platform, os_name=os_name,
-                   python_tags=("py3", f"cp{major}{minor}"),
-                   llama_cpp_version=llama_cpp_version,
-                   cuda_driver_version=report.get("cuda_driver_version"))
+        return cls(
+            platform=wheel_platform,
+            os_name=os_name,
+            python_tags=("py3", f"cp{major}{minor}"),
+            llama_cpp_version=llama_cpp_version,
+            machine=report,
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,8 @@ class AvailableOverlay:
 
     def record(self) -> OverlayRecord:
         return OverlayRecord(
-            overlay_version=self.entry.overlay_version, serial=self.entry.serial,
+            overlay_version=self.entry.overlay_version,
+            serial=self.entry.serial,
             llama_cpp_version=self.entry.llama_cpp_version,
             layers={layer.manifest.layer: layer.id for layer in self.layers},
             requirements=self.requirements,
@@ -204,74 +213,95 @@ class InstallResult:
     reused_layers: tuple[str, ...]
 
 
-def _version_key(text: str | None) -> tuple[int, ...] | None:
-    try:
-        return tuple(int(part) for part in (text or "").split("."))
-    except ValueError:
-        return None
-
-
-def _cuda_supported(cuda_version: str, driver_cuda: str | None) -> bool:
-    """Whether a driver supporting CUDA `driver_cuda` runs an overlay built for `cuda_version`.
-
-    CUDA minor version compatibility: a driver of CUDA major N runs anything built with N.x.
-    """
-    have, need = _version_key(driver_cuda), _version_key(cuda_version)
-    return bool(have and need and have[0] >= need[0])
-
-
 def _describe_entry(entry: ReleaseEntry) -> str:
-    return (f"{entry.overlay_version} ({entry.platform}, {entry.python_tag}, llama_cpp "
-            f"{entry.llama_cpp_version}, CUDA {entry.cuda_version})")
+    return (
+        f"{entry.overlay_version} ({entry.platform}, {entry.python_tag}, llama_cpp "
+        f"{entry.llama_cpp_version}, CUDA {entry.cuda_version})"
+    )
+
+
+def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
+    try:
+        requirements = requirements_for(entry, target.os_name)
+    except ManifestError as error:
+        return Unusable((str(error),))
+    return judge(target.machine, requirements)
 
 
 def pick_release(index: ReleaseIndex, target: Target, origin: str) -> ReleaseEntry:
-    """The newest-CUDA, then highest-serial release that fits `target`."""
-    if target.cuda_driver_version is None:
-        msg = ("no NVIDIA driver was detected (or its CUDA version could not be read): the CUDA "
-               "overlay needs one; install or update the NVIDIA driver")
-        raise NoMatchingOverlay(msg)
+    """The release this machine can run (`llamaship.compat`): newest CUDA, then highest serial.
+
+    Only releases for the target's platform, python and llama_cpp version are considered;
+    when none of them can run, the error lists each one's problems.
+    """
     fitting = [
-        entry for entry in index.overlays
-        if entry.platform == target.platform and entry.python_tag in target.python_tags
+        entry
+        for entry in index.overlays
+        if entry.platform == target.platform
+        and entry.python_tag in target.python_tags
         and entry.llama_cpp_version == target.llama_cpp_version
-        and _cuda_supported(entry.cuda_version, target.cuda_driver_version)
     ]
     if not fitting:
         offered = "; ".join(_describe_entry(entry) for entry in index.overlays) or "nothing"
-        msg = (f"the release index {origin} offers no overlay for {target.platform}, python "
-               f"{'/'.join(target.python_tags)}, llama_cpp {target.llama_cpp_version} and a "
-               f"driver supporting CUDA {target.cuda_driver_version} (it offers: {offered}); "
-               "update the application or the NVIDIA driver")
+        msg = (
+            f"the release index {origin} offers no overlay for {target.platform}, python "
+            f"{'/'.join(target.python_tags)} and llama_cpp {target.llama_cpp_version} (it "
+            f"offers: {offered}); update the application"
+        )
         raise NoMatchingOverlay(msg)
-    return max(fitting, key=lambda entry: (_version_key(entry.cuda_version), entry.serial))
+    verdicts = [(entry, _verdict(entry, target)) for entry in fitting]
+    usable = [entry for entry, verdict in verdicts if isinstance(verdict, Usable)]
+    if not usable:
+        problems = "; ".join(
+            f"{entry.overlay_version}: {', '.join(verdict.problems)}"
+            for entry, verdict in verdicts
+            if isinstance(verdict, Unusable)
+        )
+        msg = f"no overlay in the release index {origin} can run on this machine: {problems}"
+        raise NoMatchingOverlay(msg)
+    return max(usable, key=lambda entry: (version_key(entry.cuda_version), entry.serial))
 
 
 def _manifest_problems(manifest: LayerManifest, ref: LayerRef, entry: ReleaseEntry) -> list[str]:
     expected = {
-        "layer": ref.layer, "overlay_version": entry.overlay_version, "serial": entry.serial,
-        "platform": entry.platform, "python_tag": entry.python_tag,
-        "cuda_version": entry.cuda_version, "llama_cpp_version": entry.llama_cpp_version,
+        "layer": ref.layer,
+        "overlay_version": entry.overlay_version,
+        "serial": entry.serial,
+        "platform": entry.platform,
+        "python_tag": entry.python_tag,
+        "cuda_version": entry.cuda_version,
+        "llama_cpp_version": entry.llama_cpp_version,
+        "min_driver": entry.min_driver,
+        "cuda_archs": entry.cuda_archs,
+        "ptx_archs": entry.ptx_archs,
+        "min_vram_mb": entry.min_vram_mb,
     }
     problems = [
         f"{name} is {getattr(manifest, name)!r}, the release says {wanted!r}"
-        for name, wanted in expected.items() if getattr(manifest, name) != wanted
+        for name, wanted in expected.items()
+        if getattr(manifest, name) != wanted
     ]
     if layer_id(manifest) != ref.id:
         problems.append(f"its layer id is {layer_id(manifest)}, the index says {ref.id}")
     return problems
 
 
-def _signed(fetcher: Fetcher, location: str, max_size: int, what: str,
-            trusted_keys: Sequence[str]) -> bytes:
+def _signed(
+    fetcher: Fetcher, location: str, max_size: int, what: str, trusted_keys: Sequence[str]
+) -> bytes:
     """The bytes at `location`, verified against `<location>.sig`."""
     data = fetcher.read(location, max_size=max_size, what=what)
     try:
-        signature = fetcher.read(f"{location}{SIGNATURE_SUFFIX}", max_size=MAX_SIGNATURE_BYTES,
-                                 what=f"signature of the {what}")
+        signature = fetcher.read(
+            f"{location}{SIGNATURE_SUFFIX}",
+            max_size=MAX_SIGNATURE_BYTES,
+            what=f"signature of the {what}",
+        )
     except DownloadError as error:
-        msg = (f"the {what} at {location} is refused: its signature cannot be fetched "
-               f"({error}); only signed releases are installed")
+        msg = (
+            f"the {what} at {location} is refused: its signature cannot be fetched "
+            f"({error}); only signed releases are installed"
+        )
         raise SignatureError(msg) from None
     try:
         signer = verify(data, signature, trusted_keys)
@@ -282,8 +312,13 @@ def _signed(fetcher: Fetcher, location: str, max_size: int, what: str,
     return data
 
 
-def find_overlay(index_location: str, store: OverlayStore, target: Target,
-                 trusted_keys: Sequence[str], fetcher: Fetcher) -> AvailableOverlay:
+def find_overlay(
+    index_location: str,
+    store: OverlayStore,
+    target: Target,
+    trusted_keys: Sequence[str],
+    fetcher: Fetcher,
+) -> AvailableOverlay:
     """Fetch and verify the index and the chosen release's manifests.
 
     Records the index serial once its signature is verified, and the release serial once its
@@ -292,10 +327,13 @@ def find_overlay(index_location: str, store: OverlayStore, target: Target,
     accepted = store.accepted_serials()
     index_bytes = _signed(fetcher, index_location, MAX_INDEX_BYTES, "release index", trusted_keys)
     index = parse_index(index_bytes, origin=f"release index {index_location}")
+    ensure_unexpired(index, index_location)  # before any serial of it is recorded
     if index.serial < accepted.index:
-        msg = (f"the release index at {index_location} has serial {index.serial}, older than "
-               f"serial {accepted.index} already accepted here: an outdated or replayed index "
-               "was served; refusing it (check the release URL or try again later)")
+        msg = (
+            f"the release index at {index_location} has serial {index.serial}, older than "
+            f"serial {accepted.index} already accepted here: an outdated or replayed index "
+            "was served; refusing it (check the release URL or try again later)"
+        )
         raise ReplayedRelease(msg)
     store.accept_serials(index=index.serial, manifest=0)
     entry = pick_release(index, target, index_location)
@@ -307,46 +345,70 @@ def find_overlay(index_location: str, store: OverlayStore, target: Target,
         what = f"{name} manifest of overlay {entry.overlay_version}"
         data = _signed(fetcher, location, MAX_MANIFEST_BYTES, what, trusted_keys)
         if hashlib.sha256(data).hexdigest() != ref.manifest_sha256:
-            msg = (f"the {what} at {location} is not the one the signed index pins "
-                   "(sha256 differs): refused; the release is inconsistent, try again later")
+            msg = (
+                f"the {what} at {location} is not the one the signed index pins "
+                "(sha256 differs): refused; the release is inconsistent, try again later"
+            )
             raise IncompatibleOverlay(msg)
         manifest = parse_manifest(data, origin=f"{what} ({location})")
         problems += [f"{name}: {problem}" for problem in _manifest_problems(manifest, ref, entry)]
-        layers.append(VerifiedLayer(ref=ref, manifest=manifest,
-                                    archive_location=resolve_location(index_location, ref.archive)))
+        layers.append(
+            VerifiedLayer(
+                ref=ref,
+                manifest=manifest,
+                archive_location=resolve_location(index_location, ref.archive),
+            )
+        )
     runtime, llama = layers
     required = llama.manifest.requires
     if required is None or (required.id, required.sha256) != (
-            runtime.id, runtime.manifest.archive.sha256):
-        problems.append(f"{LLAMA_LAYER}: it requires {required}, not the release's "
-                        f"{RUNTIME_LAYER} layer {runtime.id}")
+        runtime.id,
+        runtime.manifest.archive.sha256,
+    ):
+        problems.append(
+            f"{LLAMA_LAYER}: it requires {required}, not the release's "
+            f"{RUNTIME_LAYER} layer {runtime.id}"
+        )
     if problems:
-        msg = (f"the manifests of overlay {entry.overlay_version} do not match the release "
-               f"that index {index_location} describes: {'; '.join(problems)}; refusing it")
+        msg = (
+            f"the manifests of overlay {entry.overlay_version} do not match the release "
+            f"that index {index_location} describes: {'; '.join(problems)}; refusing it"
+        )
         raise IncompatibleOverlay(msg)
     if entry.serial < accepted.manifest:
-        msg = (f"overlay {entry.overlay_version} has serial {entry.serial}, older than serial "
-               f"{accepted.manifest} already accepted here: refusing a downgrade or replay")
+        msg = (
+            f"overlay {entry.overlay_version} has serial {entry.serial}, older than serial "
+            f"{accepted.manifest} already accepted here: refusing a downgrade or replay"
+        )
         raise ReplayedRelease(msg)
     store.accept_serials(index=index.serial, manifest=entry.serial)
     return AvailableOverlay(
-        index_location=index_location, index_serial=index.serial, entry=entry,
-        layers=tuple(layers), requirements=to_requirements(llama.manifest, target.os_name),
+        index_location=index_location,
+        index_serial=index.serial,
+        entry=entry,
+        layers=tuple(layers),
+        requirements=requirements_for(llama.manifest, target.os_name),
     )
 
 
-def _default_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
+def _default_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
     from llamaship.probe import run_probe  # lazy: the probe spawns the overlay's interpreter
 
-    run_probe(llama_dir, runtime_lib_dir, timeout)
+    return run_probe(llama_dir, runtime_lib_dir, timeout)
 
 
 class Installer:
     """Runs the install pipeline for one data directory."""
 
-    def __init__(self, dirs: DataDirs, trusted_keys: Sequence[str], *,
-                 probe: ProbeFn | None = None, progress: ProgressFn | None = None,
-                 options: InstallOptions | None = None) -> None:
+    def __init__(
+        self,
+        dirs: DataDirs,
+        trusted_keys: Sequence[str],
+        *,
+        probe: ProbeFn | None = None,
+        progress: ProgressFn | None = None,
+        options: InstallOptions | None = None,
+    ) -> None:
         self.dirs = dirs
         self.store = OverlayStore(dirs)
         self.trusted_keys = tuple(trusted_keys)
@@ -355,18 +417,27 @@ class Installer:
         self._progress = progress
         self._last = InstallProgress("index", 0, 0, "")
 
-    def report(self, phase: Phase | None = None, *, done: int | None = None,
-               total: int | None = None, message: str | None = None) -> None:
+    def report(
+        self,
+        phase: Phase | None = None,
+        *,
+        done: int | None = None,
+        total: int | None = None,
+        message: str | None = None,
+    ) -> None:
         self._last = replace(
-            self._last, phase=phase or self._last.phase,
+            self._last,
+            phase=phase or self._last.phase,
             bytes_done=self._last.bytes_done if done is None else done,
             bytes_total=self._last.bytes_total if total is None else total,
-            message=self._last.message if message is None else message)
+            message=self._last.message if message is None else message,
+        )
         if self._progress is not None:
             self._progress(self._last)
 
-    def install(self, index_location: str, target: Target, *,
-                skip_quarantined: bool = False) -> InstallResult:
+    def install(
+        self, index_location: str, target: Target, *, skip_quarantined: bool = False
+    ) -> InstallResult:
         """Install and activate the release `index_location` offers `target`.
 
         `skip_quarantined` refuses a quarantined version (the automatic launch path); an
@@ -376,14 +447,17 @@ class Installer:
             self.store.cleanup_leftovers()
             self.report("index", message=f"reading the release index {index_location}")
             with Fetcher(self.options.limits) as fetcher:
-                available = find_overlay(index_location, self.store, target, self.trusted_keys,
-                                         fetcher)
-                pause_if_requested("index")
+                available = find_overlay(
+                    index_location, self.store, target, self.trusted_keys, fetcher
+                )
+                checkpoint("index")
                 version = available.entry.overlay_version
                 reason = self.store.quarantine_reason(version)
                 if skip_quarantined and reason is not None:
-                    msg = (f"overlay {version} is quarantined ({reason}); install it explicitly "
-                           "with `llamaship overlay install` to retry")
+                    msg = (
+                        f"overlay {version} is quarantined ({reason}); install it explicitly "
+                        "with `llamaship overlay install` to retry"
+                    )
                     raise QuarantinedRelease(msg)
                 return self._install(available, fetcher)
 
@@ -392,8 +466,12 @@ class Installer:
         active = self.store.active()
         if active is not None and active.record == record:
             self.report("done", message=f"overlay {record.overlay_version} is already active")
-            return InstallResult(active, changed=False, fetched_layers=(),
-                                 reused_layers=tuple(record.layers.values()))
+            return InstallResult(
+                active,
+                changed=False,
+                fetched_layers=(),
+                reused_layers=tuple(record.layers.values()),
+            )
         missing = [layer for layer in available.layers if not self.store.has_layer(layer.id)]
         reused = tuple(layer.id for layer in available.layers if layer not in missing)
         fetched: dict[str, FetchedFile] = {}
@@ -403,9 +481,9 @@ class Installer:
             self._fetch(missing, fetcher, fetched)
             for layer in missing:
                 self._unpack(layer, fetched.pop(layer.id))
-            pause_if_requested("renamed")
+            checkpoint("renamed")
             self._probe(record)
-            pause_if_requested("probed")
+            checkpoint("probed")
             self.report("activate", message=f"activating overlay {record.overlay_version}")
             installed = self.store.activate(record)
             activated = True
@@ -417,37 +495,51 @@ class Installer:
                 self.store.collect_garbage()
         self.store.release_quarantine(record.overlay_version)
         self.report("done", message=f"overlay {record.overlay_version} is active")
-        return InstallResult(installed, changed=True,
-                             fetched_layers=tuple(layer.id for layer in missing),
-                             reused_layers=reused)
+        return InstallResult(
+            installed,
+            changed=True,
+            fetched_layers=tuple(layer.id for layer in missing),
+            reused_layers=reused,
+        )
 
     def _check_space(self, missing: Sequence[VerifiedLayer]) -> None:
         archives = sum(layer.manifest.archive.size for layer in missing)
         unpacked = sum(layer.manifest.unpacked_size for layer in missing)
         for directory in (self.dirs.downloads, self.store.root):
             directory.mkdir(parents=True, exist_ok=True)
-        if os.stat(self.dirs.downloads).st_dev == os.stat(self.store.root).st_dev:
-            ensure_free_space(self.store.root, archives + unpacked,
-                              "the overlay download and unpacking")
+        if self.dirs.downloads.stat().st_dev == self.store.root.stat().st_dev:
+            ensure_free_space(
+                self.store.root, archives + unpacked, "the overlay download and unpacking"
+            )
         else:
             ensure_free_space(self.dirs.downloads, archives, "the overlay download")
             ensure_free_space(self.store.root, unpacked, "unpacking the overlay")
 
-    def _fetch(self, missing: Sequence[VerifiedLayer], fetcher: Fetcher,
-               fetched: dict[str, FetchedFile]) -> None:
+    def _fetch(
+        self, missing: Sequence[VerifiedLayer], fetcher: Fetcher, fetched: dict[str, FetchedFile]
+    ) -> None:
         total = sum(layer.manifest.archive.size for layer in missing)
         finished = 0
         for layer in missing:
             archive = layer.manifest.archive
-            self.report("download", done=finished, total=total,
-                        message=f"fetching {archive.name} ({archive.size} bytes)")
+            self.report(
+                "download",
+                done=finished,
+                total=total,
+                message=f"fetching {archive.name} ({archive.size} bytes)",
+            )
 
             def progress(done: int, _total: int, base: int = finished) -> None:
                 self.report(done=base + done)
 
             fetched[layer.id] = fetcher.fetch(
-                layer.archive_location, self.dirs.downloads, archive.name, size=archive.size,
-                sha256=archive.sha256, progress=progress)
+                layer.archive_location,
+                self.dirs.downloads,
+                archive.name,
+                size=archive.size,
+                sha256=archive.sha256,
+                progress=progress,
+            )
             finished += archive.size
             self.report("verify", done=finished, message=f"{archive.name}: size and sha256 match")
 
@@ -455,8 +547,12 @@ class Installer:
         self.report("extract", message=f"unpacking {layer.manifest.archive.name}")
         staging = self.store.new_staging_dir()
         try:
-            extract_layer(archive.path, staging, layer.manifest,
-                          max_unpacked_bytes=self.options.max_unpacked_bytes)
+            extract_layer(
+                archive.path,
+                staging,
+                layer.manifest,
+                max_unpacked_bytes=self.options.max_unpacked_bytes,
+            )
             self.store.commit_layer(staging, layer.id)
         except BaseException:
             self.store.discard(staging)
@@ -469,14 +565,20 @@ class Installer:
         installed = self.store.installed(record)
         self.report("probe", message=f"probing overlay {record.overlay_version} in a subprocess")
         try:
-            self.probe(installed.llama_dir, installed.runtime_lib_dir,
-                       self.options.probe_timeout_s)
+            result = self.probe(
+                installed.llama_dir, installed.runtime_lib_dir, self.options.probe_timeout_s
+            )
         except LlamashipError as error:
             reason = f"its probe failed: {error}"
             self.store.quarantine(record.overlay_version, reason)
-            msg = (f"overlay {record.overlay_version} was installed but {reason}; it was "
-                   "quarantined and removed, the previous setup stays active")
+            msg = (
+                f"overlay {record.overlay_version} was installed but {reason}; it was "
+                "quarantined and removed, the previous setup stays active"
+            )
             raise ProbeRejected(msg) from None
+        from llamaship.probe_cache import record_passed  # the launch after it need not probe
+
+        record_passed(installed, self.dirs, "install", result)
 
 
 @dataclass(frozen=True)
@@ -497,32 +599,52 @@ def index_location_of(path: Path) -> str:
     return str(index.resolve())
 
 
-def install_from_path(path: Path, dirs: DataDirs, target: Target, trusted_keys: Sequence[str],
-                      **installer_options: Any) -> InstallResult:
+def install_from_path(
+    path: Path,
+    dirs: DataDirs,
+    target: Target,
+    trusted_keys: Sequence[str],
+    **installer_options: Any,
+) -> InstallResult:
     """Install from a local release directory or `releases.json` (`llamaship overlay install`)."""
     return Installer(dirs, trusted_keys, **installer_options).install(
-        index_location_of(path), target)
+        index_location_of(path), target
+    )
 
 
-def ensure_overlay(settings: Settings, dirs: DataDirs, report: Mapping[str, Any],
-                   bundle_llama_cpp_version: str, progress: ProgressFn | None = None, *,
-                   probe: ProbeFn | None = None) -> InstallOutcome:
+def ensure_overlay(
+    settings: Settings,
+    dirs: DataDirs,
+    report: DetectionReport,
+    bundle_llama_cpp_version: str,
+    progress: ProgressFn | None = None,
+    *,
+    probe: ProbeFn | None = None,
+    trusted_keys: Sequence[str] | None = None,
+) -> InstallOutcome:
     """At launch: install the newest overlay for this machine from `settings.release_url`.
 
     Never raises for an expected failure: skips without a release URL, skips a quarantined
     release, does not wait while another process installs, and on any failure returns
     `status="failed"` with the reason, leaving the active overlay (or CPU) in place.
+    `trusted_keys`: the release keys (default: the bundled ones).
     """
-    from llamaship.overlay.signing import trusted_keys
+    from llamaship.overlay import signing
 
     store = OverlayStore(dirs)
     if settings.release_url is None:
-        return InstallOutcome("skipped", "no release URL is configured (LLAMASHIP_RELEASE_URL)",
-                              store.active())
+        return InstallOutcome(
+            "skipped", "no release URL is configured (LLAMASHIP_RELEASE_URL)", store.active()
+        )
     try:
         target = Target.current(report, bundle_llama_cpp_version)
-        installer = Installer(dirs, trusted_keys(settings), probe=probe, progress=progress,
-                              options=InstallOptions(lock_timeout_s=0))
+        installer = Installer(
+            dirs,
+            signing.trusted_keys(trusted_keys),
+            probe=probe,
+            progress=progress,
+            options=InstallOptions(lock_timeout_s=0),
+        )
         result = installer.install(settings.release_url, target, skip_quarantined=True)
     except QuarantinedRelease as error:
         return InstallOutcome("skipped", str(error), store.active())
@@ -530,7 +652,9 @@ def ensure_overlay(settings: Settings, dirs: DataDirs, report: Mapping[str, Any]
         _log.warning("overlay not installed: %s", error)
         return InstallOutcome("failed", str(error), store.active())
     if not result.changed:
-        return InstallOutcome("current", f"overlay {result.overlay.overlay_version} is up to date",
-                              result.overlay)
-    return InstallOutcome("installed", f"installed overlay {result.overlay.overlay_version}",
-                          result.overlay)
+        return InstallOutcome(
+            "current", f"overlay {result.overlay.overlay_version} is up to date", result.overlay
+        )
+    return InstallOutcome(
+        "installed", f"installed overlay {result.overlay.overlay_version}", result.overlay
+    )

@@ -38,9 +38,15 @@ class _Job:
     restart_required: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "phase": self.phase,
-                "bytes_done": self.bytes_done, "bytes_total": self.bytes_total,
-                "message": self.message, "restart_required": self.restart_required}
+        return {
+            "id": self.id,
+            "state": self.state,
+            "phase": self.phase,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "message": self.message,
+            "restart_required": self.restart_required,
+        }
 
 
 class UpgradeJobs:
@@ -65,9 +71,12 @@ class UpgradeJobs:
             for old in list(self._jobs)[:-_KEPT_JOBS]:
                 del self._jobs[old]
                 self._threads.pop(old, None)
-            thread = threading.Thread(target=self._run,
-                                      args=(job, work, running_overlay_version),
-                                      name=f"overlay-upgrade-{job.id[:8]}", daemon=True)
+            thread = threading.Thread(
+                target=self._run,
+                args=(job, work, running_overlay_version),
+                name=f"overlay-upgrade-{job.id[:8]}",
+                daemon=True,
+            )
             self._threads[job.id] = thread
         thread.start()
         return job.id
@@ -98,15 +107,22 @@ class UpgradeJobs:
             result = work(lambda progress: self._update(job, progress))
         except LlamashipError as error:
             self._finish(job, "failed", str(error), restart_required=False)
-        except Exception as error:  # noqa: BLE001 (a thread has no caller to raise to)
+        except Exception as error:  # a thread has no caller to raise to
             _log.exception("overlay upgrade job %s crashed", job.id)
-            self._finish(job, "failed", f"internal error: {type(error).__name__}: {error}",
-                         restart_required=False)
+            self._finish(
+                job,
+                "failed",
+                f"internal error: {type(error).__name__}: {error}",
+                restart_required=False,
+            )
         else:
             version = result.overlay.overlay_version
             restart = version != running_overlay_version
-            message = (f"overlay {version} is installed" if result.changed
-                       else f"overlay {version} was already installed")
+            message = (
+                f"overlay {version} is installed"
+                if result.changed
+                else f"overlay {version} was already installed"
+            )
             if restart:
                 message += "; restart the app to use it"
             self._finish(job, "succeeded", message, restart_required=restart)

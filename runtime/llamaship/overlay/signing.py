@@ -15,12 +15,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from llamaship.errors import LlamashipError
-
-if TYPE_CHECKING:
-    from llamaship.config import Settings
+from llamaship.textsafe import printable
+from llamaship_contract.names import ExitStatus
 
 _log = logging.getLogger(__name__)
 
@@ -33,13 +31,13 @@ TRUSTED_KEYS_RESOURCE = "trusted_keys.json"
 class SignatureError(LlamashipError):
     """A signature is missing, malformed, from an unknown key or does not match the bytes."""
 
-    exit_code = 12
+    exit_code = ExitStatus.SIGNATURE
 
 
 class SigningKeyError(LlamashipError):
     """A private or public key is not a base64 raw ed25519 key, or cannot be read."""
 
-    exit_code = 2
+    exit_code = ExitStatus.CONFIG
 
 
 def _raw_key(key_b64: str, what: str) -> bytes:
@@ -49,8 +47,10 @@ def _raw_key(key_b64: str, what: str) -> bytes:
         raw = b""
     if len(raw) != KEY_BYTES:
         # Never echo the value: it may be a private key.
-        msg = (f"the {what} is not a base64 raw ed25519 key ({KEY_BYTES} bytes); "
-               "create a key pair with `llamaship keys generate --out DIR`")
+        msg = (
+            f"the {what} is not a base64 raw ed25519 key ({KEY_BYTES} bytes); "
+            "create a key pair with `llamaship keys generate --out DIR`"
+        )
         raise SigningKeyError(msg)
     return raw
 
@@ -69,8 +69,10 @@ def generate_keypair() -> tuple[str, str]:
     from nacl.signing import SigningKey
 
     private = SigningKey.generate()
-    return (base64.b64encode(bytes(private)).decode("ascii"),
-            base64.b64encode(bytes(private.verify_key)).decode("ascii"))
+    return (
+        base64.b64encode(bytes(private)).decode("ascii"),
+        base64.b64encode(bytes(private.verify_key)).decode("ascii"),
+    )
 
 
 def key_id(public_b64: str) -> str:
@@ -93,8 +95,10 @@ def sign(data: bytes, private_b64: str) -> bytes:
     private = SigningKey(_raw_key(private_b64, "signing key"))
     public_b64 = base64.b64encode(bytes(private.verify_key)).decode("ascii")
     signature = private.sign(data).signature
-    document = {"key_id": key_id(public_b64),
-                "signature": base64.b64encode(signature).decode("ascii")}
+    document = {
+        "key_id": key_id(public_b64),
+        "signature": base64.b64encode(signature).decode("ascii"),
+    }
     return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
@@ -106,14 +110,24 @@ def _parse_signature(sig_bytes: bytes | None) -> tuple[str, bytes]:
         document = json.loads(sig_bytes.decode("utf-8"))
         key = document["key_id"]
         signature = base64.b64decode(document["signature"], validate=True)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error,
-            ValueError):
-        msg = ('the signature is malformed: expected JSON {"key_id": ..., "signature": base64}; '
-               "download the .sig file again")
+    except (
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        binascii.Error,
+        ValueError,
+    ):
+        msg = (
+            'the signature is malformed: expected JSON {"key_id": ..., "signature": base64}; '
+            "download the .sig file again"
+        )
         raise SignatureError(msg) from None
     if not isinstance(key, str) or len(signature) != SIGNATURE_BYTES:
-        msg = f"the signature is malformed: key_id must be a string and the signature " \
-              f"{SIGNATURE_BYTES} bytes"
+        msg = (
+            f"the signature is malformed: key_id must be a string and the signature "
+            f"{SIGNATURE_BYTES} bytes"
+        )
         raise SignatureError(msg)
     return key, signature
 
@@ -128,15 +142,20 @@ def verify(data: bytes, sig_bytes: bytes | None, trusted_public_keys: Sequence[s
     public = by_id.get(signer)
     if public is None:
         trusted = ", ".join(sorted(by_id)) or "none"
-        msg = (f"the signature is from unknown key {signer} (trusted keys: {trusted}); "
-               "the file is not from this application's publisher, or the application needs "
-               "an update that trusts the new release key")
+        msg = (
+            f"the signature is from unknown key {printable(signer, 64)} (trusted keys: "
+            f"{trusted}); "
+            "the file is not from this application's publisher, or the application needs "
+            "an update that trusts the new release key"
+        )
         raise SignatureError(msg)
     try:
         VerifyKey(_raw_key(public, "public key")).verify(data, signature)
     except BadSignatureError:
-        msg = (f"bad signature: the signed bytes were changed after key {signer} signed them "
-               "(corrupt download or tampering); download them again")
+        msg = (
+            f"bad signature: the signed bytes were changed after key {signer} signed them "
+            "(corrupt download or tampering); download them again"
+        )
         raise SignatureError(msg) from None
     return signer
 
@@ -147,20 +166,29 @@ def bundled_trusted_keys() -> tuple[str, ...]:
     try:
         keys = json.loads(resource.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
-        msg = (f"cannot read the bundled trusted keys {TRUSTED_KEYS_RESOURCE} ({error}); "
-               "reinstall the application")
+        msg = (
+            f"cannot read the bundled trusted keys {TRUSTED_KEYS_RESOURCE} ({error}); "
+            "reinstall the application"
+        )
         raise SigningKeyError(msg) from None
     if not isinstance(keys, list) or not all(
-            isinstance(key, str) and public_key_valid(key) for key in keys):
-        msg = (f"the bundled {TRUSTED_KEYS_RESOURCE} must be a JSON list of base64 ed25519 "
-               "public keys; reinstall the application")
+        isinstance(key, str) and public_key_valid(key) for key in keys
+    ):
+        msg = (
+            f"the bundled {TRUSTED_KEYS_RESOURCE} must be a JSON list of base64 ed25519 "
+            "public keys; reinstall the application"
+        )
         raise SigningKeyError(msg)
     return tuple(keys)
 
 
-def trusted_keys(settings: Settings) -> tuple[str, ...]:
-    """Every public key whose signatures are accepted: bundled ones, then LLAMASHIP_TRUSTED_KEYS."""
-    return tuple(dict.fromkeys((*bundled_trusted_keys(), *settings.trusted_keys)))
+def trusted_keys(given: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The public keys whose signatures are accepted: `given` by the caller, else the bundled.
+
+    No setting, environment variable or file adds one: a caller of the Python API (a test, a
+    self-hosted launcher) passes its keys explicitly.
+    """
+    return tuple(given) if given is not None else bundled_trusted_keys()
 
 
 def load_signing_key(path: Path | None, environ: Mapping[str, str]) -> str:
@@ -176,8 +204,10 @@ def load_signing_key(path: Path | None, environ: Mapping[str, str]) -> str:
         text = environ[SIGNING_KEY_ENV]
         origin = f"signing key in ${SIGNING_KEY_ENV}"
     else:
-        msg = (f"no signing key: pass a key file or set {SIGNING_KEY_ENV} "
-               "(create one with `llamaship keys generate --out DIR`)")
+        msg = (
+            f"no signing key: pass a key file or set {SIGNING_KEY_ENV} "
+            "(create one with `llamaship keys generate --out DIR`)"
+        )
         raise SigningKeyError(msg)
     private_b64 = text.strip()
     _raw_key(private_b64, origin)

@@ -1,55 +1,68 @@
 """The installed overlay store under `DataDirs.overlays`.
 
 Layout: `layers/<layer id>/` (verified, immutable), `active.json` and `previous.json` (which
-layers make the active and the previous overlay), `quarantine.json` ({overlay_version: reason}).
+layers make the active and the previous overlay), `quarantine.json` (overlay versions not to
+use, and why); their documents are declared in `llamaship_contract.state`.
 A layer directory only ever appears by an atomic rename of a fully verified staging directory
 and only disappears by an atomic rename into `.trash-*`, so `layers/<id>` existing means the
-layer is complete. Pointer files are replaced atomically. Every change to layers or pointers
-happens under the install lock (`OverlayStore.install_lock`). `quarantine.json` and
-`DataDirs.state/accepted_serial.json` (the newest index and manifest serials accepted, against
-replays) share a small state lock instead, so the launch can quarantine while an install runs.
+layer is complete. Pointer files are replaced atomically. Switching overlays never renames or
+deletes a layer in use: each version has its own directory and only the pointer changes.
+Unreferenced layers are removed afterwards; one that cannot be (Windows refuses to rename or
+delete a DLL a running process has loaded) stays and is removed at a later launch. Every
+change to layers or pointers happens under the install lock (`OverlayStore.install_lock`).
+`quarantine.json` and `DataDirs.state/accepted_serial.json` (the newest index and manifest
+serials accepted, against replays) share a small state lock instead, so the launch can
+quarantine while an install runs.
 Broken state files never raise: they are treated as absent and the reason is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import os
 import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import TEMP_SUFFIX, atomic_write_json, fsync_dir
-from llamaship.overlay.manifest import LAYER_NAMES
+from llamaship.overlay._fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from llamaship.paths import DataDirs
+from llamaship_contract.document import (
+    Document,
+    dump_document_pretty,
+    parse_document,
+)
+from llamaship_contract.errors import ContractError
+from llamaship_contract.names import PART_SUFFIX, ExitStatus
+from llamaship_contract.overlay import OverlayRequirements
+from llamaship_contract.state import (
+    ACCEPTED_SERIAL_FILE,
+    ACTIVE_FILE,
+    PREVIOUS_FILE,
+    QUARANTINE_FILE,
+    AcceptedSerialsFile,
+    OverlayPointer,
+    QuarantineList,
+)
 
 if TYPE_CHECKING:
     from filelock import FileLock
 
-    from llamaship.decide import OverlayRequirements
-
 _log = logging.getLogger(__name__)
 
-POINTER_SCHEMA = 1
 RUNTIME_LAYER = "cuda-runtime"
 LLAMA_LAYER = "llama-cuda"
-ACTIVE_FILE = "active.json"
-PREVIOUS_FILE = "previous.json"
-QUARANTINE_FILE = "quarantine.json"
-ACCEPTED_SERIAL_FILE = "accepted_serial.json"  # in DataDirs.state
 # The files this module writes atomically; their temp files are leftovers after a crash.
 _POINTER_FILES = (ACTIVE_FILE, PREVIOUS_FILE, QUARANTINE_FILE)
 _STATE_FILES = (ACCEPTED_SERIAL_FILE,)
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
-PART_SUFFIX = ".part"
 INSTALL_LOCK = "overlay-install.lock"
 STATE_LOCK = "overlay-state.lock"
 # A partial download is kept this long for resuming (Range) by a later install, then removed.
@@ -58,46 +71,22 @@ PARTIAL_DOWNLOAD_MAX_AGE_S = 7 * 24 * 3600
 STATE_LOCK_TIMEOUT_S = 10.0
 # How long an installer waits for another one to finish before failing with InstallBusy.
 INSTALL_LOCK_TIMEOUT_S = 5.0
-_REQUIREMENT_FIELDS = (
-    "overlay_version", "serial", "cuda_version", "min_driver", "cuda_archs", "ptx_archs",
-    "min_vram_mb",
-)
 
 
 class StoreError(LlamashipError):
     """The overlay store cannot do what was asked."""
 
-    exit_code = 6
+    exit_code = ExitStatus.STORE_STATE
 
 
 class InstallBusy(StoreError):
     """Another process holds the overlay install lock."""
 
-    exit_code = 7
+    exit_code = ExitStatus.INSTALL_BUSY
 
 
-@dataclass(frozen=True)
-class OverlayRecord:
-    """What a pointer file (`active.json`, `previous.json`) says an overlay is made of."""
-
-    overlay_version: str
-    serial: int
-    llama_cpp_version: str
-    layers: Mapping[str, str]
-    requirements: OverlayRequirements
-
-    def to_json(self) -> dict[str, Any]:
-        requirements = asdict(self.requirements)
-        for key in ("cuda_archs", "ptx_archs"):
-            requirements[key] = list(requirements[key])
-        return {
-            "schema": POINTER_SCHEMA,
-            "overlay_version": self.overlay_version,
-            "serial": self.serial,
-            "llama_cpp_version": self.llama_cpp_version,
-            "layers": dict(self.layers),
-            "requirements": requirements,
-        }
+OverlayRecord = OverlayPointer
+"""What a pointer file (`active.json`, `previous.json`) says an overlay is made of."""
 
 
 @dataclass(frozen=True)
@@ -137,64 +126,30 @@ class InstalledOverlay:
         return self.record.layers
 
 
+D = TypeVar("D", bound=Document)
+
+
+def _write(path: Path, document: Document) -> None:
+    atomic_write_bytes(path, dump_document_pretty(document))
+
+
 def runtime_lib_subdir() -> str:
     """Where the cuda-runtime layer keeps its libraries on this OS (the loader's search dir)."""
     return "bin" if sys.platform == "win32" else "lib"
 
 
-def _parse_requirements(value: Any) -> OverlayRequirements:
-    from llamaship.decide import OverlayRequirements  # lazy: decide is not needed to read paths
-
-    if not isinstance(value, dict) or set(value) != set(_REQUIREMENT_FIELDS):
-        raise ValueError(f"requirements must hold exactly {', '.join(_REQUIREMENT_FIELDS)}")
-    archs = {key: value[key] for key in ("cuda_archs", "ptx_archs")}
-    if not all(isinstance(v, list) and all(isinstance(a, str) for a in v) for v in archs.values()):
-        raise ValueError("requirements.cuda_archs and ptx_archs must be lists of strings")
-    texts = ("overlay_version", "cuda_version", "min_driver")
-    if not all(isinstance(value[key], str) for key in texts):
-        raise ValueError("requirements.overlay_version, cuda_version, min_driver must be strings")
-    if not all(_is_int(value[key]) for key in ("serial", "min_vram_mb")):
-        raise ValueError("requirements.serial and min_vram_mb must be whole numbers")
-    return OverlayRequirements(
-        overlay_version=value["overlay_version"], serial=value["serial"],
-        cuda_version=value["cuda_version"], min_driver=value["min_driver"],
-        cuda_archs=tuple(archs["cuda_archs"]), ptx_archs=tuple(archs["ptx_archs"]),
-        min_vram_mb=value["min_vram_mb"],
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_record(data: Any) -> OverlayRecord:
-    """Validate a decoded pointer file; raises ValueError naming the bad field."""
-    if not isinstance(data, dict):
-        raise TypeError("the pointer is not a JSON object")
-    if data.get("schema") != POINTER_SCHEMA:
-        raise ValueError(f"schema is {data.get('schema')!r}, expected {POINTER_SCHEMA}")
-    for key in ("overlay_version", "llama_cpp_version"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ValueError(f"{key} must be a non-empty string")
-    if not _is_int(data.get("serial")):
-        raise ValueError("serial must be a whole number")
-    layers = data.get("layers")
-    if (not isinstance(layers, dict) or sorted(layers) != sorted(LAYER_NAMES)
-            or not all(isinstance(v, str) and v.startswith(f"{k}-") and "/" not in v
-                       and "\\" not in v for k, v in layers.items())):
-        raise ValueError(f"layers must map each of {', '.join(LAYER_NAMES)} to its layer id")
-    return OverlayRecord(
-        overlay_version=data["overlay_version"], serial=data["serial"],
-        llama_cpp_version=data["llama_cpp_version"], layers=dict(layers),
-        requirements=_parse_requirements(data.get("requirements")),
-    )
+def parse_record(data: bytes, origin: str) -> OverlayRecord:
+    """Validate a pointer file's bytes; raises ContractError naming the bad field."""
+    return parse_document(OverlayPointer, data, origin)
 
 
 class OverlayStore:
     """The installed overlays of one data directory."""
 
-    def __init__(self, dirs: DataDirs) -> None:
+    def __init__(self, dirs: DataDirs, rename: Callable[[Path, Path], object] = os.rename) -> None:
+        """`rename`: how directories are moved (tests inject a Windows-like refusal)."""
         self.dirs = dirs
+        self._rename = rename
         self.root = dirs.overlays
         self.layers_dir = self.root / "layers"
         self._install_lock: FileLock | None = None
@@ -221,8 +176,10 @@ class OverlayStore:
         try:
             self._install_lock.acquire(timeout=timeout)
         except Timeout:
-            msg = (f"another overlay install is running (lock {self._install_lock.lock_file} is "
-                   "held); wait for it to finish, then try again")
+            msg = (
+                f"another overlay install is running (lock {self._install_lock.lock_file} is "
+                "held); wait for it to finish, then try again"
+            )
             raise InstallBusy(msg) from None
         try:
             yield
@@ -238,8 +195,10 @@ class OverlayStore:
         try:
             self._state_lock.acquire(timeout=STATE_LOCK_TIMEOUT_S)
         except Timeout:
-            msg = (f"the overlay state lock {self._state_lock.lock_file} stayed held for "
-                   f"{STATE_LOCK_TIMEOUT_S:g} s; is another llamaship process stuck? Try again")
+            msg = (
+                f"the overlay state lock {self._state_lock.lock_file} stayed held for "
+                f"{STATE_LOCK_TIMEOUT_S:g} s; is another llamaship process stuck? Try again"
+            )
             raise StoreError(msg) from None
         try:
             yield
@@ -255,26 +214,23 @@ class OverlayStore:
         """Whether a complete, verified layer with this id is installed."""
         return self.layer_dir(layer_id).is_dir()
 
-    def _read_json(self, path: Path) -> Any:
-        """The decoded file, or None if it is missing or not JSON (logged)."""
+    def _read_state(self, path: Path, model: type[D]) -> D | None:
+        """The state file as `model`, or None if it is missing or invalid (logged)."""
         try:
-            return json.loads(path.read_bytes())
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as error:
-            _log.warning("ignoring %s: it cannot be read as JSON (%s)", path, error)
+        except OSError as error:
+            _log.warning("ignoring %s: it cannot be read (%s)", path, error)
+            return None
+        try:
+            return parse_document(model, data, str(path))
+        except ContractError as error:
+            _log.warning("ignoring %s", error)
             return None
 
     def _read_record(self, name: str) -> OverlayRecord | None:
-        path = self.root / name
-        data = self._read_json(path)
-        if data is None:
-            return None
-        try:
-            return parse_record(data)
-        except (TypeError, ValueError) as error:
-            _log.warning("ignoring %s: %s", path, error)
-            return None
+        return self._read_state(self.root / name, OverlayPointer)
 
     def _installed(self, record: OverlayRecord | None, name: str) -> InstalledOverlay | None:
         if record is None:
@@ -291,8 +247,10 @@ class OverlayStore:
         """`record` with its layer paths; raises StoreError if a layer is not installed."""
         installed = self._installed(record, f"overlay {record.overlay_version}")
         if installed is None:
-            msg = (f"overlay {record.overlay_version} is incomplete: a layer directory is "
-                   f"missing under {self.layers_dir}; install it again")
+            msg = (
+                f"overlay {record.overlay_version} is incomplete: a layer directory is "
+                f"missing under {self.layers_dir}; install it again"
+            )
             raise StoreError(msg)
         return installed
 
@@ -306,30 +264,18 @@ class OverlayStore:
 
     def quarantined(self) -> dict[str, str]:
         """Every quarantined overlay version and why; a broken file reads as empty (logged)."""
-        data = self._read_json(self.root / QUARANTINE_FILE)
-        if data is None:
-            return {}
-        if not isinstance(data, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
-            _log.warning("ignoring %s: it must map overlay versions to reasons",
-                         self.root / QUARANTINE_FILE)
-            return {}
-        return data
+        data = self._read_state(self.root / QUARANTINE_FILE, QuarantineList)
+        return {} if data is None else dict(data.overlays)
 
     def quarantine_reason(self, version: str) -> str | None:
         return self.quarantined().get(version)
 
     def accepted_serials(self) -> AcceptedSerials:
         """What `accept_serials` recorded; a missing or broken file reads as nothing (logged)."""
-        path = self.dirs.state / ACCEPTED_SERIAL_FILE
-        data = self._read_json(path)
+        data = self._read_state(self.dirs.state / ACCEPTED_SERIAL_FILE, AcceptedSerialsFile)
         if data is None:
             return AcceptedSerials()
-        if (not isinstance(data, dict) or data.get("schema") != POINTER_SCHEMA
-                or not all(_is_int(data.get(key)) for key in ("index_serial", "manifest_serial"))):
-            _log.warning("ignoring %s: it must hold schema, index_serial and manifest_serial", path)
-            return AcceptedSerials()
-        return AcceptedSerials(index=data["index_serial"], manifest=data["manifest_serial"])
+        return AcceptedSerials(index=data.index_serial, manifest=data.manifest_serial)
 
     # -- changing ------------------------------------------------------------------------------
 
@@ -339,18 +285,20 @@ class OverlayStore:
             current = self.accepted_serials()
             if index <= current.index and manifest <= current.manifest:
                 return
-            atomic_write_json(self.dirs.state / ACCEPTED_SERIAL_FILE, {
-                "schema": POINTER_SCHEMA,
-                "index_serial": max(index, current.index),
-                "manifest_serial": max(manifest, current.manifest),
-            })
+            _write(
+                self.dirs.state / ACCEPTED_SERIAL_FILE,
+                AcceptedSerialsFile(
+                    index_serial=max(index, current.index),
+                    manifest_serial=max(manifest, current.manifest),
+                ),
+            )
 
     def quarantine(self, version: str, reason: str) -> None:
         """Record that overlay `version` must not be used, and why."""
         with self._state_locked():
             entries = self.quarantined()
             entries[version] = reason
-            atomic_write_json(self.root / QUARANTINE_FILE, entries)
+            _write(self.root / QUARANTINE_FILE, QuarantineList(overlays=entries))
         _log.warning("quarantined overlay %s: %s", version, reason)
 
     def release_quarantine(self, version: str) -> None:
@@ -358,19 +306,19 @@ class OverlayStore:
         with self._state_locked():
             entries = self.quarantined()
             if entries.pop(version, None) is not None:
-                atomic_write_json(self.root / QUARANTINE_FILE, entries)
+                _write(self.root / QUARANTINE_FILE, QuarantineList(overlays=entries))
 
     def activate(self, record: OverlayRecord) -> InstalledOverlay:
         """Make `record` active, keeping the current active overlay as the previous one."""
-        from llamaship.overlay._testhook import pause_if_requested
+        from llamaship.overlay.checkpoints import checkpoint
 
         with self.install_lock():
             installed = self.installed(record)
             current = self._read_record(ACTIVE_FILE)
             if current is not None and current != record:
-                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
-            pause_if_requested("switch")
-            atomic_write_json(self.root / ACTIVE_FILE, record.to_json())
+                _write(self.root / PREVIOUS_FILE, current)
+            checkpoint("switch")
+            _write(self.root / ACTIVE_FILE, record)
             self.collect_garbage()
         _log.info("overlay %s is active", record.overlay_version)
         return installed
@@ -380,15 +328,16 @@ class OverlayStore:
         with self.install_lock():
             previous = self.previous()
             if previous is None:
-                msg = ("there is no previous overlay to roll back to "
-                       "(see `llamaship overlay status`)")
+                msg = (
+                    "there is no previous overlay to roll back to (see `llamaship overlay status`)"
+                )
                 raise StoreError(msg)
             current = self._read_record(ACTIVE_FILE)
             if current is not None:
-                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
+                _write(self.root / PREVIOUS_FILE, current)
             else:
                 self._unlink_durably(self.root / PREVIOUS_FILE)
-            atomic_write_json(self.root / ACTIVE_FILE, previous.record.to_json())
+            _write(self.root / ACTIVE_FILE, previous.record)
             self.collect_garbage()
         _log.info("rolled back to overlay %s", previous.overlay_version)
         return previous
@@ -398,7 +347,7 @@ class OverlayStore:
         with self.install_lock():
             current = self._read_record(ACTIVE_FILE)
             if current is not None:
-                atomic_write_json(self.root / PREVIOUS_FILE, current.to_json())
+                _write(self.root / PREVIOUS_FILE, current)
             self._unlink_durably(self.root / ACTIVE_FILE)
             self.collect_garbage()
         return current
@@ -419,14 +368,25 @@ class OverlayStore:
         fsync_dir(self.root)
         return target
 
-    def discard(self, path: Path) -> None:
-        """Remove a staging or layer directory: atomic rename out of the way, then delete."""
+    def discard(self, path: Path) -> bool:
+        """Remove a staging or layer directory: atomic rename out of the way, then delete.
+
+        Returns False, leaving `path` whole, when it cannot be moved (a file in it is in use
+        on Windows); files that cannot be deleted stay in `.trash-*` for `cleanup_leftovers`.
+        """
         if not path.exists():
-            return
+            return True
         trash = self.root / f"{TRASH_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
-        path.rename(trash)
+        try:
+            self._rename(path, trash)
+        except OSError as error:
+            _log.info(
+                "keeping %s for now (%s); a later launch removes it", path, error.strerror or error
+            )
+            return False
         fsync_dir(path.parent)
         shutil.rmtree(trash, ignore_errors=True)
+        return True
 
     def collect_garbage(self) -> list[str]:
         """Remove layer dirs neither the active nor the previous pointer names; caller locks."""
@@ -438,8 +398,7 @@ class OverlayStore:
         removed: list[str] = []
         if self.layers_dir.is_dir():
             for layer in sorted(self.layers_dir.iterdir()):
-                if layer.name not in referenced:
-                    self.discard(layer)
+                if layer.name not in referenced and self.discard(layer):
                     removed.append(layer.name)
         if removed:
             _log.info("removed unused overlay layers: %s", ", ".join(removed))

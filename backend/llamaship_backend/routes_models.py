@@ -1,0 +1,216 @@
+"""`/api/models`: the catalogue and the installed models, pulls as background jobs, the choice.
+
+- `GET /api/models`: every catalogue entry and installed file, which one is chosen and which
+  one this process serves.
+- `POST /api/models/pull` (admin): 202 + a job id; `GET /api/models/pull/{job_id}` (admin)
+  polls it. Bad input (unknown name, unverified model without a hash) is refused at once.
+- `POST /api/models/use` (admin): save the choice in settings.json; it is served from the next
+  start (`restart_required`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from llamaship.boot_state import BootState
+from llamaship.models.jobs import PullJobs
+from llamaship.models.store import (
+    ModelError,
+    ModelNotInstalled,
+    ModelStore,
+    UnknownModel,
+    UnverifiedModel,
+)
+from llamaship_backend.dependencies import get_boot_state
+from llamaship_backend.errors import BackendError
+from llamaship_backend.security import require_admin
+
+router = APIRouter()
+_state_lock = threading.Lock()
+
+
+class ModelRequestInvalid(BackendError):
+    """The model request cannot be done as asked (e.g. a malformed hash or URL)."""
+
+    code = "model_request_invalid"
+
+
+class ModelNotFound(BackendError):
+    """The name is not in the catalogue, or the model is not installed."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class ModelUnverified(BackendError):
+    """The model has no known sha256 and the request neither gave one nor accepted that."""
+
+    status_code = 409
+    code = "model_unverified"
+
+
+class PullJobNotFound(BackendError):
+    """The job id is unknown (never started, or forgotten after newer jobs)."""
+
+    status_code = 404
+    code = "pull_job_not_found"
+
+
+class PullBody(BaseModel):
+    """`POST /api/models/pull`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="a catalogue name or an http(s) URL of a .gguf file",
+    )
+    sha256: str | None = Field(default=None, description="the sha256 the file must have")
+    accept_unverified: bool = Field(
+        default=False, description=("pull a model whose sha256 is unknown without checking it")
+    )
+
+
+class UseBody(BaseModel):
+    """`POST /api/models/use`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(
+        min_length=1, max_length=200, description="an installed model: catalogue name or file name"
+    )
+
+
+def set_model_store(app: FastAPI, store: ModelStore) -> None:
+    """Use `store` (e.g. with another catalogue) instead of the bundled catalogue's."""
+    app.state.model_store = store
+
+
+def get_model_store(request: Request) -> ModelStore:
+    """The app's model store (the bundled catalogue, LLAMASHIP_HOME), created on first use."""
+    with _state_lock:
+        store: ModelStore | None = getattr(request.app.state, "model_store", None)
+        if store is None:
+            state: BootState = request.app.state.boot_state
+            store = ModelStore(state.dirs.home)
+            request.app.state.model_store = store
+        return store
+
+
+def get_pull_jobs(request: Request) -> PullJobs:
+    """The app's pull jobs, created on first use."""
+    with _state_lock:
+        jobs: PullJobs | None = getattr(request.app.state, "pull_jobs", None)
+        if jobs is None:
+            jobs = PullJobs()
+            request.app.state.pull_jobs = jobs
+        return jobs
+
+
+def _refusal(error: ModelError) -> BackendError:
+    if isinstance(error, UnknownModel | ModelNotInstalled):
+        return ModelNotFound(str(error))
+    if isinstance(error, UnverifiedModel):
+        return ModelUnverified(str(error))
+    return ModelRequestInvalid(str(error))
+
+
+@router.get("/api/models")
+def list_models(
+    state: Annotated[BootState, Depends(get_boot_state)],
+    store: Annotated[ModelStore, Depends(get_model_store)],
+) -> dict[str, Any]:
+    """The catalogue and the installed models; `active`: the chosen file (settings.json);
+    `serving`: the model file this process was started with."""
+    installed = {model.path.name: model for model in store.installed()}
+    active = store.active()
+    models = []
+    for entry in store.catalogue.models:
+        model = installed.pop(entry.file_name, None)
+        models.append(
+            {
+                **entry.model_dump(mode="json"),
+                "in_catalogue": True,
+                "installed": model is not None,
+                "installed_size": None if model is None else model.size,
+                "active": entry.file_name == active,
+            }
+        )
+    for model in installed.values():
+        models.append(
+            {
+                "name": model.name,
+                "file_name": model.path.name,
+                "url": None,
+                "size": None,
+                "sha256": None,
+                "license": None,
+                "purpose": None,
+                "context_length": None,
+                "min_ram_mb": None,
+                "unverified": True,
+                "in_catalogue": False,
+                "installed": True,
+                "installed_size": model.size,
+                "active": model.path.name == active,
+            }
+        )
+    serving = state.settings.model
+    return {
+        "models_dir": str(store.dir),
+        "active": active,
+        "serving": None if serving is None else str(serving),
+        "models": models,
+    }
+
+
+@router.post("/api/models/pull", status_code=202, dependencies=[Depends(require_admin)])
+def start_pull(
+    body: PullBody,
+    store: Annotated[ModelStore, Depends(get_model_store)],
+    jobs: Annotated[PullJobs, Depends(get_pull_jobs)],
+) -> dict[str, str]:
+    """Start pulling a model; poll the job id. While that file is being pulled, the running
+    job's id."""
+    try:
+        source = store.source(body.name, body.sha256, body.accept_unverified)
+    except ModelError as error:
+        raise _refusal(error) from None
+    return {"job_id": jobs.start(store, source)}
+
+
+@router.get("/api/models/pull/{job_id}", dependencies=[Depends(require_admin)])
+def pull_progress(
+    job_id: str,
+    jobs: Annotated[PullJobs, Depends(get_pull_jobs)],
+) -> dict[str, Any]:
+    """The job's state (running|succeeded|failed), bytes done and total, and message."""
+    progress = jobs.get(job_id)
+    if progress is None:
+        msg = f"No model pull job {job_id[:100]!r}: start one with POST /api/models/pull."
+        raise PullJobNotFound(msg)
+    return progress
+
+
+@router.post("/api/models/use", dependencies=[Depends(require_admin)])
+def use_model(
+    body: UseBody,
+    state: Annotated[BootState, Depends(get_boot_state)],
+    store: Annotated[ModelStore, Depends(get_model_store)],
+) -> dict[str, Any]:
+    """Choose an installed model (settings.json); served from the next start."""
+    try:
+        model = store.use(body.name)
+    except ModelError as error:
+        raise _refusal(error) from None
+    return {
+        "active": model.path.name,
+        "name": model.name,
+        "path": str(model.path),
+        "restart_required": state.settings.model != model.path,
+    }

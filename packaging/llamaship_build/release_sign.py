@@ -1,0 +1,81 @@
+"""The release's one signing step: check the key, sign the layer manifests, write the index.
+
+The release workflow builds the overlay unsigned (`overlay --unsigned`) in a job that never
+sees the key; only the step running `sign-release` has it. The key must be one the bundle
+trusts (runtime/llamaship/trusted_keys.json, baked into every bundle): an index signed with any
+other key would be refused by every installed runtime, so the step fails before signing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from llamaship.overlay.signing import key_id, load_signing_key, public_key_of, sign
+from llamaship_build.errors import BuildError
+from llamaship_contract.names import SIGNATURE_SUFFIX
+from llamaship_contract.overlay import ManifestError, parse_manifest
+
+TRUSTED_KEYS_FILE = "runtime/llamaship/trusted_keys.json"
+
+
+class UntrustedSigningKey(BuildError):
+    """The signing key's public half is not among the keys the bundle trusts."""
+
+
+def check_signing_key(private_b64: str, trusted: Sequence[str]) -> str:
+    """The key id of `private_b64`'s public half; raises unless `trusted` holds it."""
+    public = public_key_of(private_b64)
+    if public not in trusted:
+        known = ", ".join(key_id(key) for key in trusted) or "none"
+        msg = (
+            f"the signing key's public half ({key_id(public)}) is not in {TRUSTED_KEYS_FILE} "
+            f"(trusted: {known}); no released bundle would accept what it signs: ship its "
+            "public key in a bundle first (docs/releasing.md, rotation) or use the right "
+            "secret"
+        )
+        raise UntrustedSigningKey(msg)
+    return key_id(public)
+
+
+def sign_manifests(overlay_dir: Path, private_b64: str) -> list[Path]:
+    """Validate and sign every layer manifest (`*.json`) in `overlay_dir`; returns the `.sig`s."""
+    signatures = []
+    manifests = sorted(overlay_dir.glob("*.json"))
+    if not manifests:
+        msg = f"no layer manifests in {overlay_dir}: build the overlay first (`nox -s overlay`)"
+        raise BuildError(msg)
+    for manifest in manifests:
+        data = manifest.read_bytes()
+        try:
+            parse_manifest(data, origin=str(manifest))
+        except ManifestError as error:
+            msg = f"refusing to sign {manifest}: {error}"
+            raise BuildError(msg) from None
+        signature = manifest.with_name(manifest.name + SIGNATURE_SUFFIX)
+        partial = signature.with_name(signature.name + ".partial")
+        partial.write_bytes(sign(data, private_b64))
+        os.replace(partial, signature)
+        signatures.append(signature)
+    return signatures
+
+
+def sign_release(
+    overlay_dir: Path,
+    out_dir: Path,
+    trusted: Sequence[str],
+    *,
+    serial: int,
+    base_url: str,
+    key_file: Path | None,
+    lifetime: timedelta,
+) -> list[Path]:
+    """Check the key, sign the manifests, then write the signed index into `out_dir`."""
+    from llamaship_build.overlay_release import release
+
+    private = load_signing_key(key_file, os.environ)
+    check_signing_key(private, trusted)
+    signatures = sign_manifests(overlay_dir, private)
+    return signatures + release(overlay_dir, out_dir, serial, base_url, key_file, lifetime=lifetime)

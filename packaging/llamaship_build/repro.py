@@ -1,0 +1,177 @@
+"""`nox -s repro`: build the bundle (and the overlay layers) twice and compare the bytes.
+
+Each build runs in its own clean export of the commit (`git archive HEAD`), at paths of
+different lengths, with `SOURCE_DATE_EPOCH` set to the commit time and `PYTHONHASHSEED=0`.
+Both builds share the compiled llama-cpp-python wheel (the wheelhouse, keyed by sdist hash and
+flags): CI checks the bundle and layer steps; the compile's own reproducibility is checked
+separately (docs/platforms.md). When archives differ, the report names the members that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from llamaship_build.archive import SUFFIXES
+from llamaship_build.errors import BuildError
+from llamaship_contract.names import BUNDLE_MANIFEST_NAME
+
+_log = logging.getLogger(__name__)
+
+# What a release ships and must be byte-identical: bundle archives and overlay layers.
+COMPARED_SUFFIXES = (*SUFFIXES.values(),)
+_CHUNK = 1 << 20
+
+
+class NotReproducible(BuildError):
+    """Two builds of the same commit differ."""
+
+
+def _tar_members(archive: Path) -> Iterator[tuple[str, str]]:
+    """(name, description) per member of a tar or zip, with content hashes (for reports)."""
+    import tarfile
+    import zipfile
+
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as handle:
+            for info in handle.infolist():
+                digest = hashlib.sha256(handle.read(info)).hexdigest()
+                yield info.filename, f"mode {info.external_attr >> 16:o} sha256 {digest[:16]}"
+        return
+    from llamaship_build.archive import decompressed
+
+    with (
+        open(archive, "rb") as raw,
+        decompressed(archive, raw) as stream,
+        tarfile.open(fileobj=stream, mode="r|") as tar,
+    ):
+        for member in tar:
+            digest = ""
+            if member.isreg():
+                data = tar.extractfile(member)
+                assert data is not None
+                hasher = hashlib.sha256()
+                while block := data.read(_CHUNK):
+                    hasher.update(block)
+                digest = hasher.hexdigest()[:16]
+            yield (
+                member.name,
+                (
+                    f"{member.type!r} mode {member.mode:o} mtime {member.mtime} "
+                    f"link {member.linkname!r} sha256 {digest}"
+                ),
+            )
+
+
+def member_differences(first: Path, second: Path, limit: int = 20) -> list[str]:
+    """The members that differ between two archives (missing, extra, other metadata/bytes)."""
+    one, two = dict(_tar_members(first)), dict(_tar_members(second))
+    problems = [
+        f"{name}: {one.get(name, 'absent')} / {two.get(name, 'absent')}"
+        for name in sorted(one.keys() | two.keys())
+        if one.get(name) != two.get(name)
+    ]
+    if not problems and list(one) != list(two):
+        problems.append("the same members in another order")
+    return problems[:limit]
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def compare_outputs(first: Path, second: Path) -> list[str]:
+    """Differences between two build output directories, over the shipped archives in them.
+
+    Empty when both hold the same archive names with identical bytes.
+    """
+
+    def shipped(directory: Path) -> dict[str, Path]:
+        return {
+            path.relative_to(directory).as_posix(): path
+            for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.name.endswith(COMPARED_SUFFIXES)
+        }
+
+    one, two = shipped(first), shipped(second)
+    if not one and not two:
+        return [f"neither {first} nor {second} holds an archive: did the builds run?"]
+    problems = [
+        f"{name}: only in {second if name in two else first}"
+        for name in sorted(one.keys() ^ two.keys())
+    ]
+    for name in sorted(one.keys() & two.keys()):
+        if _digest(one[name]) != _digest(two[name]):
+            details = member_differences(one[name], two[name])
+            problems.append(f"{name} differs" + "".join(f"\n    {line}" for line in details))
+    return problems
+
+
+def commit_epoch(root: Path) -> int:
+    """The commit time of HEAD (SOURCE_DATE_EPOCH for the builds)."""
+    result = subprocess.run(
+        ["git", "-C", str(root), "log", "-1", "--format=%ct"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        msg = f"cannot read the commit time of {root}: {result.stderr.strip()}"
+        raise BuildError(msg)
+    return int(result.stdout.strip())
+
+
+def export_commit(root: Path, dest: Path) -> Path:
+    """A clean copy of HEAD's tree at `dest` (no build outputs, no uncommitted changes)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.Popen(
+        ["git", "-C", str(root), "archive", "--format=tar", "HEAD"], stdout=subprocess.PIPE
+    )
+    unpacked = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
+    if archive.wait() != 0 or unpacked.returncode != 0:
+        msg = f"cannot export HEAD of {root} into {dest}"
+        raise BuildError(msg)
+    return dest
+
+
+def build_env(epoch: int, checkout: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment of one build: the checkout's own packages, fixed time and hash seed."""
+    return {
+        **base,
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "PYTHONHASHSEED": "0",
+        "LLAMASHIP_ROOT": str(checkout),
+        "PYTHONPATH": os.pathsep.join(
+            [str(checkout / "packaging"), str(checkout / "runtime"), str(checkout / "backend")]
+        ),
+    }
+
+
+def build_twice(root: Path, work: Path, steps: Sequence[Sequence[str]]) -> list[str]:
+    """Run `steps` (llamaship_build commands) in two exports of HEAD; returns differences."""
+    epoch = commit_epoch(root)
+    checkouts = [
+        export_commit(root, work / "a" / "src"),
+        export_commit(root, work / "b" / "a-longer-path" / "src"),
+    ]
+    for checkout in checkouts:
+        env = build_env(epoch, checkout, os.environ)
+        for step in steps:
+            _log.info("repro: %s in %s", " ".join(step), checkout)
+            result = subprocess.run(
+                [sys.executable, "-m", "llamaship_build", *step], cwd=checkout, env=env, check=False
+            )
+            if result.returncode != 0:
+                msg = f"`{' '.join(step)}` failed in {checkout} (exit {result.returncode})"
+                raise BuildError(msg)
+    first, second = (checkout / "dist" for checkout in checkouts)
+    if not (first / BUNDLE_MANIFEST_NAME).is_file():
+        msg = f"the first build wrote no {BUNDLE_MANIFEST_NAME} in {first}"
+        raise BuildError(msg)
+    return compare_outputs(first, second)

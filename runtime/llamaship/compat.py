@@ -1,0 +1,165 @@
+"""The one compatibility rule: can this machine run an overlay with these requirements?
+
+`judge(report, requirements)` is pure: it returns `Usable` (the GPUs the overlay runs on, best
+first) or `Unusable` (every problem, each a sentence saying what to do). The launch decision
+(`llamaship.decide`), release selection (`llamaship.overlay.install.pick_release`) and the
+upgrade API (through the installer) all ask it; nothing else judges compatibility.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.overlay import OverlayRequirements
+
+_ARCH = re.compile(r"(\d+)(\d)([af]?)")
+
+
+@dataclass(frozen=True)
+class Usable:
+    """The overlay runs here: on `gpus` (most VRAM first, then lowest index); `skipped` says
+    why each other GPU cannot use it."""
+
+    gpus: tuple[GpuInfo, ...]
+    skipped: tuple[str, ...]
+
+    @property
+    def best(self) -> GpuInfo:
+        return self.gpus[0]
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """The overlay cannot run here; each problem says what is wrong and what to do."""
+
+    problems: tuple[str, ...]
+
+
+Verdict = Usable | Unusable
+
+
+def version_key(text: str | None) -> tuple[int, ...] | None:
+    """A dotted version as numbers ("580.65.06" -> (580, 65, 6)); None if it is not one."""
+    try:
+        return tuple(int(part) for part in (text or "").strip().split("."))
+    except ValueError:
+        return None
+
+
+def older(version: str, minimum: str) -> bool | None:
+    """Whether dotted `version` < `minimum`, per numeric component; None if either is unparsable."""
+    have, need = version_key(version), version_key(minimum)
+    if have is None or need is None:
+        return None
+    width = max(len(have), len(need))
+    return have + (0,) * (width - len(have)) < need + (0,) * (width - len(need))
+
+
+def arch_runs_on(arch: str, capability: tuple[int, int], ptx: bool) -> bool:
+    """Whether code built for `arch` ("75", "120", "90a") runs on a GPU of `capability`.
+
+    SASS runs on the same major and an equal or higher minor; PTX is JIT-compiled by the
+    driver for any equal or newer GPU; arch-specific ("a") code runs on that exact GPU only.
+    """
+    match = _ARCH.fullmatch(arch)
+    if match is None:
+        return False
+    built = (int(match.group(1)), int(match.group(2)))
+    if match.group(3) == "a":
+        return built == capability
+    if ptx:
+        return built <= capability
+    return built[0] == capability[0] and built[1] <= capability[1]
+
+
+def capability_of(gpu: GpuInfo) -> tuple[int, int] | None:
+    """The GPU's compute capability as (major, minor), or None when the driver gave nonsense."""
+    major, _, minor = gpu.compute_capability.partition(".")
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+
+
+def describe_gpu(gpu: GpuInfo) -> str:
+    return f"GPU {gpu.index} ({gpu.name})"
+
+
+def _dotted(arch: str) -> str:
+    match = _ARCH.fullmatch(arch)
+    return f"{match.group(1)}.{match.group(2)}{match.group(3)}" if match else arch
+
+
+def built_for(requirements: OverlayRequirements) -> str:
+    """The GPU architectures an overlay covers, for people: "7.5, 8.6 plus PTX 9.0 (...)"."""
+    parts = [", ".join(_dotted(arch) for arch in requirements.cuda_archs)]
+    if requirements.ptx_archs:
+        ptx = ", ".join(_dotted(arch) for arch in requirements.ptx_archs)
+        parts.append(f"PTX {ptx} (and newer GPUs)")
+    return " plus ".join(part for part in parts if part) or "no GPU architecture"
+
+
+def driver_problem(report: DetectionReport, requirements: OverlayRequirements) -> str | None:
+    """Why the driver cannot run the overlay (too old, CUDA major unsupported), or None."""
+    driver, cuda = report.driver_version, report.cuda_driver_version
+    needs = f"the CUDA {requirements.cuda_version} overlay needs"
+    if driver is None and cuda is None:
+        return (
+            f"the NVIDIA driver version could not be read, and {needs} driver "
+            f"{requirements.min_driver} or newer: reinstall or update the NVIDIA driver"
+        )
+    if driver is not None and older(driver, requirements.min_driver):
+        return (
+            f"driver {driver} is older than {requirements.min_driver}, which {needs}: "
+            "update the NVIDIA driver"
+        )
+    # CUDA minor version compatibility: any driver of the same CUDA major runs the overlay.
+    have, need = version_key(cuda), version_key(requirements.cuda_version)
+    if have and need and have[0] < need[0]:
+        return (
+            f"the driver supports CUDA {cuda} at most, and {needs} CUDA "
+            f"{requirements.cuda_version}: update the NVIDIA driver"
+        )
+    return None
+
+
+def gpu_problem(gpu: GpuInfo, requirements: OverlayRequirements) -> str | None:
+    """Why `gpu` cannot run the overlay (architecture not covered, too little VRAM), or None."""
+    capability = capability_of(gpu)
+    runs = capability is not None and (
+        any(arch_runs_on(arch, capability, ptx=False) for arch in requirements.cuda_archs)
+        or any(arch_runs_on(arch, capability, ptx=True) for arch in requirements.ptx_archs)
+    )
+    if not runs:
+        return (
+            f"{describe_gpu(gpu)} has compute capability {gpu.compute_capability}; the "
+            f"overlay is built for {built_for(requirements)}, so it cannot run on this GPU"
+        )
+    if gpu.vram_total_mb < requirements.min_vram_mb:
+        return (
+            f"{describe_gpu(gpu)} has {gpu.vram_total_mb} MB of VRAM; the overlay needs "
+            f"at least {requirements.min_vram_mb} MB"
+        )
+    return None
+
+
+def judge(report: DetectionReport, requirements: OverlayRequirements) -> Verdict:
+    """Whether the machine of `report` can run an overlay needing `requirements`, and on what."""
+    if not report.gpus:
+        return Unusable(
+            ("no NVIDIA GPU was detected: if this machine has one, install or update its driver",)
+        )
+    driver = driver_problem(report, requirements)
+    if driver is not None:
+        return Unusable((driver,))
+    usable: list[GpuInfo] = []
+    problems: list[str] = []
+    for gpu in report.gpus:
+        problem = gpu_problem(gpu, requirements)
+        if problem is None:
+            usable.append(gpu)
+        else:
+            problems.append(problem)
+    if not usable:
+        return Unusable(tuple(problems))
+    usable.sort(key=lambda gpu: (-gpu.vram_total_mb, gpu.index))
+    return Usable(tuple(usable), tuple(problems))

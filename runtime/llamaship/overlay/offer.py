@@ -1,0 +1,61 @@
+"""What an upgrade would fetch, without installing it: the settings page's "Upgrade to GPU" offer.
+
+`find_offer` reads and verifies the signed release index and the chosen release's manifests,
+exactly as an install does (`find_overlay`), and adds up the archive sizes of the layers this
+machine does not have yet. Nothing is downloaded beyond the index and the manifests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llamaship.overlay.download import DownloadLimits, Fetcher
+from llamaship.overlay.install import Target, find_overlay
+from llamaship.overlay.store import OverlayStore
+from llamaship.paths import DataDirs
+
+# The offer only reads small signed files: it never waits long for a running install.
+OFFER_LOCK_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class UpgradeOffer:
+    """The overlay the release index offers this machine and what installing it costs."""
+
+    overlay_version: str
+    cuda_version: str
+    download_bytes: int
+    """Archive bytes of the layers not yet installed (0 when all are)."""
+    unpacked_bytes: int
+    """Disk space those layers take once unpacked."""
+    reused_layers: tuple[str, ...]
+    active: bool
+    """This overlay is already the active one."""
+
+
+def find_offer(
+    dirs: DataDirs,
+    trusted_keys: Sequence[str],
+    index_location: str,
+    target: Target,
+    limits: DownloadLimits | None = None,
+) -> UpgradeOffer:
+    """The offer for `target` from the index at `index_location` (raises the installer's
+    errors: no matching overlay, bad signature, an install already running...)."""
+    store = OverlayStore(dirs)
+    with (
+        store.install_lock(timeout=OFFER_LOCK_TIMEOUT_S),
+        Fetcher(limits or DownloadLimits()) as fetcher,
+    ):
+        available = find_overlay(index_location, store, target, trusted_keys, fetcher)
+    missing = [layer for layer in available.layers if not store.has_layer(layer.id)]
+    active = store.active()
+    return UpgradeOffer(
+        overlay_version=available.entry.overlay_version,
+        cuda_version=available.entry.cuda_version,
+        download_bytes=sum(layer.manifest.archive.size for layer in missing),
+        unpacked_bytes=sum(layer.manifest.unpacked_size for layer in missing),
+        reused_layers=tuple(layer.id for layer in available.layers if layer not in missing),
+        active=active is not None and active.record == available.record(),
+    )

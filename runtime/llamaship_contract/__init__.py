@@ -1,0 +1,7 @@
+"""The contract between llamaship's build side and its runtime.
+
+Every JSON document that crosses a boundary (signed overlay manifests and release index,
+detection report, bundle manifest, `/api/capabilities`, state files) is declared here once as a
+pydantic model, together with the names and hashing both sides share. This package imports
+nothing from `llamaship`, `llamaship_backend` or `llamaship_build`: they all import it.
+"""

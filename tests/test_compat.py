@@ -1,0 +1,196 @@
+"""The one compatibility rule, and release selection from an index offering CUDA 12 and 13."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from llamaship.compat import Unusable, Usable, judge
+from llamaship.decide import decide
+from llamaship.overlay.install import NoMatchingOverlay, Target, pick_release
+from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
+from llamaship_contract.overlay import (
+    LAYER_NAMES,
+    LayerName,
+    LayerRef,
+    ReleaseEntry,
+    ReleaseIndex,
+    requirements_for,
+)
+
+CUDA12_DRIVER = ("550.54.14", "12.4")  # CUDA 12 only
+CUDA13_DRIVER = ("580.95.05", "13.0")
+
+
+def _gpu(index: int, name: str, capability: str, vram_mb: int) -> GpuInfo:
+    return GpuInfo(
+        index=index,
+        name=name,
+        uuid=f"GPU-{index}",
+        vram_total_mb=vram_mb,
+        vram_free_mb=vram_mb - 200,
+        compute_capability=capability,
+    )
+
+
+def _machine(*gpus: GpuInfo, driver: tuple[str, str] = CUDA13_DRIVER) -> DetectionReport:
+    return DetectionReport(
+        source="nvml", driver_version=driver[0], cuda_driver_version=driver[1], gpus=gpus
+    )
+
+
+GTX_1060 = _gpu(0, "NVIDIA GeForce GTX 1060 6GB", "6.1", 6144)
+RTX_2080 = _gpu(0, "NVIDIA GeForce RTX 2080", "7.5", 8192)
+RTX_4090 = _gpu(0, "NVIDIA GeForce RTX 4090", "8.9", 24564)
+H100 = _gpu(0, "NVIDIA H100 80GB HBM3", "9.0", 81559)
+
+
+def _layers(tag: str) -> tuple[LayerRef, ...]:
+    def ref(layer: LayerName) -> LayerRef:
+        sha = hashlib.sha256(f"{layer}-{tag}".encode()).hexdigest()
+        return LayerRef(
+            layer=layer,
+            id=f"{layer}-{sha[:16]}",
+            manifest=f"{layer}-{tag}.json",
+            manifest_sha256=sha,
+            archive=f"{layer}-{tag}.tar.zst",
+        )
+
+    return tuple(ref(layer) for layer in LAYER_NAMES)
+
+
+def _entry(
+    cuda: str, serial: int, archs: tuple[str, ...], ptx: tuple[str, ...], linux_driver: str
+) -> ReleaseEntry:
+    return ReleaseEntry(
+        overlay_version=f"0.3.36-cu{cuda}-{serial}",
+        serial=serial,
+        platform="linux_x86_64",
+        python_tag="py3",
+        llama_cpp_version="0.3.36",
+        cuda_version=cuda,
+        min_driver={"linux": linux_driver, "windows": "999.99"},
+        cuda_archs=archs,
+        ptx_archs=ptx,
+        min_vram_mb=1024,
+        layers=_layers(f"cu{cuda}-{serial}"),
+    )
+
+
+CU12 = _entry("12.4", 5, ("61", "70"), (), "525.60.13")
+CU13 = _entry("13.0", 4, ("75", "80", "86", "89", "90"), ("90",), "580.65.06")
+INDEX = ReleaseIndex(
+    format=1,
+    serial=5,
+    created="2026-11-25T00:00:00Z",
+    expires="2026-12-25T00:00:00Z",
+    overlays=(CU12, CU13),
+)
+
+
+def _target(machine: DetectionReport) -> Target:
+    return Target(
+        platform="linux_x86_64",
+        os_name="linux",
+        python_tags=("py3", "cp311"),
+        llama_cpp_version="0.3.36",
+        machine=machine,
+    )
+
+
+@pytest.mark.parametrize(
+    ("machine", "chosen"),
+    [
+        (_machine(GTX_1060), CU12),  # cu13 has no 6.x code
+        (_machine(GTX_1060, driver=CUDA12_DRIVER), CU12),
+        (_machine(RTX_2080), CU13),
+        (_machine(RTX_2080, driver=CUDA12_DRIVER), CU12),  # sm_70 code runs on 7.5
+        (_machine(RTX_4090), CU13),
+        (_machine(H100), CU13),
+        (_machine(GTX_1060, RTX_4090.model_copy(update={"index": 1})), CU13),
+        (_machine(GTX_1060, RTX_4090.model_copy(update={"index": 1}), driver=CUDA12_DRIVER), CU12),
+    ],
+    ids=[
+        "gtx1060",
+        "gtx1060-cuda12-driver",
+        "rtx2080",
+        "rtx2080-cuda12-driver",
+        "rtx4090",
+        "h100",
+        "mixed",
+        "mixed-cuda12-driver",
+    ],
+)
+def test_the_newest_layer_this_machine_can_run_is_chosen(
+    machine: DetectionReport, chosen: ReleaseEntry
+) -> None:
+    assert pick_release(INDEX, _target(machine), "test index") == chosen
+
+
+@pytest.mark.parametrize(
+    "machine",
+    [
+        _machine(GTX_1060),
+        _machine(RTX_2080, driver=CUDA12_DRIVER),
+        _machine(RTX_4090),
+        _machine(H100),
+        _machine(GTX_1060, RTX_4090.model_copy(update={"index": 1})),
+    ],
+)
+def test_the_launch_decision_agrees_with_release_selection(machine: DetectionReport) -> None:
+    requirements = requirements_for(pick_release(INDEX, _target(machine), "test index"), "linux")
+    decision = decide(machine, None, requirements, None)
+    assert decision.upgrade_available, decision.reason
+
+
+def test_the_mixed_machine_runs_cu13_on_the_gpu_it_supports() -> None:
+    verdict = judge(
+        _machine(GTX_1060, RTX_4090.model_copy(update={"index": 1})),
+        requirements_for(CU13, "linux"),
+    )
+    assert isinstance(verdict, Usable)
+    assert [gpu.name for gpu in verdict.gpus] == [RTX_4090.name]
+    assert "GPU 0 (NVIDIA GeForce GTX 1060 6GB) has compute capability 6.1" in verdict.skipped[0]
+
+
+def test_a_machine_no_release_fits_is_told_each_problem() -> None:
+    with pytest.raises(NoMatchingOverlay) as raised:
+        pick_release(INDEX, _target(_machine(RTX_4090, driver=CUDA12_DRIVER)), "test index")
+    message = str(raised.value)
+    assert "0.3.36-cu12.4-5: GPU 0 (NVIDIA GeForce RTX 4090) has compute capability 8.9" in message
+    assert (
+        "0.3.36-cu13.0-4: driver 550.54.14 is older than 580.65.06, which the CUDA 13.0 "
+        "overlay needs: update the NVIDIA driver"
+    ) in message
+
+
+def test_a_release_built_for_another_os_is_not_chosen() -> None:
+    windows_only = CU13.model_copy(update={"min_driver": {"windows": "580.88"}})
+    index = INDEX.model_copy(update={"overlays": (windows_only,)})
+    with pytest.raises(NoMatchingOverlay, match="names no minimum driver for linux"):
+        pick_release(index, _target(_machine(RTX_4090)), "test index")
+
+
+@pytest.mark.parametrize(
+    ("machine", "problem"),
+    [
+        (none_report(), "no NVIDIA GPU was detected"),
+        (_machine(RTX_4090, driver=("470.82.01", "11.4")), "driver 470.82.01 is older than"),
+        (_machine(RTX_4090, driver=("580.95.05", "12.9")), "the driver supports CUDA 12.9 at most"),
+        (DetectionReport(source="nvml", gpus=(RTX_4090,)), "driver version could not be read"),
+        (_machine(GTX_1060), "compute capability 6.1"),
+        (_machine(RTX_4090.model_copy(update={"vram_total_mb": 512})), "has 512 MB of VRAM"),
+    ],
+)
+def test_each_problem_says_what_to_do(machine: DetectionReport, problem: str) -> None:
+    verdict = judge(machine, requirements_for(CU13, "linux"))
+    assert isinstance(verdict, Unusable)
+    assert problem in "; ".join(verdict.problems)
+
+
+def test_ptx_covers_newer_gpus() -> None:
+    blackwell = _gpu(0, "NVIDIA GeForce RTX 5090", "12.0", 32607)
+    assert isinstance(judge(_machine(blackwell), requirements_for(CU13, "linux")), Usable)
+    no_ptx = CU13.model_copy(update={"ptx_archs": ()})
+    assert isinstance(judge(_machine(blackwell), requirements_for(no_ptx, "linux")), Unusable)

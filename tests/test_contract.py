@@ -1,0 +1,96 @@
+"""The contract: declared once, exported as JSON Schema, and imported in one direction only."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from llamaship_contract import registry
+from llamaship_contract.document import Document, dump_document, parse_document
+from llamaship_contract.errors import ContractError
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = {
+    "llamaship_contract": ROOT / "runtime" / "llamaship_contract",
+    "llamaship": ROOT / "runtime" / "llamaship",
+    "llamaship_backend": ROOT / "backend" / "llamaship_backend",
+    "llamaship_build": ROOT / "packaging" / "llamaship_build",
+}
+# contract <- runtime (llamaship) <- backend, and contract <- build.
+FORBIDDEN = {
+    "llamaship_contract": {"llamaship", "llamaship_backend", "llamaship_build"},
+    "llamaship": {"llamaship_backend", "llamaship_build"},
+    "llamaship_backend": {"llamaship_build"},
+    "llamaship_build": {"llamaship_backend"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """The top-level package of every absolute import in `path`, wherever it stands."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_dependencies_point_one_way(package: str) -> None:
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in PACKAGES[package].rglob("*.py")
+        for name in _imports(path) & FORBIDDEN[package]
+    )
+    assert wrong == [], f"{package} must not import {sorted(FORBIDDEN[package])}"
+
+
+def test_docs_schemas_are_current() -> None:
+    stale = registry.stale_files(ROOT / "docs" / "schemas")
+    assert stale == [], f"docs/schemas is stale ({stale}): run `nox -s schemas`"
+
+
+def test_stale_files_notices_changes_and_leftovers(tmp_path: Path) -> None:
+    written = registry.export(tmp_path)
+    assert registry.stale_files(tmp_path) == []
+    (tmp_path / written[0]).write_text("{}\n")
+    (tmp_path / "gone.schema.json").write_text("{}\n")
+    (tmp_path / written[1]).unlink()
+    assert registry.stale_files(tmp_path) == sorted([written[0], written[1], "gone.schema.json"])
+
+
+@pytest.mark.parametrize("name", sorted(registry.DOCUMENTS))
+def test_every_document_refuses_unknown_fields_and_names_them(name: str) -> None:
+    model = registry.DOCUMENTS[name]
+    assert issubclass(model, Document)
+    with pytest.raises(ContractError, match=r"surprise: Extra inputs are not permitted"):
+        parse_document(model, {"surprise": 1}, f"a {name}")
+    schema = json.loads(registry.schema_text(model))
+    assert schema["additionalProperties"] is False
+
+
+def test_registered_names_cover_the_issue_list() -> None:
+    """Layer manifest, release index, detection report, bundle manifest, capabilities reply,
+    pointer and state files (probe and launch records are declared in launch.py)."""
+    assert {
+        "layer-manifest",
+        "release-index",
+        "detection-report",
+        "bundle-manifest",
+        "capabilities",
+        "overlay-pointer",
+        "quarantine",
+        "accepted-serials",
+        "detection-cache",
+    } <= set(registry.DOCUMENTS)
+
+
+def test_dumps_are_canonical() -> None:
+    from llamaship_contract.state import AcceptedSerialsFile
+
+    data = dump_document(AcceptedSerialsFile(index_serial=3, manifest_serial=2))
+    assert data == b'{"index_serial":3,"manifest_serial":2,"schema":1}'

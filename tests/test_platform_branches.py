@@ -1,0 +1,241 @@
+"""Windows and macOS code paths, run here with injected platform data (no global patching)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from llamaship import activate as activation
+from llamaship.activate import Loader, activate, deactivate
+from llamaship.native import BackendLoadError, _ggml_library
+from llamaship.overlay.store import OverlayStore
+from llamaship.paths import DataDirs
+from llamaship_backend.restart import exec_restart
+from llamaship_build.llama_wheel import normalize_wheel
+from llamaship_build.platforms import PLATFORMS
+from llamaship_build.project import Project
+from llamaship_build.spec import build_context, render_spec
+from overlay_kit.probe import install_release
+from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
+
+
+class RecordingLoader:
+    """What activation asked the OS loader to do."""
+
+    def __init__(self) -> None:
+        self.dll_directories: list[str] = []
+        self.loaded: list[tuple[str, int]] = []
+
+    def add_dll_directory(self, path: str) -> object:
+        self.dll_directories.append(path)
+        return object()
+
+    def load(self, path: str, mode: int) -> object:
+        self.loaded.append((Path(path).name, mode))
+        return object()
+
+    def loader(self, system: str) -> Loader:
+        return Loader(system=system, add_dll_directory=self.add_dll_directory, load=self.load)
+
+
+def _overlay(root: Path, runtime_names: list[str], lib_names: list[str]) -> tuple[Path, Path]:
+    llama_dir, runtime = root / "llama", root / "runtime" / "lib"
+    (llama_dir / "llama_cpp" / "lib").mkdir(parents=True)
+    (llama_dir / "llama_cpp" / "__init__.py").write_text("")
+    runtime.mkdir(parents=True)
+    for name in runtime_names:
+        (runtime / name).write_bytes(b"")
+    for name in lib_names:
+        (llama_dir / "llama_cpp" / "lib" / name).write_bytes(b"")
+    return llama_dir, runtime
+
+
+@pytest.fixture
+def clean_import_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    saved_path = list(sys.path)
+    # activate() must run before llama_cpp is imported; earlier tests in this process may
+    # have imported it (restored afterwards by monkeypatch).
+    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+    yield None
+    sys.path[:] = saved_path
+    activation._dll_directories.clear()
+
+
+@pytest.mark.usefixtures("clean_import_state")
+def test_windows_activation_adds_dll_directories_and_never_touches_path(tmp_path: Path) -> None:
+    llama_dir, runtime = _overlay(
+        tmp_path, ["cudart64_13.dll", "cublas64_13.dll"], ["llama.dll", "ggml.dll", "ggml-base.dll"]
+    )
+    recorder = RecordingLoader()
+    path_before = os.environ.get("PATH")
+    activate(llama_dir, runtime, recorder.loader("win32"))
+    assert recorder.dll_directories == [str(runtime), str(llama_dir / "llama_cpp" / "lib")]
+    assert recorder.loaded == []  # Windows resolves a DLL's imports from its own folder
+    assert os.environ.get("PATH") == path_before
+    assert sys.path[0] == str(llama_dir)
+    deactivate(llama_dir)
+    assert str(llama_dir) not in sys.path
+    assert str(llama_dir / "llama_cpp" / "lib") not in activation._dll_directories
+
+
+@pytest.mark.usefixtures("clean_import_state")
+def test_linux_activation_preloads_the_cuda_runtime_in_order_then_its_own_ggml(
+    tmp_path: Path,
+) -> None:
+    llama_dir, runtime = _overlay(
+        tmp_path,
+        ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13"],
+        ["libllama.so", "libggml.so.0", "libggml-base.so.0"],
+    )
+    recorder = RecordingLoader()
+    activate(llama_dir, runtime, recorder.loader("linux"))
+    assert recorder.loaded == [
+        ("libcudart.so.13", ctypes.RTLD_GLOBAL),
+        ("libcublasLt.so.13", ctypes.RTLD_GLOBAL),
+        ("libcublas.so.13", ctypes.RTLD_GLOBAL),
+        ("libggml-base.so.0", ctypes.DEFAULT_MODE),
+        ("libggml.so.0", ctypes.DEFAULT_MODE),
+    ]
+    assert recorder.dll_directories == []
+
+
+@pytest.mark.parametrize(
+    ("system", "names", "expected"),
+    [
+        ("linux", ["libggml.so", "libggml.so.0"], "libggml.so.0"),
+        ("darwin", ["libggml.dylib", "libggml.0.dylib"], "libggml.0.dylib"),
+        ("win32", ["ggml.dll", "ggml-base.dll"], "ggml.dll"),
+    ],
+)
+def test_the_ggml_registry_library_is_found_by_each_os_name(
+    tmp_path: Path, system: str, names: list[str], expected: str
+) -> None:
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert _ggml_library(tmp_path, system).name == expected
+    with pytest.raises(BackendLoadError, match="no ggml library"):
+        _ggml_library(tmp_path, "win32" if system != "win32" else "darwin")
+
+
+def test_restart_spawns_a_new_process_on_windows_and_execs_elsewhere() -> None:
+    calls: list[tuple[str, list[str]]] = []
+
+    def spawn(command: list[str], environment: dict[str, str]) -> object:
+        calls.append(("spawn", command))
+        return None
+
+    def execute(command: list[str], environment: dict[str, str]) -> object:
+        calls.append(("exec", command))
+        return None
+
+    assert exec_restart("win32", spawn=spawn, execute=execute) == 0
+    assert exec_restart("linux", spawn=spawn, execute=execute) == 0
+    assert exec_restart("darwin", spawn=spawn, execute=execute) == 0
+    assert [kind for kind, _ in calls] == ["spawn", "exec", "exec"]
+    assert all(command[0] == sys.executable for _, command in calls)
+
+
+def _in_use_on_windows(in_use: list[Path]) -> Callable[[Path, Path], None]:
+    """A rename that, like Windows, refuses to move a directory holding a loaded DLL."""
+
+    def rename(source: Path, target: Path) -> None:
+        if any(path == source or path.is_relative_to(source) for path in in_use):
+            raise PermissionError(
+                13,
+                "The process cannot access the file because it is being used by another process",
+                str(source),
+            )
+        source.rename(target)
+
+    return rename
+
+
+def test_switching_works_while_old_layers_are_in_use_and_they_go_later(
+    tmp_path: Path, v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys
+) -> None:
+    v1 = OverlayStore(v1_active).active()
+    assert v1 is not None
+    index = releases.publish(
+        tmp_path / "v2-release", ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2)
+    )
+    install_release(v1_active, str(index), release_keys)  # v2 active, v1 previous
+    running = OverlayStore(v1_active, rename=_in_use_on_windows([v1.llama_dir]))
+    running.remove()  # v2 becomes previous: v1 is unreferenced, but its DLLs are loaded
+    assert running.active() is None
+    assert v1.llama_dir.is_dir(), "a layer in use is kept, whole"
+    later = OverlayStore(v1_active)  # the next launch, after that process ended
+    later.cleanup_leftovers()
+    assert not v1.llama_dir.exists()
+    assert later.previous() is not None
+
+
+@pytest.mark.parametrize(
+    ("system", "libraries"),
+    [
+        ("win32", ["llama.dll", "ggml.dll", "ggml-base.dll", "ggml-cpu-*.dll"]),
+        ("darwin", ["libllama.dylib", "libggml.0.dylib", "libggml-base.0.dylib", "libggml-*.so"]),
+    ],
+)
+def test_spec_names_each_os_llama_libraries(system: str, libraries: list[str]) -> None:
+    project = Project.here()
+    context = build_context(project, PLATFORMS[system], ["key"])
+    text = render_spec(project.templates, context)
+    assert context["llama_libraries"] == libraries
+    assert f"LLAMA_LIBRARIES = {libraries!r}".replace("'", '"') in text
+
+
+@pytest.mark.parametrize(
+    ("raw_names", "expected"),
+    [
+        (
+            [
+                "bin/ggml-cpu-haswell.dll",
+                "bin/llama.dll",
+                "lib/llama.lib",
+                "bin/llama-cli.exe",
+                "llama_cpp/lib/llama.dll",
+                "llama_cpp/lib/ggml.dll",
+            ],
+            [
+                "llama_cpp/lib/ggml-cpu-haswell.dll",
+                "llama_cpp/lib/ggml.dll",
+                "llama_cpp/lib/llama.dll",
+            ],
+        ),
+        (
+            [
+                "bin/libggml-cpu-apple_m1.so",
+                "lib/libllama.dylib",
+                "llama_cpp/lib/libllama.dylib",
+                "llama_cpp/lib/libggml.0.dylib",
+                "bin/libggml-metal.0.dylib",
+            ],
+            [
+                "llama_cpp/lib/libggml-cpu-apple_m1.so",
+                "llama_cpp/lib/libggml-metal.0.dylib",
+                "llama_cpp/lib/libggml.0.dylib",
+                "llama_cpp/lib/libllama.dylib",
+            ],
+        ),
+    ],
+)
+def test_wheel_normaliser_moves_dll_and_dylib_backends_into_the_package(
+    tmp_path: Path, raw_names: list[str], expected: list[str]
+) -> None:
+    raw = tmp_path / "llama_cpp_python-0.3.36-cp311-cp311-any.whl"
+    with zipfile.ZipFile(raw, "w") as wheel:
+        for name in raw_names:
+            wheel.writestr(name, name.rsplit("/", 1)[-1].encode())
+        wheel.writestr("llama_cpp/__init__.py", b"")
+        wheel.writestr("llama_cpp_python-0.3.36.dist-info/RECORD", b"")
+    (tmp_path / "out").mkdir()
+    with zipfile.ZipFile(normalize_wheel(raw, tmp_path / "out")) as wheel:
+        libraries = sorted(name for name in wheel.namelist() if name.startswith("llama_cpp/lib/"))
+        assert not [name for name in wheel.namelist() if name.startswith(("bin/", "lib/"))]
+    assert libraries == expected
