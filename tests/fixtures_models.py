@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from models_kit import GEMMA_FILE, Gemma, ModelServer
+from overlay_kit.server import serving
 
 
 @pytest.fixture(scope="session")
@@ -25,14 +25,5 @@ def model_server(tmp_path: Path, gemma: Gemma) -> Iterator[ModelServer]:
     root = tmp_path / "www"
     root.mkdir()
     (root / GEMMA_FILE).symlink_to(gemma.path)
-    server = ModelServer(root)
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="model-server", daemon=True
-    )
-    thread.start()
-    try:
+    with serving(ModelServer(root), "model-server") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

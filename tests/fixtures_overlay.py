@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.signing import generate_keypair
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.project import cache_dir
+from llamaship_contract.signing import generate_keypair
 from tiers import CUDA_FIXTURE_VARIABLE, cuda_fixture_path
 
 # The libcudart wheel the tests use (hash-pinned like requirements/gpu.txt; 2.5 MB).

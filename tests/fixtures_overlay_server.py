@@ -3,17 +3,16 @@ data dir and the fault-injecting HTTP server (helpers live in the `overlay_kit` 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.signing import generate_keypair
 from llamaship.paths import DataDirs
+from llamaship_contract.signing import generate_keypair
 from overlay_kit.probe import install_release
 from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
-from overlay_kit.server import OverlayServer
+from overlay_kit.server import OverlayServer, serving
 
 
 @pytest.fixture(scope="session")
@@ -54,14 +53,5 @@ def overlay_server(tmp_path: Path) -> Iterator[OverlayServer]:
     """An HTTP server on 127.0.0.1 serving `tmp_path / "www"`, with fault injection."""
     root = tmp_path / "www"
     root.mkdir()
-    server = OverlayServer(root)
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="overlay-server", daemon=True
-    )
-    thread.start()
-    try:
+    with serving(OverlayServer(root), "overlay-server") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -55,6 +55,15 @@ def assert_cpu(capabilities: dict[str, Any], *reason_words: str) -> None:
         assert word in capabilities["decision"]["reason"], capabilities["decision"]
 
 
+def assert_no_cuda_device(machine: FakeHardware, capabilities: dict[str, Any]) -> None:
+    """The launch chose the overlay, which passed its probe, and got as far as the CUDA device
+    check: it runs the CPU build only because CUDA registers no device here (no driver), and
+    quarantined nothing."""
+    assert_cpu(capabilities, "CUDA reports no device")
+    assert not any("quarantine" in event for event in capabilities["events"]), capabilities
+    assert not (machine.home / "overlays" / "quarantine.json").exists()
+
+
 def test_a_cuda_overlay_whose_backend_sees_no_gpu_runs_the_cpu_build_until_the_driver_changes(
     gpu_machine: FakeHardware,
     overlay_release: Release,
@@ -205,25 +214,31 @@ def test_corrupt_state_files_never_stop_the_boot(
     gpu_machine: FakeHardware, overlay_release: Release, state_file: str
 ) -> None:
     install_overlay(gpu_machine, overlay_release)
-    boot(gpu_machine, overlay_release)  # writes the cache and the probe record
+    first = boot(gpu_machine, overlay_release)  # writes the cache and the probe record
+    assert_no_cuda_device(gpu_machine, first)
     path = gpu_machine.home / state_file
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b'{"schema": 1, "truncat')
     capabilities = boot(gpu_machine, overlay_release)
     if state_file == "overlays/active.json":
         assert_cpu(capabilities)
-    else:
-        assert capabilities["llama_cpp"]["variant"] == "cuda", capabilities["decision"]
+        return
+    # the same decision as the boot before: the overlay chosen, probed and device-checked
+    assert_no_cuda_device(gpu_machine, capabilities)
+    reason, first_reason = capabilities["decision"]["reason"], first["decision"]["reason"]
+    assert reason.split(": ")[0] == first_reason.split(": ")[0], (reason, first_reason)
+    if state_file == "state/probe.json":  # unreadable: the launch probed the overlay again
+        assert json.loads(path.read_text())["by"] == "launch"
 
 
-def test_nvml_failure_falls_back_to_nvidia_smi_and_still_uses_the_overlay(
+def test_nvml_failure_falls_back_to_nvidia_smi_and_still_chooses_the_overlay(
     gpu_machine: FakeHardware, overlay_release: Release
 ) -> None:
     install_overlay(gpu_machine, overlay_release)
     gpu_machine.nvml_fail, gpu_machine.smi_mode = "nvmlInitWithFlags:9", "normal"
     capabilities = boot(gpu_machine, overlay_release, GPU_DETECTION_CACHE="false")
     assert capabilities["detection"]["source"] == "nvidia-smi"
-    assert capabilities["llama_cpp"]["variant"] == "cuda", capabilities["decision"]
+    assert_no_cuda_device(gpu_machine, capabilities)
 
 
 def test_hung_nvidia_smi_without_nvml_boots_on_cpu(
@@ -246,8 +261,11 @@ def test_a_driver_change_probes_the_overlay_again(
     assert json.loads(record.read_text()) == first  # same driver: no new probe
     gpu_machine.install_nvml()  # driver reinstalled
     capabilities = boot(gpu_machine, overlay_release)
-    assert json.loads(record.read_text())["key"] != first["key"]
-    assert capabilities["llama_cpp"]["variant"] == "cuda"
+    second = json.loads(record.read_text())
+    assert second["key"] != first["key"] and second["by"] == "launch"
+    imported = Path(second["result"]["llama_cpp_path"]).resolve()
+    assert imported.is_relative_to(layers_dir(gpu_machine).resolve()), imported
+    assert_no_cuda_device(gpu_machine, capabilities)
 
 
 def test_without_consent_an_available_overlay_is_offered_not_installed(

@@ -96,7 +96,21 @@ def test_bad_model_is_a_clear_4xx_and_the_bundle_stays_up(
 ) -> None:
     not_gguf = tmp_path / "model.gguf"
     not_gguf.write_bytes(b"PK\x03\x04 not a model")
-    env = hardware.env(LLAMASHIP_MODEL=str(not_gguf))
+    refused = subprocess.run(
+        [str(bundle_executable), "serve"],
+        env=hardware.env(LLAMASHIP_MODEL=str(not_gguf)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2  # a configured model that is not GGUF stops serve at start
+    assert refused.stderr.strip().count("\n") == 0 and "GGUF" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    corrupt = tmp_path / "corrupt.gguf"
+    corrupt.write_bytes(b"GGUF" + bytes(60))  # passes the start-up check, fails to load
+    env = hardware.env(LLAMASHIP_MODEL=str(corrupt))
     with launched([str(bundle_executable)], env, inherit_env=False) as backend:
         reply = httpx.post(
             f"{backend.url}/v1/chat/completions",
@@ -104,5 +118,5 @@ def test_bad_model_is_a_clear_4xx_and_the_bundle_stays_up(
             json={"messages": [{"role": "user", "content": "hi"}]},
         )
         assert 400 <= reply.status_code < 500
-        assert "GGUF" in reply.json()["error"]["message"]
+        assert str(corrupt) in reply.json()["error"]["message"]
         assert httpx.get(f"{backend.url}/api/health", timeout=10).status_code == 200

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.signing import generate_keypair
 from llamaship_build.bundle import build_bundle, input_key
 from llamaship_build.errors import BuildError
 from llamaship_build.platforms import PLATFORMS
 from llamaship_build.project import Project
 from llamaship_build.spec import write_spec
+from llamaship_contract.signing import generate_keypair
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,14 @@
 """The overlay inside the real PyInstaller bundle: installed by the bundle's CLI or through
-the upgrade API from a loopback server, then activated at launch (after a restart) so that
-the overlay's llama_cpp, not the frozen CPU copy, is the one imported — and it generates."""
+the upgrade API from a loopback server, then chosen at launch (after a restart).
+
+The installer's probe (a child of the frozen executable) must import the overlay's llama_cpp,
+not the frozen CPU copy, and map llama.cpp's libraries from the overlay only: its record says
+so. Without a GPU here CUDA registers no device, so the launch gets as far as that device check
+and then runs the bundle's CPU build, without quarantining the overlay — and it generates."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -37,19 +42,44 @@ def _generate(url: str) -> str:
     return text
 
 
+def _assert_probed_from_the_overlay(machine: FakeHardware) -> None:
+    """The installer's probe imported the overlay's llama_cpp and mapped its libraries."""
+    record = json.loads((machine.home / "state" / "probe.json").read_text())
+    assert record["by"] == "install", record
+    result = record["result"]
+    layers = (machine.home / "overlays" / "layers").resolve()
+    imported = Path(result["llama_cpp_path"]).resolve()
+    assert imported.is_relative_to(layers) and "_internal" not in imported.parts, result
+    assert result["llama_cpp_version"] == "0.3.36"
+    libraries = [Path(library).resolve() for library in result["libraries"]]
+    for prefix in ("libllama.so", "libggml.so", "libggml-base.so"):  # resolved: maybe .so.0…
+        assert any(library.name.startswith(prefix) for library in libraries), result
+    assert all(library.is_relative_to(layers) for library in libraries), result
+
+
+def _assert_no_cuda_device(machine: FakeHardware, capabilities: dict[str, Any]) -> None:
+    """The launch chose the overlay and got to its CUDA device check (no device here): it runs
+    the bundle's own CPU build and quarantined nothing."""
+    decision = capabilities["decision"]
+    assert decision["variant"] == "cpu" and decision["upgrade_available"] is False, decision
+    assert "CUDA reports no device" in decision["reason"], decision
+    assert capabilities["llama_cpp"]["variant"] == "cpu"
+    assert "_internal" in Path(capabilities["llama_cpp"]["path"]).parts
+    assert not any("quarantine" in event for event in capabilities["events"]), capabilities
+    assert not (machine.home / "overlays" / "quarantine.json").exists()
+
+
 def test_bundle_imports_the_overlay_installed_by_its_cli(
     bundle_executable: Path, gpu_machine: FakeHardware, overlay_release: Release, gemma_model: Path
 ) -> None:
     install_overlay(gpu_machine, overlay_release, str(bundle_executable))
+    _assert_probed_from_the_overlay(gpu_machine)
     env = gpu_machine.env(
         LLAMASHIP_MODEL=str(gemma_model), LLAMACPP_N_THREADS="1", LLAMASHIP_N_CTX="512"
     )
     with launched([str(bundle_executable)], env, inherit_env=False) as backend:
         capabilities = _capabilities(backend.url)
-        assert capabilities["llama_cpp"]["variant"] == "cuda", capabilities["decision"]
-        path = Path(capabilities["llama_cpp"]["path"])
-        assert path.is_relative_to(gpu_machine.home / "overlays" / "layers")
-        assert "_internal" not in path.parts
+        _assert_no_cuda_device(gpu_machine, capabilities)
         assert capabilities["llama_cpp"]["version"] == "0.3.36"
         assert _generate(backend.url).strip()
 
@@ -106,7 +136,7 @@ def test_bundle_upgrades_from_a_loopback_server_and_restarts_onto_the_overlay(
         assert restarted.status_code == 202
         url = _wait_for_restart(backend.port_file, backend.url)
         after = _capabilities(url)
-        assert after["llama_cpp"]["variant"] == "cuda", after["decision"]
-        assert Path(after["llama_cpp"]["path"]).is_relative_to(gpu_machine.home / "overlays")
+        _assert_probed_from_the_overlay(gpu_machine)
+        _assert_no_cuda_device(gpu_machine, after)
         assert _generate(url).strip()
         assert backend.process.poll() is None  # exec kept the same process

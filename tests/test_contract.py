@@ -24,7 +24,8 @@ FORBIDDEN = {
     "llamaship_contract": {"llamaship", "llamaship_backend", "llamaship_build"},
     "llamaship": {"llamaship_backend", "llamaship_build"},
     "llamaship_backend": {"llamaship_build"},
-    "llamaship_build": {"llamaship_backend"},
+    # The build side measures and exercises the runtime only through subprocesses.
+    "llamaship_build": {"llamaship", "llamaship_backend"},
 }
 
 
@@ -47,6 +48,17 @@ def test_dependencies_point_one_way(package: str) -> None:
         for name in _imports(path) & FORBIDDEN[package]
     )
     assert wrong == [], f"{package} must not import {sorted(FORBIDDEN[package])}"
+
+
+def test_the_runtime_and_the_build_side_share_the_contracts_root_error() -> None:
+    from llamaship.errors import LlamashipError as RuntimeRoot
+    from llamaship_build.errors import BuildError
+    from llamaship_contract.errors import LlamashipError
+    from llamaship_contract.signing import SignatureError
+
+    assert RuntimeRoot is LlamashipError
+    assert issubclass(BuildError, LlamashipError) and issubclass(ContractError, LlamashipError)
+    assert issubclass(SignatureError, LlamashipError)
 
 
 def test_docs_schemas_are_current() -> None:

@@ -14,7 +14,6 @@ from hardware.fakes import RTX_3060, FakeHardware
 from llamaship.overlay.download import Fetcher
 from llamaship.overlay.freshness import IndexExpired, ensure_unexpired
 from llamaship.overlay.install import Installer, find_overlay
-from llamaship.overlay.signing import verify
 from llamaship.overlay.store import AcceptedSerials, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_build.__main__ import main as build_main
@@ -22,6 +21,7 @@ from llamaship_build.errors import BuildError
 from llamaship_build.resign_index import resign_index
 from llamaship_contract.names import ExitStatus
 from llamaship_contract.overlay import parse_index
+from llamaship_contract.signing import verify
 from overlay_kit.probe import import_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from llamaship_build.errors import BuildError
-from llamaship_build.glibc import GlibcFloor, check_floor, file_needs, glibc_floor
+from llamaship_build.glibc import GLIBCXX, GlibcFloor, check_floor, file_needs, glibc_floor
 from llamaship_build.project import cache_dir
 from llamaship_build.settings import BuildSettings
 from llamaship_build.toolchain import (
@@ -69,6 +69,21 @@ def test_the_floor_is_the_newest_glibc_any_file_needs(tmp_path: Path) -> None:
     ):
         check_floor(floor, BULLSEYE_GLIBC)
     check_floor(glibc_floor(tmp_path / "tree"), floor.text())  # equal is fine
+
+
+def test_the_libstdcxx_floor_is_read_the_same_way(tmp_path: Path) -> None:
+    compiler = shutil.which("c++")
+    if compiler is None:
+        pytest.fail("a C++ compiler (c++) is needed: apt-get install g++")
+    source = tmp_path / "text.cpp"
+    source.write_text("#include <string>\nstd::string hello() { return std::string(40, 'x'); }\n")
+    (tmp_path / "tree").mkdir()
+    library = tmp_path / "tree" / "libtext.so"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    floor = glibc_floor(tmp_path / "tree", GLIBCXX)
+    assert floor.needed_by == "libtext.so" and floor.version >= (3, 4)
+    with pytest.raises(BuildError, match=r"needs libstdc\+\+ 3\.4\.\d+ \(libtext\.so\)"):
+        check_floor(floor, "3.3")
 
 
 def test_a_tree_without_elf_files_needs_no_glibc(tmp_path: Path) -> None:
@@ -167,9 +182,12 @@ def test_the_bundle_runs_serves_and_generates_in_debian_11(
     gemma_model: Path,
     bullseye_runtime_root: DebianRoot,
 ) -> None:
-    floor = bundle_manifest["glibc_floor"]
+    floor, cxx_floor = bundle_manifest["glibc_floor"], bundle_manifest["glibcxx_floor"]
     assert bundle_manifest["toolchain"].startswith("debian11")
     assert tuple(map(int, floor.split("."))) <= (2, 31), floor
+    assert tuple(map(int, cxx_floor.split("."))) <= (3, 4, 28), cxx_floor  # GCC 10, Debian 11
+    internal = dist_dir / "backend" / "_internal"
+    assert not list(internal.glob("libstdc++.so*")), "the system's libstdc++ must serve"
     root = bullseye_runtime_root
     assert _libc_version(root) == BULLSEYE_GLIBC
 

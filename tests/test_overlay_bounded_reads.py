@@ -19,10 +19,10 @@ import pytest
 
 from llamaship.overlay.download import DownloadError, DownloadLimits, Fetcher
 from llamaship.overlay.install import find_overlay
-from llamaship.overlay.signing import SignatureError, verify
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
-from llamaship.textsafe import printable
+from llamaship_contract.signing import SignatureError, verify
+from llamaship_contract.textsafe import printable
 from overlay_kit.child import MAXRSS_MARKER, start_installer
 from overlay_kit.hostile import HostileServer, Script, answer, gzip_bomb, zstd_bomb
 from overlay_kit.releases import TARGET, Keys

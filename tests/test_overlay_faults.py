@@ -30,8 +30,8 @@ from llamaship.overlay.install import (
     ReplayedRelease,
     Target,
 )
-from llamaship.overlay.signing import SignatureError, sign
 from llamaship.paths import DataDirs
+from llamaship_contract.signing import SignatureError, sign
 from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.probe import import_probe
 from overlay_kit.releases import (

@@ -11,9 +11,9 @@ import pytest
 
 from fixtures_overlay import BuiltOverlay
 from llamaship.overlay.manifest import parse_index
-from llamaship.overlay.signing import verify
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_release import release
+from llamaship_contract.signing import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.signing import generate_keypair, key_id, verify
 from llamaship_build.archive import make_archive
 from llamaship_build.errors import BuildError
 from llamaship_build.notices import notices_text, python_licence
@@ -22,6 +21,7 @@ from llamaship_build.release_assets import SUMS_NAME, manifest_asset_name, sums_
 from llamaship_build.release_sign import UntrustedSigningKey, check_signing_key, sign_manifests
 from llamaship_build.repro import compare_outputs, member_differences
 from llamaship_build.spec import trusted_keys
+from llamaship_contract.signing import generate_keypair, key_id, verify
 from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 
 ROOT = Path(__file__).resolve().parents[1]

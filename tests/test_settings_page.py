@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +29,7 @@ from llamaship_backend.routes_page import CONTENT_SECURITY_POLICY
 from llamaship_contract.document import dump_document_pretty
 from llamaship_contract.names import ADMIN_TOKEN_NAME
 from models_kit import GEMMA_FILE, Gemma, ModelServer
-from overlay_kit.server import OverlayServer
+from overlay_kit.server import OverlayServer, serving
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "img"
@@ -147,16 +146,8 @@ class Backend:
 @pytest.fixture
 def release_server(overlay_release: Release) -> Iterator[OverlayServer]:
     """The fixture overlay's release (both layers and the signed index) on loopback HTTP."""
-    root = overlay_release.directory
-    server = OverlayServer(root)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
+    with serving(OverlayServer(overlay_release.directory), "release-server") as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture

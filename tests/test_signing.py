@@ -12,15 +12,14 @@ import pytest
 from llamaship import cli_keys
 from llamaship.config import resolve_settings
 from llamaship.errors import ConfigError
-from llamaship.overlay.signing import (
+from llamaship.overlay.signing import bundled_trusted_keys, trusted_keys
+from llamaship_contract.signing import (
     SignatureError,
     SigningKeyError,
-    bundled_trusted_keys,
     generate_keypair,
     key_id,
     load_signing_key,
     sign,
-    trusted_keys,
     verify,
 )
 

@@ -10,13 +10,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
 from llamaship_build import lock_command, platforms
 from llamaship_build.bundle import build_bundle
 from llamaship_build.llama_wheel import FLAVOURS, Pin, ensure_wheel
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME
 from llamaship_build.spec import write_spec
+from llamaship_contract.errors import LlamashipError
 
 # How long a release index is believed (TUF's freeze attack); the scheduled job re-signs it.
 DEFAULT_EXPIRY_DAYS = DEFAULT_LIFETIME.days
@@ -184,9 +184,9 @@ def _release(args: argparse.Namespace, project: Project) -> int:
 
 
 def _check_signing_key(args: argparse.Namespace, project: Project) -> int:
-    from llamaship.overlay.signing import load_signing_key
     from llamaship_build.release_sign import check_signing_key
     from llamaship_build.spec import trusted_keys
+    from llamaship_contract.signing import load_signing_key
 
     key_id = check_signing_key(load_signing_key(args.key_file, os.environ), trusted_keys(project))
     print(f"the signing key {key_id} is among the bundle's trusted keys")

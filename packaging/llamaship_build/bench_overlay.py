@@ -12,18 +12,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from llamaship.overlay.install import Installer, Target
-from llamaship.overlay.signing import generate_keypair
-from llamaship.paths import DataDirs
+from llamaship_build.errors import BuildError
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.overlay_release import MIN_DRIVER
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.document import dump_document
 from llamaship_contract.names import INDEX_NAME
+from llamaship_contract.signing import generate_keypair
 
 MB = 1_000_000
 # The machine the benchmark installs for: one GPU per common architecture, so the installer's
@@ -47,6 +46,27 @@ BENCH_MACHINE = DetectionReport(
 RELEASE_LEVEL = 19
 # What other projects ship for the same job (CUDA libraries of one release).
 ANCHORS = "Ollama's CUDA 12 libraries ~1 GB; the seed's plan ~150 MB"
+# The runtime's steps run in the environment under test (`python`); this side reads their output.
+# Install: the file work only (the bench times the probe on its own), then one JSON line.
+_INSTALL = """
+import json, sys, time
+from pathlib import Path
+from llamaship.overlay.install import Installer, Target
+from llamaship.paths import DataDirs
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.document import parse_document
+
+home, index, public = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+machine = parse_document(DetectionReport, sys.argv[4], "the benchmark's machine")
+target = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
+                llama_cpp_version="0.3.36", machine=machine)
+installer = Installer(DataDirs(home), [public], probe=lambda llama, runtime, timeout: None)
+started = time.perf_counter()
+overlay = installer.install(index, target).overlay
+seconds = time.perf_counter() - started
+print(json.dumps({"seconds": seconds, "llama_dir": str(overlay.llama_dir),
+                  "runtime_lib_dir": str(overlay.runtime_lib_dir)}))
+"""
 _ACTIVATE = """
 import sys, time
 from pathlib import Path
@@ -57,11 +77,22 @@ print((time.perf_counter() - started) * 1000)
 """
 
 
-def _no_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
-    """The bench times the probe on its own; the install measures the file work only."""
+def _last_line(python: Path, script: str, *args: str) -> str:
+    """The last stdout line of `script` run by `python` with `args`; BuildError if it fails."""
+    result = subprocess.run(
+        [str(python), "-c", script, *args], capture_output=True, text=True, check=False
+    )
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        msg = f"the overlay benchmark failed (exit {result.returncode}): {result.stderr[-500:]}"
+        raise BuildError(msg)
+    return lines[-1]
 
 
-def run(project: Project, wheel: Path, rounds: int = 3) -> str:
+def run(project: Project, wheel: Path, rounds: int = 3, python: Path | None = None) -> str:
+    """The `## CUDA overlay` section; `python` (default: this one) has llamaship installed."""
+    interpreter = python or Path(sys.executable)
+    machine = dump_document(BENCH_MACHINE).decode("utf-8")
     private, public = generate_keypair()
     runtime = download_runtime_wheels(
         project.requirements / "gpu.txt",
@@ -92,35 +123,16 @@ def run(project: Project, wheel: Path, rounds: int = 3) -> str:
             if path.name.startswith("llama-cuda") and path.name.endswith(".zst")
         )
         unpacked = sum(json.loads(path.read_text())["unpacked_size"] for path in manifests)
-        target = Target(
-            platform="linux_x86_64",
-            os_name="linux",
-            python_tags=("py3",),
-            llama_cpp_version="0.3.36",
-            machine=BENCH_MACHINE,
-        )
         seconds, activation_ms = [], []
         for round_index in range(rounds):
-            dirs = DataDirs(Path(scratch) / f"home{round_index}")
-            started = time.perf_counter()
-            result = Installer(dirs, [public], probe=_no_probe).install(
-                str(release / INDEX_NAME), target
+            home = str(Path(scratch) / f"home{round_index}")
+            index = str(release / INDEX_NAME)
+            installed = json.loads(_last_line(interpreter, _INSTALL, home, index, public, machine))
+            seconds.append(float(installed["seconds"]))
+            activated = _last_line(
+                interpreter, _ACTIVATE, installed["llama_dir"], installed["runtime_lib_dir"]
             )
-            seconds.append(time.perf_counter() - started)
-            overlay = result.overlay
-            output = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    _ACTIVATE,
-                    str(overlay.llama_dir),
-                    str(overlay.runtime_lib_dir),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            activation_ms.append(float(output.stdout.strip().splitlines()[-1]))
+            activation_ms.append(float(activated))
     install = statistics.median(seconds)
     lines = [
         f"## CUDA overlay (layers built here from the sm_75 fixture wheel, zstd {RELEASE_LEVEL})",

@@ -22,7 +22,7 @@ from llamaship_build.archive import make_archive
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool, llama_lib_dir
-from llamaship_build.glibc import GlibcFloor, check_floor, glibc_floor
+from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floor
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.notices import write_notices
@@ -269,11 +269,13 @@ def build_bundle(
         strip_binaries(bundle_dir)
     if target.name != "windows":
         link_duplicates(bundle_dir)
-    floor = glibc_floor(bundle_dir) if target.name == "linux" else None
-    if floor is not None:
-        check_floor(floor, settings.glibc_floor)
+    floors = None
+    if target.name == "linux":  # what the user's system must provide (docs/platforms.md)
+        floors = (glibc_floor(bundle_dir, GLIBC), glibc_floor(bundle_dir, GLIBCXX))
+        check_floor(floors[0], settings.glibc_floor)
+        check_floor(floors[1], settings.glibcxx_floor)
     write_notices(project.root, bundle_dir, site_packages(python, toolchain))
-    return _publish(project, out, target, bundle_dir, key, pin.version, python, toolchain, floor)
+    return _publish(project, out, target, bundle_dir, key, pin.version, python, toolchain, floors)
 
 
 def site_packages(python: Path, toolchain: Toolchain = HOST) -> Path:
@@ -311,7 +313,7 @@ def _publish(
     llama_version: str,
     python: Path,
     toolchain: Toolchain,
-    floor: GlibcFloor | None,
+    floors: tuple[GlibcFloor, GlibcFloor] | None,
 ) -> Path:
     dist.mkdir(parents=True, exist_ok=True)
     version = project.version()
@@ -338,7 +340,8 @@ def _publish(
         pyinstaller=pyinstaller_version,
         input_key=key,
         toolchain=toolchain.name,
-        glibc_floor=floor.text() if floor is not None else None,
+        glibc_floor=floors[0].text() if floors is not None else None,
+        glibcxx_floor=floors[1].text() if floors is not None else None,
         file_count=files.file_count,
         unpacked_bytes=files.total_bytes,
         largest_components=tuple(

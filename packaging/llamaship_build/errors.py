@@ -1,6 +1,6 @@
 """Errors of the build side; each says what failed and how to fix it."""
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 

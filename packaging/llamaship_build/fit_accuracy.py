@@ -1,12 +1,14 @@
 """How close the GGUF estimate comes to the buffers llama.cpp itself allocates.
 
-A subprocess loads the model on the CPU with llama.cpp's log on and reports its own buffer
-sizes ("model buffer size", "KV buffer size", "compute buffer size"); the estimate
-(`llamaship.fit.estimate`) is compared with them. Model and KV bytes must be within 5 %.
+A subprocess of the environment under test prints the runtime's estimate
+(`llamaship.fit.estimate`) as JSON, then loads the model on the CPU with llama.cpp's log on, which
+reports its own buffer sizes ("model buffer size", "KV buffer size", "compute buffer size"). The
+build side only reads that output. Model and KV bytes must be within 5 %.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,13 +23,20 @@ TARGET_ERROR = 0.05
 _MIB = 1 << 20
 _BUFFER = re.compile(r"\b(\S+) (model|KV|compute) buffer size =\s*([\d.]+) MiB")
 # Runs in a fresh interpreter: the llama_cpp found first on sys.path (PYTHONPATH) is measured.
+# Its first stdout line is the estimate as JSON; llama.cpp logs its buffers to stderr.
 _LOAD = """
-import sys
+import json, sys
+from pathlib import Path
+from llamaship.fit.estimate import read_shape
 from llamaship.native import load_ggml_backends
+model, n_ctx = Path(sys.argv[1]), int(sys.argv[2])
+shape = read_shape(model)
+estimate = {"model": shape.weight_bytes, "kv": shape.kv_bytes(n_ctx),
+            "compute": shape.compute_bytes(n_ctx)}
+print(json.dumps(estimate), flush=True)
 load_ggml_backends()
 from llama_cpp import Llama
-Llama(model_path=sys.argv[1], n_ctx=int(sys.argv[2]), n_gpu_layers=0, n_threads=1,
-      verbose=True).close()
+Llama(model_path=str(model), n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, verbose=True).close()
 """
 
 
@@ -110,10 +119,20 @@ def parse_buffers(log: str) -> Buffers:
     return Buffers(*(round(sums[kind] * _MIB) for kind in ("model", "KV", "compute")))
 
 
+def parse_estimate(stdout: str) -> Buffers:
+    """The estimate the measuring subprocess printed as JSON on its first line."""
+    try:
+        document = json.loads(stdout.splitlines()[0])
+        return Buffers(*(int(document[kind]) for kind in ("model", "kv", "compute")))
+    except (IndexError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        msg = f"the measuring subprocess printed no estimate as JSON: {stdout[:200]!r}"
+        raise BuildError(msg) from None
+
+
 def measure(
     model: Path, n_ctx: int, llama_path: Path | None = None, python: Path | None = None
-) -> Buffers:
-    """llama.cpp's own buffer sizes for `model` at `n_ctx` on the CPU.
+) -> tuple[Buffers, Buffers]:
+    """llama.cpp's own buffer sizes for `model` at `n_ctx` on the CPU, and the estimate of them.
 
     `python`: an interpreter with llama_cpp and llamaship (default: this one); `llama_path`: a
     directory holding another `llama_cpp` to measure (put first on sys.path).
@@ -132,24 +151,14 @@ def measure(
     if result.returncode != 0:
         msg = f"llama.cpp could not load {model} (exit {result.returncode}): {result.stderr[-500:]}"
         raise BuildError(msg)
-    return parse_buffers(result.stderr)
-
-
-def estimate(model: Path, n_ctx: int) -> Buffers:
-    """The estimate's model, KV and compute bytes when everything stays on the CPU."""
-    from llamaship.fit.estimate import read_shape
-
-    shape = read_shape(model)
-    return Buffers(shape.weight_bytes, shape.kv_bytes(n_ctx), shape.compute_bytes(n_ctx))
+    return parse_buffers(result.stderr), parse_estimate(result.stdout)
 
 
 def compare(
     model: Path, n_ctx: int, llama_path: Path | None = None, python: Path | None = None
 ) -> Accuracy:
     """Measure and estimate `model` at `n_ctx`."""
-    return Accuracy(
-        model.name, n_ctx, measure(model, n_ctx, llama_path, python), estimate(model, n_ctx)
-    )
+    return Accuracy(model.name, n_ctx, *measure(model, n_ctx, llama_path, python))
 
 
 def markdown(rows: list[Accuracy]) -> str:

@@ -1,8 +1,10 @@
-"""The oldest glibc a Linux bundle runs on: the largest `GLIBC_x.y` any of its ELF files needs.
+"""The oldest Linux a bundle runs on: the newest glibc and libstdc++ symbol versions it needs.
 
-Each ELF file names the glibc symbol versions it needs in its dynamic string table
-(`.dynstr`, the names its `.gnu.version_r` entries point at). The floor is the largest over the
-whole bundle; the build writes it to `bundle-manifest.json` and fails above the configured one.
+Each ELF file names the symbol versions it needs in its dynamic string table (`.dynstr`, the
+names its `.gnu.version_r` entries point at): `GLIBC_2.29`, `GLIBCXX_3.4.28`. The bundle
+ships neither glibc nor libstdc++ (every Linux system has both; the manylinux policy treats
+them the same way), so the largest of each over the whole bundle is what a user's system must
+provide. The build writes both to `bundle-manifest.json` and fails above the configured ones.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ from pathlib import Path
 from llamaship_build.elf import read_section
 from llamaship_build.errors import BuildError
 
-_GLIBC = re.compile(rb"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?\x00")
+# Symbol-version families: what `.dynstr` names them, and the library that provides them.
+GLIBC = "GLIBC"
+GLIBCXX = "GLIBCXX"
+LIBRARY_OF = {GLIBC: "glibc", GLIBCXX: "libstdc++"}
 
 
 @dataclass(frozen=True)
 class GlibcFloor:
-    """The largest glibc version a file tree needs, and one file that needs it."""
+    """The largest version of one family a file tree needs, and one file that needs it."""
 
     version: tuple[int, ...]
     needed_by: str
+    family: str = GLIBC
 
     def text(self) -> str:
         return ".".join(map(str, self.version))
@@ -35,42 +41,44 @@ def parse_version(text: str) -> tuple[int, ...]:
     except ValueError:
         version = ()
     if len(version) < 2:
-        msg = f"a glibc version must look like 2.31, got {text!r}"
+        msg = f"a version must look like 2.31 or 3.4.28, got {text!r}"
         raise BuildError(msg)
     return version
 
 
-def file_needs(path: Path) -> set[tuple[int, ...]]:
-    """The glibc versions one ELF file asks for (none for other files)."""
+def file_needs(path: Path, family: str = GLIBC) -> set[tuple[int, ...]]:
+    """The versions of `family` one ELF file asks for (none for other files)."""
     with path.open("rb") as handle:
         if handle.read(4) != b"\x7fELF":
             return set()
     dynstr = read_section(path.read_bytes(), ".dynstr")
     if dynstr is None:
         return set()
+    pattern = re.compile(re.escape(family.encode()) + rb"_(\d+)\.(\d+)(?:\.(\d+))?\x00")
     return {
         tuple(int(part) for part in match.groups() if part is not None)
-        for match in _GLIBC.finditer(dynstr)
+        for match in pattern.finditer(dynstr)
     }
 
 
-def glibc_floor(root: Path) -> GlibcFloor:
-    """The largest glibc version any regular file under `root` needs ((0,) when none does)."""
-    floor = GlibcFloor((0,), "")
+def glibc_floor(root: Path, family: str = GLIBC) -> GlibcFloor:
+    """The largest `family` version any regular file under `root` needs ((0,) when none)."""
+    floor = GlibcFloor((0,), "", family)
     for path in sorted(root.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
-        needs = file_needs(path)
+        needs = file_needs(path, family)
         if needs and max(needs) > floor.version:
-            floor = GlibcFloor(max(needs), path.relative_to(root).as_posix())
+            floor = GlibcFloor(max(needs), path.relative_to(root).as_posix(), family)
     return floor
 
 
 def check_floor(floor: GlibcFloor, allowed: str) -> None:
-    """Raise BuildError when the bundle needs a newer glibc than `allowed`."""
+    """Raise BuildError when the bundle needs a newer version than `allowed`."""
     if floor.version > parse_version(allowed):
+        library = LIBRARY_OF.get(floor.family, floor.family)
         msg = (
-            f"the bundle needs glibc {floor.text()} ({floor.needed_by}), above the "
+            f"the bundle needs {library} {floor.text()} ({floor.needed_by}), above the "
             f"configured floor {allowed}: build it in the Debian 11 root "
             "(see docs/platforms.md) or raise the floor on purpose"
         )

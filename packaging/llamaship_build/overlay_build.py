@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from llamaship.overlay.signing import public_key_of, sign
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
@@ -44,6 +43,7 @@ from llamaship_contract.overlay import (
     layer_id,
     parse_manifest,
 )
+from llamaship_contract.signing import public_key_of, sign
 
 _log = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from llamaship.overlay.signing import load_signing_key
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
 from llamaship_contract.overlay import OsName, parse_manifest
+from llamaship_contract.signing import load_signing_key
 
 _log = logging.getLogger(__name__)
 SOURCES_FILE = "overlay-sources.json"

@@ -25,6 +25,10 @@ class TargetPlatform:
     llama_libraries: tuple[str, ...]
     archive_format: str
     strip: bool
+    # Libraries every system of this OS provides, left out of the bundle (the manylinux
+    # policy's view): the system's libstdc++ then serves the bundle and an overlay built with a
+    # newer compiler alike, instead of the bundle's older copy shadowing it.
+    system_libraries: tuple[str, ...] = ()
 
     def tag(self, machine: str | None = None) -> str:
         """`<os>-<machine>`, unique per release asset: linux-x86_64, windows-amd64, macos-arm64."""
@@ -40,6 +44,7 @@ PLATFORMS = {
         ("libllama.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu-*.so"),
         "zstd",
         strip=True,
+        system_libraries=("libgcc_s.so.1", "libstdc++.so.6"),
     ),
     "win32": TargetPlatform(
         "windows", ("llama.dll", "ggml.dll", "ggml-base.dll", "ggml-cpu-*.dll"), "zip", strip=False

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from llamaship.overlay.signing import sign
 from llamaship_build.errors import BuildError
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
@@ -30,6 +29,7 @@ from llamaship_contract.overlay import (
     parse_index,
     parse_manifest,
 )
+from llamaship_contract.signing import sign
 
 DEFAULT_LIFETIME = timedelta(days=30)
 

@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from llamaship.overlay.signing import (
+from llamaship_build.errors import BuildError
+from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
+from llamaship_contract.overlay import ManifestError, ReleaseIndex, dump_index, parse_index
+from llamaship_contract.signing import (
     SignatureError,
     key_id,
     load_signing_key,
@@ -22,9 +25,6 @@ from llamaship.overlay.signing import (
     sign,
     verify,
 )
-from llamaship_build.errors import BuildError
-from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
-from llamaship_contract.overlay import ManifestError, ReleaseIndex, dump_index, parse_index
 
 MAX_INDEX_BYTES = 4 * 1024 * 1024
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"

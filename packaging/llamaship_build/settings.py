@@ -16,6 +16,13 @@ TOOLCHAINS = ("debian11", "host")
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
 
 
+def _version_problem(key: str, text: str, example: str) -> str | None:
+    parts = text.split(".")
+    if len(parts) >= 2 and all(part.isdigit() for part in parts):
+        return None
+    return f"{key}={text!r} is invalid: expected a version such as {example}"
+
+
 @dataclass(frozen=True)
 class BuildSettings:
     """What the build may be told through the environment."""
@@ -24,6 +31,8 @@ class BuildSettings:
     """`debian11`: Linux builds run in a Debian 11 root (glibc 2.31); `host`: on this machine."""
     glibc_floor: str = "2.31"
     """The newest glibc a Linux bundle may need; the build fails above it."""
+    glibcxx_floor: str = "3.4.28"
+    """The newest libstdc++ (`GLIBCXX_`) a Linux bundle may need: GCC 10's, as in Debian 11."""
     overlay_source: str | None = None
     """Where the CUDA build comes from when `--source` is not given."""
     build_cache: Path | None = None
@@ -32,20 +41,19 @@ class BuildSettings:
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
         """Settings from `env` (`LLAMASHIP_LINUX_TOOLCHAIN`, `LLAMASHIP_GLIBC_FLOOR`,
-        `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`); all problems reported at once."""
-        problems: list[str] = []
+        `LLAMASHIP_GLIBCXX_FLOOR`, `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`); all
+        problems are reported at once."""
+        problems: list[str | None] = []
         toolchain = env.get("LLAMASHIP_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
         if toolchain not in TOOLCHAINS:
             problems.append(
                 f"LLAMASHIP_LINUX_TOOLCHAIN={toolchain!r} is invalid: expected "
                 f"{' or '.join(TOOLCHAINS)}"
             )
-        floor = env.get("LLAMASHIP_GLIBC_FLOOR", cls.glibc_floor).strip()
-        parts = floor.split(".")
-        if len(parts) < 2 or not all(part.isdigit() for part in parts):
-            problems.append(
-                f"LLAMASHIP_GLIBC_FLOOR={floor!r} is invalid: expected a version such as 2.31"
-            )
+        glibc = env.get("LLAMASHIP_GLIBC_FLOOR", cls.glibc_floor).strip()
+        glibcxx = env.get("LLAMASHIP_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
+        problems.append(_version_problem("LLAMASHIP_GLIBC_FLOOR", glibc, cls.glibc_floor))
+        problems.append(_version_problem("LLAMASHIP_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
         source = env.get("LLAMASHIP_OVERLAY_SOURCE", "").strip() or None
         if source is not None and source not in OVERLAY_SOURCES:
             problems.append(
@@ -53,11 +61,13 @@ class BuildSettings:
                 f"{', '.join(OVERLAY_SOURCES)}"
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
-        if problems:
-            raise BuildError("; ".join(problems))
+        found = [problem for problem in problems if problem is not None]
+        if found:
+            raise BuildError("; ".join(found))
         return cls(
             linux_toolchain=toolchain,
-            glibc_floor=floor,
+            glibc_floor=glibc,
+            glibcxx_floor=glibcxx,
             overlay_source=source,
             build_cache=Path(cache).expanduser() if cache else None,
         )

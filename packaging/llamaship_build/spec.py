@@ -67,6 +67,7 @@ def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> 
         "llama_libraries": list(target.llama_libraries),
         "fit_tool_files": list(BUNDLE_FILES.get(target.name, ())),
         "excludes": sorted(EXCLUDES),
+        "system_libraries": list(target.system_libraries),
         "hidden_import_packages": list(HIDDEN_IMPORT_PACKAGES),
         "hidden_imports": list(HIDDEN_IMPORTS),
         "metadata_of": list(METADATA_OF),

@@ -233,6 +233,7 @@ class DebianRoot:
                 inside.mkdir(parents=True, exist_ok=True)
                 subprocess.run(["mount", "--bind", str(bind.resolve()), str(inside)], check=True)
             shutil.copyfile("/etc/resolv.conf", self.path / "etc/resolv.conf")
+            (self.path / _HOST_CA.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(_host_ca_bundle(), self.path / _HOST_CA.lstrip("/"))
             yield
         finally:

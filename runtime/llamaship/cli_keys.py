@@ -35,7 +35,7 @@ def _write_new(path: Path, text: str, mode: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.overlay.signing import generate_keypair, key_id
+    from llamaship_contract.signing import generate_keypair, key_id
 
     out: Path = args.out
     private_path, public_path = out / PRIVATE_KEY_FILE, out / PUBLIC_KEY_FILE

@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from llamaship.activate import ActivationError, activate, foreign_libraries, imported_from
     from llamaship.fit.backoff import LlamaLog
-    from llamaship.native import _ggml_library, load_ggml_backends
+    from llamaship.native import _ggml_library, load_ggml_backends, mapped_llama_libraries
     from llamaship.probe import backend_devices, cuda_failure
 
     activate(args.llama_dir, args.runtime_lib_dir)
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 "devices": loaded.devices,
                 "gpu_devices": [asdict(device) for device in gpu_devices],
                 "cuda_error": cuda_error,
+                "libraries": sorted(map(str, mapped_llama_libraries())),
             }
         )
     )

@@ -45,7 +45,7 @@ def _health(status: LaunchStatus, running: bool) -> str:
 
 def format_status(status: LaunchStatus, running: bool) -> str:
     """The status for people; text from the launch (reasons, events) is escaped."""
-    from llamaship.textsafe import printable
+    from llamaship_contract.textsafe import printable
 
     def safe(text: str) -> str:
         return printable(text, _TEXT_LIMIT)

@@ -1,12 +1,10 @@
 """Exception hierarchy of the runtime: libraries raise, the CLI turns these into exit codes."""
 
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
-
-class LlamashipError(Exception):
-    """Root of every error llamaship raises on purpose; the message says how to fix it."""
-
-    exit_code: int = ExitStatus.ERROR
+# The root is the contract's, so one `except LlamashipError` catches the contract's errors too.
+__all__ = ["ConfigError", "LlamashipError"]
 
 
 class ConfigError(LlamashipError):

@@ -58,6 +58,7 @@ class ProbeResult:
     devices: tuple[str, ...]
     gpu_devices: tuple[BackendDevice, ...] = ()
     cuda_error: str | None = None
+    libraries: tuple[str, ...] = ()
 
 
 def _self_command() -> list[str]:
@@ -106,6 +107,7 @@ def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeRe
             tuple(seen["devices"]),
             tuple(BackendDevice(**device) for device in seen["gpu_devices"]),
             seen["cuda_error"],
+            tuple(seen["libraries"]),
         )
     except (ValueError, KeyError, TypeError):
         msg = f"the overlay probe printed no result (last line: {last_line!r})"

@@ -43,6 +43,8 @@ class BundleManifest(StrictDocument):
     `host` (the build machine itself)."""
     glibc_floor: str | None = None
     """Linux: the newest glibc any ELF file of the bundle needs (e.g. "2.31"); None elsewhere."""
+    glibcxx_floor: str | None = None
+    """Linux: the newest libstdc++ (`GLIBCXX_`) it needs from the system (e.g. "3.4.28")."""
     file_count: int = Field(ge=0)
     unpacked_bytes: int = Field(ge=0)
     largest_components: tuple[Component, ...]

@@ -65,11 +65,6 @@ def _problems(error: ValidationError) -> list[str]:
     return problems
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """Every problem of `error` as `field: message (got value)`, joined with '; '."""
-    return "; ".join(_problems(error))
-
-
 def parse_document(model: type[D], data: bytes | str | Any, origin: str) -> D:
     """Validate `data` (JSON bytes or text, or already decoded) as `model`; raise ContractError."""
     try:

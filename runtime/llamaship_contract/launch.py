@@ -87,6 +87,11 @@ class ProbeResult(Document):
         description="why the CUDA backend registered no device (llama.cpp's or "
         "the dynamic loader's own message), when it did not",
     )
+    libraries: tuple[str, ...] = Field(
+        default=(),
+        description="the llama.cpp libraries (libllama, libggml*) the probe process mapped, "
+        "all from the overlay",
+    )
 
 
 class ProbeRecord(Document):

@@ -27,10 +27,10 @@ from llamaship.overlay.manifest import (
     layer_id,
     parse_index,
 )
-from llamaship.overlay.signing import sign
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.signing import sign
 
 LLAMA_CPP_VERSION = "0.3.36"
 CUDA_VERSION = "13.0"

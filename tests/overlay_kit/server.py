@@ -8,11 +8,12 @@ import hashlib
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,19 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.02)
         except OSError:
             return
+
+
+_Server = TypeVar("_Server", bound=ThreadingHTTPServer)
+
+
+@contextmanager
+def serving(server: _Server, name: str) -> Iterator[_Server]:
+    """Run `server` in a daemon thread for the `with` block, then shut it down and close it."""
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

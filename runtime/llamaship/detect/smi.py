@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,53 +31,22 @@ def _run(command: list[str], timeout: float) -> tuple[int, str, str]:
 
     Returns the exit status, stdout and stderr.
     """
-    import subprocess  # imported here: the warm (cached) launch never starts a process
+    # Imported here: the warm (cached) launch never starts a process.
+    import subprocess
 
-    creationflags = 0
-    if sys.platform == "win32":
-        creationflags = subprocess.CREATE_NEW_PROCESS_GROUP
+    from llamaship.group_run import run_in_group
+
     try:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=sys.platform != "win32",
-            creationflags=creationflags,
-        )
+        returncode, stdout, stderr = run_in_group(command, timeout)
     except OSError as error:
         raise SourceFailed(f"nvidia-smi: could not be started: {error}") from None
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        process.kill()
-        # Wait for the process only: a descendant that escaped the group may hold a pipe open.
-        process.wait()
-        for pipe in (process.stdout, process.stderr):
-            if pipe is not None:
-                pipe.close()
         msg = (
             f"nvidia-smi did not answer within {timeout:g} s and was killed; "
             "the NVIDIA driver may be hung (raise GPU_DETECTION_TIMEOUT if it is just slow)"
         )
         raise SourceFailed(msg) from None
-    return (
-        process.returncode,
-        stdout.decode("utf-8", "replace"),
-        stderr.decode("utf-8", "replace"),
-    )
-
-
-def _kill_group(pid: int) -> None:
-    if sys.platform == "win32":
-        return  # nvidia-smi.exe starts no children; Popen.kill() ends it
-    import signal
-
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # the group already exited
+    return returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
 
 
 def _parse_gpu_line(line: str) -> tuple[GpuInfo, str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from time import perf_counter
 
 from llamaship.fit.errors import FitToolError
+from llamaship.group_run import run_in_group
 
 TOOL_NAME = "llama-fit-params.exe" if sys.platform == "win32" else "llama-fit-params"
 DEFAULT_TIMEOUT = 60.0
@@ -203,52 +204,24 @@ def run_tool(
     """
     command = tool_command(tool, model, n_ctx, margin_mb)
     started = perf_counter()
-    creationflags = 0
-    if sys.platform == "win32":
-        creationflags = subprocess.CREATE_NEW_PROCESS_GROUP
     try:
         # The tool finds the ggml backends beside itself (its own directory is searched).
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=sys.platform != "win32",
-            cwd=tool.parent,
-            env=_environment(tool, library_path),
-            creationflags=creationflags,
+        returncode, stdout, stderr = run_in_group(
+            command, timeout, cwd=tool.parent, env=_environment(tool, library_path)
         )
     except OSError as error:
         raise FitToolError(f"llama-fit-params could not be started: {error}") from None
-    try:
-        stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill(process)
         msg = f"llama-fit-params did not finish within {timeout:g} s and was killed"
         raise FitToolError(msg) from None
     seconds = perf_counter() - started
     out = stdout.decode("utf-8", "replace")
     err = stderr.decode("utf-8", "replace")
-    if process.returncode != 0:
+    if returncode != 0:
         last = next((line for line in reversed(err.splitlines()) if line.strip()), "")
-        msg = f"llama-fit-params failed (exit status {process.returncode}): {last[-300:]}"
+        msg = f"llama-fit-params failed (exit status {returncode}): {last[-300:]}"
         raise FitToolError(msg)
     return parse_output(out, err, seconds)
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if sys.platform != "win32":
-        import signal
-
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the group already exited
-    process.kill()
-    process.wait()  # the process only: a descendant that escaped the group may hold a pipe
-    for pipe in (process.stdout, process.stderr):
-        if pipe is not None:
-            pipe.close()
 
 
 def mib_to_bytes(mib: int) -> int:

@@ -33,9 +33,9 @@ from llamaship.overlay.download import (
     verify_file,
 )
 from llamaship.paths import DataDirs
-from llamaship.textsafe import printable
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
+from llamaship_contract.textsafe import printable
 
 _log = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from llamaship.overlay._fs import (
     fsync_dir,
 )
 from llamaship.overlay.checkpoints import checkpoint
-from llamaship.textsafe import printable
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
+from llamaship_contract.textsafe import printable
 
 if TYPE_CHECKING:
     import httpx

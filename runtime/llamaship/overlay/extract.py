@@ -16,10 +16,9 @@ import hashlib
 import logging
 import os
 import posixpath
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from llamaship.errors import LlamashipError
 from llamaship.overlay._fs import (
@@ -31,6 +30,11 @@ from llamaship.overlay._fs import (
 from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.manifest import FileEntry, LayerManifest, safe_relative_path
 from llamaship_contract.names import ExitStatus
+
+if TYPE_CHECKING:
+    import tarfile
+else:  # PEP 706's extraction filters, also on the bundle's CPython 3.11.2 (added in 3.11.4)
+    from backports import tarfile
 
 _log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from llamaship.overlay.manifest import (
     parse_manifest,
     requirements_for,
 )
-from llamaship.overlay.signing import SignatureError, verify
 from llamaship.overlay.store import (
     INSTALL_LOCK_TIMEOUT_S,
     LLAMA_LAYER,
@@ -67,6 +66,7 @@ from llamaship.overlay.store import (
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX, ExitStatus
+from llamaship_contract.signing import SignatureError, verify
 
 if TYPE_CHECKING:
     from llamaship.config import Settings

@@ -138,11 +138,6 @@ def runtime_lib_subdir() -> str:
     return "bin" if sys.platform == "win32" else "lib"
 
 
-def parse_record(data: bytes, origin: str) -> OverlayRecord:
-    """Validate a pointer file's bytes; raises ContractError naming the bad field."""
-    return parse_document(OverlayPointer, data, origin)
-
-
 class OverlayStore:
     """The installed overlays of one data directory."""
 
