@@ -126,9 +126,9 @@ def test_overlay_layer_archives_are_identical_from_trees_at_different_paths(tmp_
 @pytest.mark.parametrize(
     ("system", "machine", "tag", "suffix"),
     [
-        ("linux", "x86_64", "linux-x86_64", ".tar.zst"),
+        ("linux", "x86_64", "linux-x86_64", ".tar.xz"),
         ("win32", "AMD64", "windows-amd64", ".zip"),
-        ("darwin", "arm64", "macos-arm64", ".tar.zst"),
+        ("darwin", "arm64", "macos-arm64", ".tar.xz"),
     ],
 )
 def test_each_os_has_its_own_asset_name(system: str, machine: str, tag: str, suffix: str) -> None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_archive_checksum_and_manifest(dist_dir: Path, bundle_manifest: dict[str, Any]) -> None:
     archive = dist_dir / bundle_manifest["archive"]["name"]
     assert archive.name.startswith(f"backend-{bundle_manifest['version']}-linux-")
-    assert archive.name.endswith("-cpu.tar.zst")
+    assert archive.name.endswith("-cpu.tar.xz")
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     assert (dist_dir / f"{archive.name}.sha256").read_text().split()[0] == digest
     assert bundle_manifest["archive"]["sha256"] == digest

@@ -28,6 +28,7 @@ from llamaship_build.toolchain import (
 )
 
 BULLSEYE_GLIBC = "2.31"
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"  # the children get a minimal PATH
 
 
 def _library(tmp_path: Path, name: str, body: str) -> Path:
@@ -194,7 +195,7 @@ def test_the_bundle_runs_serves_and_generates_in_debian_11(
     with _bundle_inside(root, dist_dir, gemma_model) as place, root.mounted():
         backend = "/opt/llamaship-test/backend/backend"
         detect = subprocess.run(
-            ["chroot", str(root.path), backend, "detect", "--json"],
+            [CHROOT, str(root.path), backend, "detect", "--json"],
             capture_output=True,
             text=True,
             timeout=120,
@@ -208,7 +209,7 @@ def test_the_bundle_runs_serves_and_generates_in_debian_11(
         port_file = home / "port"
         server = subprocess.Popen(
             [
-                "chroot",
+                CHROOT,
                 str(root.path),
                 backend,
                 "serve",
@@ -248,4 +249,4 @@ def test_the_bundle_runs_serves_and_generates_in_debian_11(
             assert reply["choices"][0]["message"]["content"]
         finally:
             server.terminate()
-            server.wait(timeout=60)
+            server.communicate(timeout=60)  # reaps it and closes its pipe

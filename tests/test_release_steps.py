@@ -88,9 +88,9 @@ def built_overlay_unsigned(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("archive", "manifest"),
     [
-        ("backend-0.1.0-linux-x86_64-cpu.tar.zst", "backend-0.1.0-linux-x86_64-cpu.manifest.json"),
+        ("backend-0.1.0-linux-x86_64-cpu.tar.xz", "backend-0.1.0-linux-x86_64-cpu.manifest.json"),
         ("backend-0.1.0-windows-amd64-cpu.zip", "backend-0.1.0-windows-amd64-cpu.manifest.json"),
-        ("backend-0.1.0-macos-arm64-cpu.tar.zst", "backend-0.1.0-macos-arm64-cpu.manifest.json"),
+        ("backend-0.1.0-macos-arm64-cpu.tar.xz", "backend-0.1.0-macos-arm64-cpu.manifest.json"),
     ],
 )
 def test_bundle_manifests_get_per_os_asset_names(archive: str, manifest: str) -> None:

@@ -242,7 +242,7 @@ def test_settings_page_in_a_browser(
         assert page.locator("#gpu-driver").inner_text().startswith("580.95.05")
         assert_page_shows(page, before)
         size = page.locator("#upgrade-size")
-        size.filter(has_text="Download size").wait_for()
+        size.filter(has_text=re.compile(r"MB on disk")).wait_for()  # not "checking…"
         assert re.fullmatch(
             r"Download size: [0-9.]+ MB \([0-9.]+ MB on disk\)", size.inner_text()
         ), size.inner_text()

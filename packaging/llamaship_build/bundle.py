@@ -50,7 +50,9 @@ def input_key(
     extra_trusted_keys: Sequence[str] = (),
     toolchain: Toolchain = HOST,
 ) -> str:
-    digest = hashlib.sha256(toolchain.name.encode() + b"\0")
+    # The toolchain's cache path names its recipe (a Debian root rebuilt with a patched
+    # CPython is another directory), so a new interpreter means a new bundle.
+    digest = hashlib.sha256(f"{toolchain.name}\0{toolchain.cache()}\0".encode())
     for public_key in sorted(extra_trusted_keys):
         digest.update(b"extra trusted key\0" + public_key.encode() + b"\0")
     for relative in _INPUTS:

@@ -68,6 +68,38 @@ PYTHON_SOURCE = (
     "2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849",
     26437858,
 )
+# Debian's packaging of that source: its security and crash fixes (CVEs 2023-2024) are applied;
+# its layout patches (dist-packages, multiarch) are not, so the build stays a plain --prefix one.
+PYTHON_DEBIAN = (
+    f"{MIRROR}/pool/main/p/python3.11/python3.11_{PYTHON_VERSION}-6+deb12u6.debian.tar.xz",
+    "35139070c56095690503166248ea5a8eb90e53704eba137e3decbb0ec2bc01ec",
+    248364,
+)
+PYTHON_PATCHES = (
+    "shutdown-deadlock.diff",
+    "frame_dealloc-crash.diff",
+    "CVE-2024-0450.patch",
+    "CVE-2023-6597.patch",
+    "relfile-nullptr-dereference.patch",
+    "CVE-2023-41105-path-truncation.patch",
+    "CVE-2023-40217-ssl-pre-close-flaw.patch",
+    "CVE-2023-40217-ref-cycle.patch",
+    "CVE-2023-40217-test-reliability.patch",
+    "CVE-2023-24329-strip-control-chars-urlsplit.patch",
+    "CVE-2024-0397.diff",
+    "CVE-2024-4032.diff",
+    "CVE-2024-8088.diff",
+    "0001-3.11-gh-123270-Replaced-SanitizedNames-with-a-more-s.patch",
+    "CVE-2024-6232.patch",
+    "0001-3.11-CVE-2023-27043-gh-102988-Reject-malformed-addre.patch",
+    "0002-3.11-gh-121650-Encode-newlines-in-headers-and-verify.patch",
+    "0003-3.11-gh-123067-Fix-quadratic-complexity-in-parsing-q.patch",
+    "0004-3.11-gh-124651-Quote-template-strings-in-venv-activa.patch",
+    "0005-3.11-gh-103848-Adds-checks-to-ensure-that-bracketed-.patch",
+    "0001-3.11-gh-105704-Disallow-square-brackets-and-in-domai.patch",
+    "0002-3.11-gh-100884-email-_header_value_parser-don-t-enco.patch",
+    "0003-3.11-gh-118643-Fix-AttributeError-in-the-email-modul.patch",
+)
 PYTHON_PREFIX = "/opt/python"
 COMPILERS = {"CC": "clang-16", "CXX": "clang++-16"}
 DEBIAN_NAME = f"debian11-clang16-py{PYTHON_VERSION}"
@@ -315,14 +347,21 @@ class DebianRoot:
 
 def _recipe_key() -> str:
     material = json.dumps(
-        {"suite": SUITE, "packages": PACKAGES, "python": PYTHON_SOURCE, "recipe": _RECIPE},
+        {
+            "suite": SUITE,
+            "packages": PACKAGES,
+            "python": PYTHON_SOURCE,
+            "debian": PYTHON_DEBIAN,
+            "patches": PYTHON_PATCHES,
+            "recipe": _RECIPE,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def _download_python_source(dest: Path) -> Path:
-    url, sha256, size = PYTHON_SOURCE
+def _download_pinned(pin: tuple[str, str, int], dest: Path) -> Path:
+    url, sha256, size = pin
     archive = dest / url.rsplit("/", 1)[1]
     _log.info("downloading %s (%.1f MB)", url, size / 1e6)
     with urllib.request.urlopen(url, timeout=60) as response, archive.open("wb") as out:
@@ -362,10 +401,26 @@ def _create(staging: Path) -> None:
 def _build_python(root: DebianRoot) -> None:
     """CPython from Debian's python3.11 source, shared (`--enable-shared`), in /opt/python."""
     staging = root.path
-    source = _download_python_source(staging / "tmp")
+    source = _download_pinned(PYTHON_SOURCE, staging / "tmp")
+    debian_tar = _download_pinned(PYTHON_DEBIAN, staging / "tmp")
     with tarfile.open(source) as tar:
         tar.extractall(staging / "usr/src", filter="data")
+    with tarfile.open(debian_tar) as tar:
+        tar.extractall(staging / "tmp", filter="data")
     tree = f"/usr/src/Python-{PYTHON_VERSION}"
+    for patch in PYTHON_PATCHES:
+        HOST.run(
+            [
+                "patch",
+                "-p1",
+                "--forward",
+                "--quiet",
+                "-i",
+                str(staging / "tmp/debian/patches" / patch),
+            ],
+            what=f"applying Debian's {patch}",
+            cwd=staging / tree.lstrip("/"),
+        )
     jobs = str(os.cpu_count() or 1)
     # The multiarch dirs, spelled out: setup.py finds ffi.h and libffi only where it is told
     # (it asks `dpkg-architecture`, absent here), else _ctypes is built without libffi.
@@ -392,6 +447,8 @@ def _build_python(root: DebianRoot) -> None:
         what="checking CPython's extension modules",
     )
     source.unlink()
+    debian_tar.unlink()
+    shutil.rmtree(staging / "tmp/debian")
     shutil.rmtree(staging / "usr/src" / f"Python-{PYTHON_VERSION}")
 
 
