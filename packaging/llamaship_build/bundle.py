@@ -100,7 +100,9 @@ def build_venv(
         material + sha256_of(llama_wheel).encode() + toolchain.name.encode()
     ).hexdigest()[:16]
     venv = toolchain.cache() / "venvs" / f"{purpose}-{key}"
-    if venv_python(venv).exists():
+    # Only a finished venv has its final name. Not `venv_python(venv).exists()`: in a Debian
+    # root its python links to the root's /opt/python, which the host does not have.
+    if venv.is_dir():
         return venv
     staging = venv.with_name(venv.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

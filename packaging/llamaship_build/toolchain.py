@@ -254,7 +254,18 @@ class DebianRoot:
 
     @contextlib.contextmanager
     def mounted(self) -> Iterator[None]:
-        """/proc, /dev, the binds and resolv.conf in place for the duration; all unmounted."""
+        """/proc, /dev, the binds and resolv.conf in place for the duration; all unmounted.
+
+        One command at a time per root (a file lock beside it): the mounts are the root's, and
+        two builds on one machine would otherwise unmount each other's.
+        """
+        from filelock import FileLock
+
+        with FileLock(self.path.with_name(self.path.name + ".lock")), self._mounts():
+            yield
+
+    @contextlib.contextmanager
+    def _mounts(self) -> Iterator[None]:
         _unmount_all(self.path)
         try:
             (self.path / "proc").mkdir(exist_ok=True)
