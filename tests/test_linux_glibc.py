@@ -16,7 +16,15 @@ import httpx
 import pytest
 
 from llamaship_build.errors import BuildError
-from llamaship_build.glibc import GLIBCXX, GlibcFloor, check_floor, file_needs, glibc_floor
+from llamaship_build.glibc import (
+    GLIBC,
+    GLIBCXX,
+    GlibcFloor,
+    check_floor,
+    file_needs,
+    glibc_floor,
+    glibc_floors,
+)
 from llamaship_build.project import cache_dir
 from llamaship_build.settings import BuildSettings
 from llamaship_build.toolchain import (
@@ -83,6 +91,11 @@ def test_the_libstdcxx_floor_is_read_the_same_way(tmp_path: Path) -> None:
     subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
     floor = glibc_floor(tmp_path / "tree", GLIBCXX)
     assert floor.needed_by == "libtext.so" and floor.version >= (3, 4)
+    # one pass over the tree gives both families' floors
+    assert glibc_floors(tmp_path / "tree", (GLIBC, GLIBCXX)) == (
+        glibc_floor(tmp_path / "tree"),
+        floor,
+    )
     with pytest.raises(BuildError, match=r"needs libstdc\+\+ 3\.4\.\d+ \(libtext\.so\)"):
         check_floor(floor, "3.3")
 

@@ -22,7 +22,7 @@ from llamaship_build.archive import make_archive
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool, llama_lib_dir
-from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floor
+from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floors
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.notices import write_notices
@@ -72,10 +72,6 @@ def input_key(
     digest.update(sha256_of(llama_wheel).encode())
     digest.update(sys.version.encode())
     return digest.hexdigest()
-
-
-def _run(command: list[str], what: str, cwd: Path | None = None) -> None:
-    HOST.run(command, what=what, cwd=cwd)
 
 
 def venv_python(venv: Path) -> Path:
@@ -275,7 +271,7 @@ def build_bundle(
         link_duplicates(bundle_dir)
     floors = None
     if target.name == "linux":  # what the user's system must provide (docs/platforms.md)
-        floors = (glibc_floor(bundle_dir, GLIBC), glibc_floor(bundle_dir, GLIBCXX))
+        floors = glibc_floors(bundle_dir, (GLIBC, GLIBCXX))
         check_floor(floors[0], settings.glibc_floor)
         check_floor(floors[1], settings.glibcxx_floor)
     write_notices(project.root, bundle_dir, site_packages(python, toolchain))
@@ -317,7 +313,7 @@ def _publish(
     llama_version: str,
     python: Path,
     toolchain: Toolchain,
-    floors: tuple[GlibcFloor, GlibcFloor] | None,
+    floors: tuple[GlibcFloor, ...] | None,
 ) -> Path:
     dist.mkdir(parents=True, exist_ok=True)
     version = project.version()

@@ -46,14 +46,15 @@ def parse_version(text: str) -> tuple[int, ...]:
     return version
 
 
-def file_needs(path: Path, family: str = GLIBC) -> set[tuple[int, ...]]:
-    """The versions of `family` one ELF file asks for (none for other files)."""
+def _dynstr(path: Path) -> bytes | None:
+    """The dynamic string table of an ELF file; None for other files."""
     with path.open("rb") as handle:
         if handle.read(4) != b"\x7fELF":
-            return set()
-    dynstr = read_section(path.read_bytes(), ".dynstr")
-    if dynstr is None:
-        return set()
+            return None
+    return read_section(path.read_bytes(), ".dynstr")
+
+
+def _versions(dynstr: bytes, family: str) -> set[tuple[int, ...]]:
     pattern = re.compile(re.escape(family.encode()) + rb"_(\d+)\.(\d+)(?:\.(\d+))?\x00")
     return {
         tuple(int(part) for part in match.groups() if part is not None)
@@ -61,16 +62,32 @@ def file_needs(path: Path, family: str = GLIBC) -> set[tuple[int, ...]]:
     }
 
 
-def glibc_floor(root: Path, family: str = GLIBC) -> GlibcFloor:
-    """The largest `family` version any regular file under `root` needs ((0,) when none)."""
-    floor = GlibcFloor((0,), "", family)
+def file_needs(path: Path, family: str = GLIBC) -> set[tuple[int, ...]]:
+    """The versions of `family` one ELF file asks for (none for other files)."""
+    dynstr = _dynstr(path)
+    return set() if dynstr is None else _versions(dynstr, family)
+
+
+def glibc_floors(root: Path, families: tuple[str, ...]) -> tuple[GlibcFloor, ...]:
+    """Per family, the largest version any regular file under `root` needs ((0,) when none);
+    every file is read once."""
+    floors = [GlibcFloor((0,), "", family) for family in families]
     for path in sorted(root.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
-        needs = file_needs(path, family)
-        if needs and max(needs) > floor.version:
-            floor = GlibcFloor(max(needs), path.relative_to(root).as_posix(), family)
-    return floor
+        dynstr = _dynstr(path)
+        if dynstr is None:
+            continue
+        for index, family in enumerate(families):
+            needs = _versions(dynstr, family)
+            if needs and max(needs) > floors[index].version:
+                floors[index] = GlibcFloor(max(needs), path.relative_to(root).as_posix(), family)
+    return tuple(floors)
+
+
+def glibc_floor(root: Path, family: str = GLIBC) -> GlibcFloor:
+    """The largest `family` version any regular file under `root` needs ((0,) when none)."""
+    return glibc_floors(root, (family,))[0]
 
 
 def check_floor(floor: GlibcFloor, allowed: str) -> None:
