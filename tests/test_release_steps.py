@@ -138,7 +138,7 @@ def test_the_overlay_source_is_the_pin_if_there_is_one_else_a_build(tmp_path: Pa
     }
 
 
-def _build(root: Path, content: bytes) -> Path:
+def _build(root: Path, content: bytes, manifest: str = "{}") -> Path:
     tree = root / "src" / "backend"
     tree.mkdir(parents=True)
     (tree / "backend").write_bytes(content)
@@ -146,7 +146,7 @@ def _build(root: Path, content: bytes) -> Path:
     dist = root / "dist"
     dist.mkdir()
     make_archive(tree, dist / "backend-0.1.0-linux-x86_64-cpu.tar.zst", "zstd", mtime=0)
-    (dist / "bundle-manifest.json").write_text("{}")  # not compared: not shipped as is
+    (dist / "bundle-manifest.json").write_text(manifest)
     return dist
 
 
@@ -165,6 +165,8 @@ def test_repro_comparison_passes_identical_builds_and_names_the_differing_member
     (third / archive).unlink()
     assert compare_outputs(first, third) == [f"{archive}: only in {first}"]
     assert compare_outputs(tmp_path / "a" / "src", tmp_path / "c" / "src")[0].startswith("neither")
+    other_manifest = _build(tmp_path / "d", b"same", manifest='{"built": 1}')
+    assert compare_outputs(first, other_manifest) == ["bundle-manifest.json differs"]
 
 
 def test_notices_carry_each_shipped_distribution_and_its_licence_text(tmp_path: Path) -> None:

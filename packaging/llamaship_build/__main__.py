@@ -238,14 +238,24 @@ def _publish(args: argparse.Namespace, project: Project) -> int:
 
 
 def _repro(args: argparse.Namespace, project: Project) -> int:
-    from llamaship_build.repro import NotReproducible, build_twice
+    import tempfile
 
+    from llamaship_build.locks import host_lock
+    from llamaship_build.repro import NotReproducible, adopt, build_twice, compile_twice
+    from llamaship_build.toolchain import default_toolchain
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="llamaship-repro-"))
+    if args.compile:
+        compiled = work / "compiled"
+        pin = Pin.from_lock(host_lock(project.requirements, "cpu"))
+        problems = compile_twice(pin, compiled, default_toolchain())
+        if problems:
+            raise NotReproducible("two compiles differ:\n  " + "\n  ".join(problems))
+        print(f"reproducible: two compiles in {compiled} gave byte-identical wheels and fit tools")
+        adopt(compiled / "a", cache_dir())
     steps = [["bundle", "--force"]]
     if args.overlay_wheel is not None:
         steps.append(["overlay", "--unsigned", "--source", "wheel", str(args.overlay_wheel)])
-    import tempfile
-
-    work = Path(args.work or tempfile.mkdtemp(prefix="llamaship-repro-"))
     problems = build_twice(project.root, work, steps)
     if problems:
         raise NotReproducible("two builds of the same commit differ:\n  " + "\n  ".join(problems))
@@ -439,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--work",
         help="a new directory for the two builds (default: a temporary one, kept for inspection)",
+    )
+    repro.add_argument(
+        "--compile",
+        action="store_true",
+        help="first compile llama-cpp-python and the fit tool twice and compare (~35 minutes)",
     )
     repro.add_argument(
         "--overlay-wheel",

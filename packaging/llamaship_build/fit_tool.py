@@ -24,7 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
-from llamaship_build.llama_wheel import PACKAGE, PORTABLE, Pin, build_env
+from llamaship_build.llama_wheel import (
+    PACKAGE,
+    PORTABLE,
+    RECIPE,
+    Pin,
+    build_env,
+    download_sdist,
+    prefix_map_env,
+)
 from llamaship_build.settings import BuildSettings
 from llamaship_build.toolchain import HOST, Toolchain, configured_name, default_toolchain
 
@@ -103,6 +111,7 @@ class FitTool:
 def tool_key(pin: Pin, toolchain_name: str) -> str:
     """Cache key: sdist hashes, CMake flags, machine and toolchain (as wheels are keyed)."""
     fields = {
+        "recipe": RECIPE,
         "sdist_sha256": sorted(pin.sha256),
         "version": pin.version,
         "cmake_args": TOOL_CMAKE_ARGS,
@@ -146,45 +155,17 @@ def ensure_fit_tool(pin: Pin, cache: Path, toolchain: Toolchain | None = None) -
             chosen.name,
         )
         with chosen.scratch() as scratch:
-            source = vendored_tree(download_sdist(pin, scratch), scratch / "src")
-            cmake = Path(build_env(pin, scratch, chosen)).with_name("cmake")
-            built = compile_tool(source, scratch / "build", chosen, str(cmake))
+            python = build_env(pin, scratch, chosen)
+            sdist = download_sdist(pin, scratch, chosen, python)
+            source = vendored_tree(sdist, scratch / "src")
+            cmake = str(Path(python).with_name("cmake"))
+            built = compile_tool(source, scratch / "build", chosen, cmake, scratch)
             staged = scratch / "out"
             collect(built, staged)
             shutil.rmtree(slot, ignore_errors=True)  # a slot without the tool is incomplete
             shutil.copytree(staged, slot.with_name(slot.name + ".partial"), dirs_exist_ok=True)
             os.replace(slot.with_name(slot.name + ".partial"), slot)
     return FitTool(slot)
-
-
-def download_sdist(pin: Pin, scratch: Path) -> Path:
-    """The pinned sdist, downloaded by pip with its hashes checked."""
-    requirement = scratch / "requirement.txt"
-    requirement.write_text(pin.requirement_line())
-    out = scratch / "sdist"
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        PACKAGE,
-        "--require-hashes",
-        "-r",
-        str(requirement),
-        "-d",
-        str(out),
-    ]
-    result = subprocess.run(command, check=False)
-    found = sorted(out.glob("*.tar.gz"))
-    if result.returncode != 0 or not found:
-        msg = (
-            f"downloading the {PACKAGE} {pin.version} sdist failed (exit "
-            f"{result.returncode}): check the network or pip's index settings"
-        )
-        raise BuildError(msg)
-    return found[0]
 
 
 def vendored_tree(sdist: Path, target: Path) -> Path:
@@ -203,12 +184,16 @@ def vendored_tree(sdist: Path, target: Path) -> Path:
     return next(target.glob("*/vendor/llama.cpp"))
 
 
-def compile_tool(source: Path, build: Path, toolchain: Toolchain, cmake: str) -> Path:
+def compile_tool(
+    source: Path, build: Path, toolchain: Toolchain, cmake: str, scratch: Path
+) -> Path:
     """Configure and build the `llama-fit-params` target with `cmake` (as `toolchain` names
-    it; output streams, so the compile shows progress); the directory of its outputs."""
+    it; output streams, so the compile shows progress); the directory of its outputs.
+    `scratch` (holding `source` and `build`) is mapped to a fixed name in the binaries."""
     toolchain.run(
         [cmake, "-S", toolchain.inside(source), "-B", toolchain.inside(build), *TOOL_CMAKE_ARGS],
         what=f"configuring {TOOL} (it needs a C/C++ compiler)",
+        env=prefix_map_env(scratch, toolchain),
     )
     toolchain.run(
         [

@@ -2,9 +2,13 @@
 
 PyPI has only an sdist. The wheel is keyed by the sdist's sha256 and the CMake flags, so each
 flavour compiles once per machine; the result is normalized so that every native library,
-including the dynamically loaded ggml backends, sits in `llama_cpp/lib/`. The sdist is built
-without build isolation in a venv of the hash-locked `llama-build` lock, so nothing unpinned
-is fetched while compiling.
+including the dynamically loaded ggml backends, sits in `llama_cpp/lib/`. The sdist is
+downloaded and built without build isolation in a venv of the hash-locked `llama-build` lock,
+so nothing unpinned is fetched while compiling.
+
+Reproducible: the sdist is unpacked and built at fixed places under the compile's scratch
+directory, and `-ffile-prefix-map` maps that directory to `/llamaship-build`, so two compiles
+in different directories give the same bytes (`nox -s repro -- --compile` proves it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import re
 import shlex
 import shutil
 import sys
+import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +94,17 @@ class Pin:
         return f"{PACKAGE}=={self.version} {hashes}\n"
 
 
+# Bump when how a compile runs changes (not its flags): older wheels are not reused.
+RECIPE = 2
+# What the compile's scratch directory is called inside the binaries (`__FILE__` in asserts).
+BUILD_PREFIX = "/llamaship-build"
+
+
 def wheel_key(pin: Pin, flavour: Flavour, toolchain: Toolchain = HOST) -> str:
-    """Cache key: sdist hashes, CMake flags, interpreter, machine and (if not the host's)
-    the toolchain."""
+    """Cache key: sdist hashes, CMake flags, recipe, interpreter, machine and (if not the
+    host's) the toolchain."""
     fields = {
+        "recipe": RECIPE,
         "sdist_sha256": sorted(pin.sha256),
         "version": pin.version,
         "cmake_args": flavour.cmake_args,
@@ -171,17 +183,72 @@ def build_env(pin: Pin, scratch: Path, toolchain: Toolchain) -> str:
     return python
 
 
-def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) -> Path:
-    python = build_env(pin, scratch, toolchain)
+def prefix_map_env(
+    scratch: Path, toolchain: Toolchain, platform_name: str = sys.platform
+) -> dict[str, str]:
+    """Compiler flags naming the scratch directory `BUILD_PREFIX` in what they write (GCC and
+    Clang; nvcc passes it to its host compiler). MSVC has no such flag: none on Windows."""
+    if toolchain.name == HOST.name and platform_name == "win32":
+        return {}
+    flag = f"-ffile-prefix-map={toolchain.inside(scratch)}={BUILD_PREFIX}"
+    return {"CFLAGS": flag, "CXXFLAGS": flag, "CUDAFLAGS": f"-Xcompiler={flag}"}
+
+
+def download_sdist(pin: Pin, scratch: Path, toolchain: Toolchain, python: str) -> Path:
+    """The pinned sdist in `scratch/sdist`, downloaded with its hashes checked by the build
+    environment's pip (`python`), whose metadata step uses the locked backend, not a fetched one."""
     requirement = scratch / "requirement.txt"
     requirement.write_text(pin.requirement_line())
+    out = scratch / "sdist"
+    toolchain.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-binary",
+            PACKAGE,
+            "--require-hashes",
+            "-r",
+            toolchain.inside(requirement),
+            "-d",
+            toolchain.inside(out),
+        ],
+        what=f"downloading the {PACKAGE} {pin.version} sdist (check the network or pip's index)",
+    )
+    found = sorted(out.glob("*.tar.gz"))
+    if not found:
+        msg = f"downloading the {PACKAGE} {pin.version} sdist left nothing in {out}"
+        raise BuildError(msg)
+    return found[0]
+
+
+def unpack_sdist(sdist: Path, target: Path) -> Path:
+    """The sdist's source tree, unpacked under `target`."""
+    with tarfile.open(sdist) as archive:
+        archive.extractall(target, filter="data")
+    trees = sorted(path for path in target.iterdir() if (path / "pyproject.toml").is_file())
+    if len(trees) != 1:
+        msg = f"{sdist.name} does not hold one source tree with a pyproject.toml"
+        raise BuildError(msg)
+    return trees[0]
+
+
+def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) -> Path:
+    python = build_env(pin, scratch, toolchain)
+    source = unpack_sdist(download_sdist(pin, scratch, toolchain, python), scratch / "src")
     out = scratch / "raw"
     # scikit-build-core splits CMAKE_ARGS with shlex: quote paths that hold spaces.
     env = {
         "CMAKE_ARGS": shlex.join(flavour.cmake_args),
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
+        **prefix_map_env(scratch, toolchain),
     }
     # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another flavour.
+    # A local tree is built in place; the CMake build directory is a fixed one beside it.
     command = [
         python,
         "-m",
@@ -190,11 +257,9 @@ def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) ->
         "--no-deps",
         "--no-cache-dir",
         "--no-build-isolation",
-        "--no-binary",
-        PACKAGE,
-        "--require-hashes",
-        "-r",
-        toolchain.inside(requirement),
+        "--config-settings",
+        f"build-dir={toolchain.inside(scratch / 'build')}",
+        toolchain.inside(source),
         "-w",
         toolchain.inside(out),
     ]

@@ -3,8 +3,9 @@
 Each build runs in its own clean export of the commit (`git archive HEAD`), at paths of
 different lengths, with `SOURCE_DATE_EPOCH` set to the commit time and `PYTHONHASHSEED=0`.
 Both builds share the compiled llama-cpp-python wheel (the wheelhouse, keyed by sdist hash and
-flags): CI checks the bundle and layer steps; the compile's own reproducibility is checked
-separately (docs/platforms.md). When archives differ, the report names the members that differ.
+flags): CI checks the bundle and layer steps that way. `--compile` first compiles the wheel and
+the fit tool twice, each in a fresh scratch directory and an empty cache, and compares them
+(about 35 minutes on 2 cores). When outputs differ, the report names the members that differ.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,12 +21,17 @@ from pathlib import Path
 
 from llamaship_build.archive import SUFFIXES
 from llamaship_build.errors import BuildError
+from llamaship_build.fit_tool import FitTool, ensure_fit_tool
+from llamaship_build.llama_wheel import PACKAGE, PORTABLE, Pin, ensure_wheel
+from llamaship_build.toolchain import Toolchain
 from llamaship_contract.names import BUNDLE_MANIFEST_NAME
 
 _log = logging.getLogger(__name__)
 
-# What a release ships and must be byte-identical: bundle archives and overlay layers.
-COMPARED_SUFFIXES = (*SUFFIXES.values(),)
+# What a release ships and must be byte-identical: bundle archives and overlay layers, and the
+# manifests and checksums beside them.
+ARCHIVE_SUFFIXES = (*SUFFIXES.values(),)
+COMPARED_SUFFIXES = (*ARCHIVE_SUFFIXES, ".json", ".sha256")
 _CHUNK = 1 << 20
 
 
@@ -87,9 +94,8 @@ def _digest(path: Path) -> str:
 
 
 def compare_outputs(first: Path, second: Path) -> list[str]:
-    """Differences between two build output directories, over the shipped archives in them.
-
-    Empty when both hold the same archive names with identical bytes.
+    """Differences between two build output directories, over the archives, manifests and
+    checksums in them. Empty when both hold the same names with identical bytes.
     """
 
     def shipped(directory: Path) -> dict[str, Path]:
@@ -100,7 +106,7 @@ def compare_outputs(first: Path, second: Path) -> list[str]:
         }
 
     one, two = shipped(first), shipped(second)
-    if not one and not two:
+    if not any(name.endswith(ARCHIVE_SUFFIXES) for name in one.keys() | two.keys()):
         return [f"neither {first} nor {second} holds an archive: did the builds run?"]
     problems = [
         f"{name}: only in {second if name in two else first}"
@@ -108,9 +114,53 @@ def compare_outputs(first: Path, second: Path) -> list[str]:
     ]
     for name in sorted(one.keys() & two.keys()):
         if _digest(one[name]) != _digest(two[name]):
-            details = member_differences(one[name], two[name])
+            details = (
+                member_differences(one[name], two[name]) if name.endswith(ARCHIVE_SUFFIXES) else []
+            )
             problems.append(f"{name} differs" + "".join(f"\n    {line}" for line in details))
     return problems
+
+
+def _compare_files(first: Path, second: Path) -> list[str]:
+    if _digest(first) == _digest(second):
+        return []
+    if first.name.endswith(".whl"):
+        details = member_differences(first, second)
+        return [f"{first.name} differs" + "".join(f"\n    {line}" for line in details)]
+    return [f"{first.name} differs ({first} / {second})"]
+
+
+def compile_twice(pin: Pin, work: Path, toolchain: Toolchain) -> list[str]:
+    """Compile the portable wheel and the fit tool twice under `work` (each compile in its own
+    fresh scratch directory); the differences (empty: byte-identical)."""
+    outputs: list[tuple[Path, FitTool]] = []
+    for name in ("a", "b-longer"):
+        cache = work / name
+        _log.info("repro: compiling %s %s in %s", PACKAGE, pin.version, cache)
+        wheel = ensure_wheel(pin, PORTABLE, cache / "wheelhouse", toolchain)
+        outputs.append((wheel, ensure_fit_tool(pin, cache / "fit-tool", toolchain)))
+    (wheel_a, tool_a), (wheel_b, tool_b) = outputs
+    problems = _compare_files(wheel_a, wheel_b)
+    names_a = [path.name for path in tool_a.files]
+    if names_a != [path.name for path in tool_b.files]:
+        problems.append(f"the fit tools hold other files: {tool_a.directory} / {tool_b.directory}")
+    else:
+        for one, two in zip(tool_a.files, tool_b.files, strict=True):
+            problems += _compare_files(one, two)
+    return problems
+
+
+def adopt(compiled: Path, cache: Path) -> None:
+    """Put the slots compiled under `compiled` (wheelhouse/, fit-tool/) into `cache`, where the
+    builds look, unless the cache has them already."""
+    for kind in ("wheelhouse", "fit-tool"):
+        for slot in sorted((compiled / kind).iterdir()):
+            target = cache / kind / slot.name
+            if slot.is_dir() and not target.exists():
+                partial = target.with_name(target.name + ".partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(slot, partial)
+                os.replace(partial, target)
 
 
 def commit_epoch(root: Path) -> int:
