@@ -20,9 +20,10 @@ from pathlib import Path
 
 from llamaship_build.bundle import MANIFEST_NAME, build_venv, install_project_wheel, venv_python
 from llamaship_build.launch import launched
-from llamaship_build.llama_wheel import NATIVE, PORTABLE, Pin, ensure_wheel
+from llamaship_build.llama_wheel import NATIVE, PORTABLE, Flavour, Pin, ensure_wheel
 from llamaship_build.models import gemma_model
 from llamaship_build.project import Project, cache_dir
+from llamaship_build.toolchain import default_toolchain
 from llamaship_contract.names import ADMIN_TOKEN_NAME
 
 MB = 1_000_000
@@ -87,16 +88,19 @@ def _share(manifest: dict[str, object], count: int) -> float:
     return 100 * top / int(str(manifest["unpacked_bytes"]))
 
 
-def _contenders(project: Project) -> list[Contender]:
+def _wheel(project: Project, flavour: Flavour) -> Path:
+    """The llama-cpp-python wheel of `flavour`, compiled by the bundle's toolchain (on Linux
+    the Debian 11 root), so bundle and venvs differ only in flags and packaging."""
     pin = Pin.from_lock(project.requirements / "cpu.txt")
-    wheelhouse = cache_dir() / "wheelhouse"
+    return ensure_wheel(pin, flavour, cache_dir() / "wheelhouse", default_toolchain())
+
+
+def _contenders(project: Project) -> list[Contender]:
     contenders = [
         Contender("bundle (portable build)", (str(project.dist / "backend" / "backend"),))
     ]
     for purpose, flavour in (("bench-native", NATIVE), ("bench-portable", PORTABLE)):
-        python = venv_python(
-            build_venv(project, ensure_wheel(pin, flavour, wheelhouse), purpose=purpose)
-        )
+        python = venv_python(build_venv(project, _wheel(project, flavour), purpose=purpose))
         install_project_wheel(project, python)
         label = f"venv ({flavour.name} build{', -march=native' if flavour is NATIVE else ''})"
         contenders.append(Contender(label, (str(python), "-m", "llamaship")))
@@ -209,17 +213,7 @@ def run(
     ]
     from llamaship_build import bench_fit
 
-    portable = venv_python(
-        build_venv(
-            project,
-            ensure_wheel(
-                Pin.from_lock(project.requirements / "cpu.txt"),
-                PORTABLE,
-                cache_dir() / "wheelhouse",
-            ),
-            purpose="bench-portable",
-        )
-    )
+    portable = venv_python(build_venv(project, _wheel(project, PORTABLE), purpose="bench-portable"))
     lines.append(bench_fit.run(project, model, portable))
     if overlay_wheel is not None:
         from llamaship_build import bench_overlay

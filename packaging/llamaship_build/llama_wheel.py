@@ -249,11 +249,13 @@ def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) ->
     }
     # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back another flavour.
     # A local tree is built in place; the CMake build directory is a fixed one beside it.
+    # --verbose: CMake's [n/N] lines stream, so the 10-25 minutes show progress.
     command = [
         python,
         "-m",
         "pip",
         "wheel",
+        "--verbose",
         "--no-deps",
         "--no-cache-dir",
         "--no-build-isolation",
