@@ -7,20 +7,24 @@ import hashlib
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from llamaship_build.archive import make_archive
 from llamaship_build.errors import BuildError
+from llamaship_build.fit_tool import FitTool
+from llamaship_build.llama_wheel import Pin
 from llamaship_build.notices import notices_text, python_licence
 from llamaship_build.overlay_pin import auto_source, pin_document
 from llamaship_build.project import Project
 from llamaship_build.publish import publish_commands
 from llamaship_build.release_assets import SUMS_NAME, manifest_asset_name, sums_text, write_sums
 from llamaship_build.release_sign import UntrustedSigningKey, check_signing_key, sign_manifests
-from llamaship_build.repro import compare_outputs, member_differences
+from llamaship_build.repro import compare_outputs, compile_twice, member_differences
 from llamaship_build.spec import trusted_keys
+from llamaship_build.toolchain import HOST, Toolchain
 from llamaship_contract.signing import generate_keypair, key_id, verify
 from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 
@@ -167,6 +171,34 @@ def test_repro_comparison_passes_identical_builds_and_names_the_differing_member
     assert compare_outputs(tmp_path / "a" / "src", tmp_path / "c" / "src")[0].startswith("neither")
     other_manifest = _build(tmp_path / "d", b"same", manifest='{"built": 1}')
     assert compare_outputs(first, other_manifest) == ["bundle-manifest.json differs"]
+
+
+def _compiled(cache: Path, library: bytes, tool: bytes) -> tuple[Path, FitTool]:
+    (cache / "wheelhouse").mkdir(parents=True)
+    wheel = cache / "wheelhouse" / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(zipfile.ZipInfo("llama_cpp/lib/libllama.so"), library)
+    (cache / "fit-tool").mkdir()
+    (cache / "fit-tool" / "llama-fit-params").write_bytes(tool)
+    return wheel, FitTool(cache / "fit-tool")
+
+
+def test_two_compiles_are_compared_wheel_member_by_member_and_tool_file_by_file(
+    tmp_path: Path,
+) -> None:
+    outputs = iter([(b"same", b"tool"), (b"same", b"tool"), (b"same", b"tool"), (b"other", b"t2")])
+
+    def compile_into(pin: Pin, cache: Path, toolchain: Toolchain) -> tuple[Path, FitTool]:
+        return _compiled(cache, *next(outputs))
+
+    pin = Pin("0.3.36", ("0" * 64,))
+    assert compile_twice(pin, tmp_path / "same", HOST, compile_into) == []
+    problems = compile_twice(pin, tmp_path / "differ", HOST, compile_into)
+    assert problems[0].startswith("llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl differs")
+    assert "llama_cpp/lib/libllama.so: mode 600 date (1980, 1, 1, 0, 0, 0) sha256" in problems[0]
+    assert problems[1].startswith("llama-fit-params differs")
+    with pytest.raises(BuildError, match="exists: give the compiles a new directory"):
+        compile_twice(pin, tmp_path / "same", HOST, compile_into)
 
 
 def test_notices_carry_each_shipped_distribution_and_its_licence_text(tmp_path: Path) -> None:

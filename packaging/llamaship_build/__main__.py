@@ -241,18 +241,14 @@ def _repro(args: argparse.Namespace, project: Project) -> int:
     import tempfile
 
     from llamaship_build.locks import host_lock
-    from llamaship_build.repro import NotReproducible, adopt, build_twice, compile_twice
+    from llamaship_build.repro import NotReproducible, build_twice, prove_compile
     from llamaship_build.toolchain import default_toolchain
 
     work = Path(args.work or tempfile.mkdtemp(prefix="llamaship-repro-"))
     if args.compile:
-        compiled = work / "compiled"
         pin = Pin.from_lock(host_lock(project.requirements, "cpu"))
-        problems = compile_twice(pin, compiled, default_toolchain())
-        if problems:
-            raise NotReproducible("two compiles differ:\n  " + "\n  ".join(problems))
-        print(f"reproducible: two compiles in {compiled} gave byte-identical wheels and fit tools")
-        adopt(compiled / "a", cache_dir())
+        prove_compile(pin, work / "compiled", cache_dir(), default_toolchain())
+        print(f"reproducible: two compiles in {work / 'compiled'} gave identical wheels and tools")
     steps = [["bundle", "--force"]]
     if args.overlay_wheel is not None:
         steps.append(["overlay", "--unsigned", "--source", "wheel", str(args.overlay_wheel)])

@@ -21,6 +21,7 @@ from pathlib import Path
 from llamaship_build.bundle import MANIFEST_NAME, build_venv, install_project_wheel, venv_python
 from llamaship_build.launch import launched
 from llamaship_build.llama_wheel import NATIVE, PORTABLE, Flavour, Pin, ensure_wheel
+from llamaship_build.locks import host_lock
 from llamaship_build.models import gemma_model
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.toolchain import default_toolchain
@@ -91,7 +92,7 @@ def _share(manifest: dict[str, object], count: int) -> float:
 def _wheel(project: Project, flavour: Flavour) -> Path:
     """The llama-cpp-python wheel of `flavour`, compiled by the bundle's toolchain (on Linux
     the Debian 11 root), so bundle and venvs differ only in flags and packaging."""
-    pin = Pin.from_lock(project.requirements / "cpu.txt")
+    pin = Pin.from_lock(host_lock(project.requirements, "cpu"))
     return ensure_wheel(pin, flavour, cache_dir() / "wheelhouse", default_toolchain())
 
 

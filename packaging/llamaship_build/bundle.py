@@ -30,7 +30,7 @@ from llamaship_build.project import Project, cache_dir
 from llamaship_build.settings import BuildSettings
 from llamaship_build.spec import write_spec
 from llamaship_build.strip import strip_binaries
-from llamaship_build.toolchain import HOST, Toolchain, select_toolchain
+from llamaship_build.toolchain import HOST, DebianRoot, Toolchain, select_toolchain
 from llamaship_contract.bundle import BundleArchive, BundleManifest, Component
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
@@ -50,9 +50,10 @@ def input_key(
     extra_trusted_keys: Sequence[str] = (),
     toolchain: Toolchain = HOST,
 ) -> str:
-    # The toolchain's cache path names its recipe (a Debian root rebuilt with a patched
-    # CPython is another directory), so a new interpreter means a new bundle.
-    digest = hashlib.sha256(f"{toolchain.name}\0{toolchain.cache()}\0".encode())
+    # A Debian root's directory name carries its recipe (a root rebuilt with a patched CPython
+    # is another directory), so a new interpreter means a new bundle; no machine's paths.
+    recipe = toolchain.path.name if isinstance(toolchain, DebianRoot) else ""
+    digest = hashlib.sha256(f"{toolchain.name}\0{recipe}\0".encode())
     for public_key in sorted(extra_trusted_keys):
         digest.update(b"extra trusted key\0" + public_key.encode() + b"\0")
     for relative in _INPUTS:

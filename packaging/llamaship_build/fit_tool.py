@@ -31,6 +31,7 @@ from llamaship_build.llama_wheel import (
     Pin,
     build_env,
     download_sdist,
+    is_vocabulary,
     prefix_map_env,
 )
 from llamaship_build.settings import BuildSettings
@@ -109,7 +110,8 @@ class FitTool:
 
 
 def tool_key(pin: Pin, toolchain_name: str) -> str:
-    """Cache key: sdist hashes, CMake flags, machine and toolchain (as wheels are keyed)."""
+    """Cache key: sdist hashes, CMake flags, recipe, machine and toolchain (as wheels are
+    keyed)."""
     fields = {
         "recipe": RECIPE,
         "sdist_sha256": sorted(pin.sha256),
@@ -174,8 +176,7 @@ def vendored_tree(sdist: Path, target: Path) -> Path:
         members = [
             member
             for member in archive.getmembers()
-            if "/vendor/llama.cpp/" in member.name
-            and not (member.name.endswith(".gguf") and "/models/" in member.name)
+            if "/vendor/llama.cpp/" in member.name and not is_vocabulary(member.name)
         ]
         if not members:
             msg = f"{sdist.name} has no vendor/llama.cpp tree: not a {PACKAGE} sdist"

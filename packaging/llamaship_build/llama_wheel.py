@@ -25,6 +25,7 @@ import shutil
 import sys
 import tarfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,14 +185,29 @@ def build_env(pin: Pin, scratch: Path, toolchain: Toolchain) -> str:
 
 
 def prefix_map_env(
-    scratch: Path, toolchain: Toolchain, platform_name: str = sys.platform
+    scratch: Path,
+    toolchain: Toolchain,
+    platform_name: str = sys.platform,
+    environ: Mapping[str, str] = os.environ,
 ) -> dict[str, str]:
     """Compiler flags naming the scratch directory `BUILD_PREFIX` in what they write (GCC and
-    Clang; nvcc passes it to its host compiler). MSVC has no such flag: none on Windows."""
-    if toolchain.name == HOST.name and platform_name == "win32":
+    Clang; nvcc passes it to its host compiler). MSVC has no such flag: none on Windows.
+
+    On the host they follow the caller's own CFLAGS/CXXFLAGS/CUDAFLAGS, and both the given and
+    the resolved path are mapped (CMake sees the resolved one: /var is /private/var on macOS).
+    """
+    if toolchain.name != HOST.name:
+        names, environ = [toolchain.inside(scratch)], {}
+    elif platform_name == "win32":
         return {}
-    flag = f"-ffile-prefix-map={toolchain.inside(scratch)}={BUILD_PREFIX}"
-    return {"CFLAGS": flag, "CXXFLAGS": flag, "CUDAFLAGS": f"-Xcompiler={flag}"}
+    else:
+        names = list(dict.fromkeys((str(scratch), str(scratch.resolve()))))
+    flags = [f"-ffile-prefix-map={name}={BUILD_PREFIX}" for name in names]
+    cuda = [f"-Xcompiler={flag}" for flag in flags]
+    return {
+        variable: " ".join([*filter(None, [environ.get(variable, "").strip()]), *added])
+        for variable, added in (("CFLAGS", flags), ("CXXFLAGS", flags), ("CUDAFLAGS", cuda))
+    }
 
 
 def download_sdist(pin: Pin, scratch: Path, toolchain: Toolchain, python: str) -> Path:
@@ -226,10 +242,16 @@ def download_sdist(pin: Pin, scratch: Path, toolchain: Toolchain, python: str) -
     return found[0]
 
 
+def is_vocabulary(name: str) -> bool:
+    """Whether an sdist member is one of llama.cpp's test vocabularies (75 MB, never built)."""
+    return "/vendor/llama.cpp/models/" in name and name.endswith(".gguf")
+
+
 def unpack_sdist(sdist: Path, target: Path) -> Path:
-    """The sdist's source tree, unpacked under `target`."""
+    """The sdist's source tree (without the test vocabularies), unpacked under `target`."""
     with tarfile.open(sdist) as archive:
-        archive.extractall(target, filter="data")
+        members = [member for member in archive.getmembers() if not is_vocabulary(member.name)]
+        archive.extractall(target, members=members, filter="data")
     trees = sorted(path for path in target.iterdir() if (path / "pyproject.toml").is_file())
     if len(trees) != 1:
         msg = f"{sdist.name} does not hold one source tree with a pyproject.toml"
@@ -242,8 +264,10 @@ def _compile(pin: Pin, flavour: Flavour, scratch: Path, toolchain: Toolchain) ->
     source = unpack_sdist(download_sdist(pin, scratch, toolchain, python), scratch / "src")
     out = scratch / "raw"
     # scikit-build-core splits CMAKE_ARGS with shlex: quote paths that hold spaces.
+    # CMAKE_BUILD_RPATH_USE_ORIGIN: libraries linked with a build RPATH (the CPU variants, which
+    # the install step then clears) would otherwise carry the scratch path in their build ID.
     env = {
-        "CMAKE_ARGS": shlex.join(flavour.cmake_args),
+        "CMAKE_ARGS": shlex.join((*flavour.cmake_args, "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON")),
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1),
         **prefix_map_env(scratch, toolchain),
     }
@@ -286,6 +310,8 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
     The raw wheel puts the ggml backends in a top-level `bin/` and second copies of all
     libraries in top-level `lib/` and `include/`; those would land loose in site-packages.
     A CUDA build has `libggml-cuda.so` in both `bin/` and `llama_cpp/lib/`: stored once.
+    Every member gets one fixed date and mode 0644 or 0755, so the bytes depend only on the
+    contents (the backend stamps files with their build times).
     """
     target = out_dir / wheel.name
     records: list[str] = []
@@ -314,15 +340,21 @@ def normalize_wheel(wheel: Path, out_dir: Path) -> Path:
                     raise BuildError(msg)
                 continue
             written[name] = digest
-            copy = zipfile.ZipInfo(name, date_time=info.date_time)
-            copy.external_attr = info.external_attr
-            copy.compress_type = zipfile.ZIP_DEFLATED
-            sink.writestr(copy, data)
+            executable = (info.external_attr >> 16) & 0o111
+            sink.writestr(_member(name, 0o755 if executable else 0o644), data)
             records.append(_record_line(name, data))
         record_name = f"{dist_info}/RECORD"
         records.append(f"{record_name},,")
-        sink.writestr(record_name, "\n".join(records) + "\n")
+        sink.writestr(_member(record_name, 0o644), "\n".join(records) + "\n")
     return target
+
+
+def _member(name: str, mode: int) -> zipfile.ZipInfo:
+    """A zip member with the wheel's fixed date (zip's earliest) and a regular-file `mode`."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.external_attr = (0o100000 | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
 
 
 def _normalized_name(name: str, dist_info: str) -> str | None:

@@ -3,9 +3,10 @@
 Each build runs in its own clean export of the commit (`git archive HEAD`), at paths of
 different lengths, with `SOURCE_DATE_EPOCH` set to the commit time and `PYTHONHASHSEED=0`.
 Both builds share the compiled llama-cpp-python wheel (the wheelhouse, keyed by sdist hash and
-flags): CI checks the bundle and layer steps that way. `--compile` first compiles the wheel and
-the fit tool twice, each in a fresh scratch directory and an empty cache, and compares them
-(about 35 minutes on 2 cores). When outputs differ, the report names the members that differ.
+flags): CI checks the bundle and layer steps that way (tests/test_repro.py). `--compile` first
+compiles the wheel and the fit tool twice, each in a fresh scratch directory and an empty
+cache, and compares them (about 35 minutes on 2 cores). When outputs differ, the report names
+the members that differ.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from llamaship_build.archive import SUFFIXES
@@ -24,7 +25,6 @@ from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import FitTool, ensure_fit_tool
 from llamaship_build.llama_wheel import PACKAGE, PORTABLE, Pin, ensure_wheel
 from llamaship_build.toolchain import Toolchain
-from llamaship_contract.names import BUNDLE_MANIFEST_NAME
 
 _log = logging.getLogger(__name__)
 
@@ -44,11 +44,14 @@ def _tar_members(archive: Path) -> Iterator[tuple[str, str]]:
     import tarfile
     import zipfile
 
-    if archive.name.endswith(".zip"):
+    if archive.name.endswith((".zip", ".whl")):
         with zipfile.ZipFile(archive) as handle:
             for info in handle.infolist():
                 digest = hashlib.sha256(handle.read(info)).hexdigest()
-                yield info.filename, f"mode {info.external_attr >> 16:o} sha256 {digest[:16]}"
+                yield (
+                    info.filename,
+                    f"mode {info.external_attr >> 16:o} date {info.date_time} sha256 {digest[:16]}",
+                )
         return
     from llamaship_build.archive import decompressed
 
@@ -99,9 +102,10 @@ def compare_outputs(first: Path, second: Path) -> list[str]:
     """
 
     def shipped(directory: Path) -> dict[str, Path]:
+        # dist/ and dist/overlay/: not the unpacked bundle (dist/backend/), which the archive holds
         return {
             path.relative_to(directory).as_posix(): path
-            for path in sorted(directory.rglob("*"))
+            for path in sorted([*directory.glob("*"), *directory.glob("overlay/*")])
             if path.is_file() and path.name.endswith(COMPARED_SUFFIXES)
         }
 
@@ -130,19 +134,34 @@ def _compare_files(first: Path, second: Path) -> list[str]:
     return [f"{first.name} differs ({first} / {second})"]
 
 
-def compile_twice(pin: Pin, work: Path, toolchain: Toolchain) -> list[str]:
-    """Compile the portable wheel and the fit tool twice under `work` (each compile in its own
-    fresh scratch directory); the differences (empty: byte-identical)."""
-    outputs: list[tuple[Path, FitTool]] = []
-    for name in ("a", "b-longer"):
-        cache = work / name
-        _log.info("repro: compiling %s %s in %s", PACKAGE, pin.version, cache)
-        wheel = ensure_wheel(pin, PORTABLE, cache / "wheelhouse", toolchain)
-        outputs.append((wheel, ensure_fit_tool(pin, cache / "fit-tool", toolchain)))
+Compiled = tuple[Path, FitTool]
+
+
+def compile_both(pin: Pin, cache: Path, toolchain: Toolchain) -> Compiled:
+    """The portable wheel and the fit tool, compiled into `cache` (wheelhouse/, fit-tool/)."""
+    wheel = ensure_wheel(pin, PORTABLE, cache / "wheelhouse", toolchain)
+    return wheel, ensure_fit_tool(pin, cache / "fit-tool", toolchain)
+
+
+def compile_twice(
+    pin: Pin,
+    work: Path,
+    toolchain: Toolchain,
+    compile_into: Callable[[Pin, Path, Toolchain], Compiled] = compile_both,
+) -> list[str]:
+    """Compile the wheel and the fit tool twice, into the new directories `work`/a and
+    `work`/b (each compile in its own fresh scratch directory); the differences (empty:
+    byte-identical)."""
+    if work.exists():
+        msg = f"{work} exists: give the compiles a new directory (nothing cached may be reused)"
+        raise BuildError(msg)
+    outputs: list[Compiled] = []
+    for name in ("a", "b"):
+        _log.info("repro: compiling %s %s into %s", PACKAGE, pin.version, work / name)
+        outputs.append(compile_into(pin, work / name, toolchain))
     (wheel_a, tool_a), (wheel_b, tool_b) = outputs
     problems = _compare_files(wheel_a, wheel_b)
-    names_a = [path.name for path in tool_a.files]
-    if names_a != [path.name for path in tool_b.files]:
+    if [path.name for path in tool_a.files] != [path.name for path in tool_b.files]:
         problems.append(f"the fit tools hold other files: {tool_a.directory} / {tool_b.directory}")
     else:
         for one, two in zip(tool_a.files, tool_b.files, strict=True):
@@ -161,6 +180,15 @@ def adopt(compiled: Path, cache: Path) -> None:
                 shutil.rmtree(partial, ignore_errors=True)
                 shutil.copytree(slot, partial)
                 os.replace(partial, target)
+
+
+def prove_compile(pin: Pin, work: Path, cache: Path, toolchain: Toolchain) -> None:
+    """Compile twice under `work` and compare; when identical, the first pair goes into
+    `cache` for the builds that follow. Raises NotReproducible naming what differs."""
+    problems = compile_twice(pin, work, toolchain)
+    if problems:
+        raise NotReproducible("two compiles differ:\n  " + "\n  ".join(problems))
+    adopt(work / "a", cache)
 
 
 def commit_epoch(root: Path) -> int:
@@ -221,7 +249,4 @@ def build_twice(root: Path, work: Path, steps: Sequence[Sequence[str]]) -> list[
                 msg = f"`{' '.join(step)}` failed in {checkout} (exit {result.returncode})"
                 raise BuildError(msg)
     first, second = (checkout / "dist" for checkout in checkouts)
-    if not (first / BUNDLE_MANIFEST_NAME).is_file():
-        msg = f"the first build wrote no {BUNDLE_MANIFEST_NAME} in {first}"
-        raise BuildError(msg)
     return compare_outputs(first, second)

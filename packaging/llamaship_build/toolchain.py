@@ -388,8 +388,9 @@ def debootstrap(target: Path) -> DebianRoot:
     if shutil.which("debootstrap") is None:
         msg = "debootstrap is missing: apt-get install debootstrap (the Linux build needs it)"
         raise BuildError(msg)
+    # --force-check-gpg: without Debian's keyring debootstrap would only warn and go on.
     HOST.run(
-        ["debootstrap", "--variant=minbase", SUITE, str(target), MIRROR],
+        ["debootstrap", "--force-check-gpg", "--variant=minbase", SUITE, str(target), MIRROR],
         what="debootstrap Debian 11 (about 1-2 minutes)",
     )
     (target / "etc/apt/sources.list").write_text(SOURCES)
