@@ -52,7 +52,8 @@ def input_key(
 ) -> str:
     # A Debian root's directory name carries its recipe (a root rebuilt with a patched CPython
     # is another directory), so a new interpreter means a new bundle; no machine's paths.
-    recipe = toolchain.path.name if isinstance(toolchain, DebianRoot) else ""
+    # On the host, its own interpreter freezes the bundle.
+    recipe = toolchain.path.name if isinstance(toolchain, DebianRoot) else sys.version
     digest = hashlib.sha256(f"{toolchain.name}\0{recipe}\0".encode())
     for public_key in sorted(extra_trusted_keys):
         digest.update(b"extra trusted key\0" + public_key.encode() + b"\0")
@@ -71,7 +72,6 @@ def input_key(
             digest.update(path.relative_to(project.root).as_posix().encode() + b"\0")
             digest.update(hashlib.sha256(path.read_bytes()).digest())
     digest.update(sha256_of(llama_wheel).encode())
-    digest.update(sys.version.encode())
     return digest.hexdigest()
 
 
