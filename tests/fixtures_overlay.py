@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from llamaship_build.fit_tool import ensure_fit_tool
+from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
-from llamaship_build.project import cache_dir
+from llamaship_build.project import Project, cache_dir
 from llamaship_contract.signing import generate_keypair
 from tiers import CUDA_FIXTURE_VARIABLE, cuda_fixture_path
 
@@ -115,7 +117,12 @@ def built_overlay(
     cudart_wheel: Path,
     signing_keys: KeyPair,
 ) -> BuiltOverlay:
-    """Both layers built and signed from the CUDA fixture wheel (runtime layer: cudart only)."""
+    """Both layers built and signed from the CUDA fixture wheel (runtime layer: cudart only),
+    with the fit tool (compiled first if this machine has not built it yet, as `overlay` does),
+    so every build in the session stages the same files."""
+    ensure_fit_tool(
+        Pin.from_lock(Project.here().requirements / "cpu.txt"), cache_dir() / "fit-tool"
+    )
     out_dir = tmp_path_factory.mktemp("overlay")
     build_overlay(
         cuda_wheel,

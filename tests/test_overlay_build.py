@@ -24,11 +24,8 @@ from fixtures_overlay import (
 from llamaship.overlay.manifest import LayerManifest, layer_id, parse_index, parse_manifest
 from llamaship_build.elf import Patchelf, find_patchelf, is_elf
 from llamaship_build.errors import BuildError
-from llamaship_build.fit_tool import cached_tool
-from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_archive import MTIME
 from llamaship_build.overlay_build import build_overlay, runtime_requirements
-from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.signing import SigningKeyError, verify
 
@@ -105,11 +102,6 @@ def test_archive_holds_exactly_the_signed_manifest_files(
     assert manifest.unpacked_size == sum(len(data) for _, data in members if data is not None)
 
 
-def fit_tool_built() -> bool:
-    pin = Pin.from_lock(Project.here().requirements / "cpu.txt")
-    return cached_tool(pin, cache_dir() / "fit-tool") is not None
-
-
 def test_llama_layer_keeps_each_library_once_with_origin_runpath(
     built_overlay: BuiltOverlay, tmp_path: Path
 ) -> None:
@@ -133,13 +125,13 @@ def test_llama_layer_keeps_each_library_once_with_origin_runpath(
     assert len([name for name in names if name.startswith("libggml-cpu-")]) == CPU_VARIANTS
     patchelf = Patchelf(find_patchelf())
     elves = [path for path in lib_dir.iterdir() if not path.is_symlink() and is_elf(path)]
-    # llama.cpp's memory fit joins the layer when it is built (python -m llamaship_build fit-tool)
+    # llama.cpp's memory fit joins the layer (the fixture builds it first, as `overlay` does)
     fit_tool = set(names) & {
         "llama-fit-params",
         "libllama-fit-params-impl.so",
         "libllama-common.so.0",
     }
-    assert len(fit_tool) == (3 if fit_tool_built() else 0)
+    assert len(fit_tool) == 3
     # + libggml-base, libggml, libllama, libmtmd, cuda
     assert len(elves) == CPU_VARIANTS + 5 + len(fit_tool)
     assert {path.name: patchelf.runpath(path) for path in elves} == {

@@ -25,6 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.fit_tool import ensure_fit_tool
 from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.project import Project, cache_dir
@@ -149,6 +150,9 @@ def build(project: Project, options: OverlayOptions) -> list[Path]:
     )
     cuda_version = _cuda_version(runtime_wheels)
     llama_version = Pin.from_lock(project.requirements / "gpu.txt").version
+    # llama.cpp's memory fit ships in the llama-cuda layer: compiled now if not built yet, so
+    # the layer never depends on what this machine happened to have built.
+    ensure_fit_tool(Pin.from_lock(project.requirements / "cpu.txt"), cache_dir() / "fit-tool")
     with tempfile.TemporaryDirectory() as scratch:
         wheel = cuda_wheel(project, options, Path(scratch))
         return build_overlay(

@@ -208,11 +208,11 @@ def commit_epoch(root: Path) -> int:
 def export_commit(root: Path, dest: Path) -> Path:
     """A clean copy of HEAD's tree at `dest` (no build outputs, no uncommitted changes)."""
     dest.mkdir(parents=True)
-    archive = subprocess.Popen(
+    with subprocess.Popen(
         ["git", "-C", str(root), "archive", "--format=tar", "HEAD"], stdout=subprocess.PIPE
-    )
-    unpacked = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
-    if archive.wait() != 0 or unpacked.returncode != 0:
+    ) as archive:
+        unpacked = subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=False)
+    if archive.returncode != 0 or unpacked.returncode != 0:
         msg = f"cannot export HEAD of {root} into {dest}"
         raise BuildError(msg)
     return dest
