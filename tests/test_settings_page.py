@@ -249,7 +249,10 @@ def test_settings_page_in_a_browser(
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "settings-before-upgrade.png"), full_page=True)
 
-        # Consent, then the upgrade with its progress, then the restart button.
+        # Consent, then the upgrade with its progress, then the restart button. The layers come
+        # at about 20 MB/s: on loopback the download would end between two polls of the page.
+        for archive in release_server.root.glob("*.tar.zst"):
+            release_server.inject(archive.name, "paced", forever=True)
         watch(page, "upgrade-message")
         page.get_by_role("button", name="Enable").click()
         page.locator("#restart").wait_for(state="visible", timeout=300_000)

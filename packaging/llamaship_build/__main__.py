@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument(
         "--compile",
         action="store_true",
-        help="first compile llama-cpp-python and the fit tool twice and compare (~35 minutes)",
+        help="first compile llama-cpp-python and the fit tool twice and compare (~30 minutes)",
     )
     repro.add_argument(
         "--overlay-wheel",

@@ -5,7 +5,7 @@ different lengths, with `SOURCE_DATE_EPOCH` set to the commit time and `PYTHONHA
 Both builds share the compiled llama-cpp-python wheel (the wheelhouse, keyed by sdist hash and
 flags): CI checks the bundle and layer steps that way (tests/test_repro.py). `--compile` first
 compiles the wheel and the fit tool twice, each in a fresh scratch directory and an empty
-cache, and compares them (about 35 minutes on 2 cores). When outputs differ, the report names
+cache, and compares them (about 30 minutes on 2 cores). When outputs differ, the report names
 the members that differ.
 """
 

@@ -30,7 +30,8 @@ class Request:
 # file to a range request; wrong_range: answer a range request with a Content-Range that starts
 # one byte later; bogus_206: answer any request with a 206 missing the first byte; flip: one bit
 # flipped mid-file; endless: no length, the file then zeros forever; slow: 16 bytes per 20 ms;
-# missing: 404; unavailable: 503.
+# paced: the whole file at about 20 MB/s (1 MiB per 50 ms), long enough for a page polling
+# every 300 ms to see the download; missing: 404; unavailable: 503.
 FAULTS = (
     "truncate",
     "ignore_range",
@@ -39,6 +40,7 @@ FAULTS = (
     "flip",
     "endless",
     "slow",
+    "paced",
     "missing",
     "unavailable",
 )
@@ -123,8 +125,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "endless":
             self._endless(name, data)
             return
-        if fault == "slow":
-            self._drip(name, data, etag)
+        if fault in ("slow", "paced"):
+            self._drip(name, data, etag, *((16, 0.02) if fault == "slow" else (1 << 20, 0.05)))
             return
         start = self._range_start(etag, size) if fault != "ignore_range" else None
         if fault == "bogus_206":
@@ -164,17 +166,17 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return
 
-    def _drip(self, name: str, data: bytes, etag: str) -> None:
+    def _drip(self, name: str, data: bytes, etag: str, chunk: int, pause: float) -> None:
         self.server.log(Request(name, self.headers.get("Range"), None, 200))
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("ETag", etag)
         self.end_headers()
         try:
-            for offset in range(0, len(data), 16):
-                self.wfile.write(data[offset : offset + 16])
+            for offset in range(0, len(data), chunk):
+                self.wfile.write(data[offset : offset + chunk])
                 self.wfile.flush()
-                time.sleep(0.02)
+                time.sleep(pause)
         except OSError:
             return
 
