@@ -104,7 +104,7 @@ def _contenders(project: Project) -> list[Contender]:
         python = venv_python(build_venv(project, _wheel(project, flavour), purpose=purpose))
         install_project_wheel(project, python)
         label = f"venv ({flavour.name} build{', -march=native' if flavour is NATIVE else ''})"
-        contenders.append(Contender(label, (str(python), "-m", "llamaship")))
+        contenders.append(Contender(label, (str(python), "-m", "llamaship_backend")))
     return contenders
 
 
