@@ -54,10 +54,10 @@ def _measure(runs: int) -> list[tuple[str, str]]:
             f"{(time.perf_counter() - start) * 1000:.2f} ms",
         )
     )
-    assert first["source"] == "nvml", first
+    assert first.source == "nvml", first
     rows.append(
         (
-            f"cold detection via NVML, {len(first['gpus'])} GPUs (median of {runs})",
+            f"cold detection via NVML, {len(first.gpus)} GPUs (median of {runs})",
             f"{_median_ms(lambda: detect_gpus(5.0), runs):.3f} ms",
         )
     )
@@ -66,7 +66,7 @@ def _measure(runs: int) -> list[tuple[str, str]]:
     dirs = DataDirs(settings.home)
     versions = {"bundle": llamaship.__version__}
     load_or_detect(settings, dirs, versions, refresh=True)  # writes the cache
-    assert load_or_detect(settings, dirs, versions)["cached"] is True
+    assert load_or_detect(settings, dirs, versions).cached is True
     rows.append(
         (
             f"warm load_or_detect from the cache (median of {runs})",
@@ -79,7 +79,7 @@ def _measure(runs: int) -> list[tuple[str, str]]:
     start = time.perf_counter()
     hung = detect_gpus(_HANG_TIMEOUT_S)
     elapsed = time.perf_counter() - start
-    assert hung["source"] == "none", hung
+    assert hung.source == "none", hung
     bound = _HANG_TIMEOUT_S + 0.5
     rows.append(
         (f"hung nvidia-smi, timeout {_HANG_TIMEOUT_S:g} s (bound {bound:g} s)", f"{elapsed:.3f} s")
