@@ -25,6 +25,7 @@ from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import FitTool, ensure_fit_tool
 from llamaship_build.llama_wheel import PACKAGE, PORTABLE, Pin, ensure_wheel
 from llamaship_build.toolchain import Toolchain
+from llamaship_contract.hashing import sha256_of
 
 _log = logging.getLogger(__name__)
 
@@ -91,11 +92,6 @@ def member_differences(first: Path, second: Path, limit: int = 20) -> list[str]:
     return problems[:limit]
 
 
-def _digest(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def compare_outputs(first: Path, second: Path) -> list[str]:
     """Differences between two build output directories, over the archives, manifests and
     checksums in them. Empty when both hold the same names with identical bytes.
@@ -117,7 +113,7 @@ def compare_outputs(first: Path, second: Path) -> list[str]:
         for name in sorted(one.keys() ^ two.keys())
     ]
     for name in sorted(one.keys() & two.keys()):
-        if _digest(one[name]) != _digest(two[name]):
+        if sha256_of(one[name]) != sha256_of(two[name]):
             details = (
                 member_differences(one[name], two[name]) if name.endswith(ARCHIVE_SUFFIXES) else []
             )
@@ -126,7 +122,7 @@ def compare_outputs(first: Path, second: Path) -> list[str]:
 
 
 def _compare_files(first: Path, second: Path) -> list[str]:
-    if _digest(first) == _digest(second):
+    if sha256_of(first) == sha256_of(second):
         return []
     if first.name.endswith(".whl"):
         details = member_differences(first, second)
