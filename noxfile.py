@@ -26,7 +26,7 @@ LOCK_DIRS = {
     ("darwin", "arm64"): f"{REQ}/macos-arm64",
 }
 # The build package from the checkout, without installing it (the lock venv has only tools).
-CHECKOUT_PATH = {"PYTHONPATH": os.pathsep.join(["packaging", "runtime"])}
+CHECKOUT_PATH = {"PYTHONPATH": os.pathsep.join(["packaging", "contract", "runtime"])}
 
 
 def lock_dir(session: nox.Session) -> str:

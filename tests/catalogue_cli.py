@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llamaship import cli
-from llamaship.boot_state import BootState
-from llamaship.overlay.signing import bundled_trusted_keys
+from llamaship.io.trusted_keys import bundled_trusted_keys
+from llamaship.launch.outcome import BootState
 from llamaship_backend.cli import COMMANDS
 
 

@@ -19,8 +19,8 @@ import pytest
 from fastapi import FastAPI
 
 from hardware.fakes import FakeHardware
-from llamaship.boot_state import BootState
 from llamaship.config import resolve_settings
+from llamaship.launch.outcome import BootState
 from llamaship.paths import DataDirs
 from llamaship_backend.app import create_app
 from llamaship_backend.engine import Engine

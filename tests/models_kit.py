@@ -6,7 +6,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.overlay.download import DownloadLimits
+from llamaship.io.fetch import DownloadLimits
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from overlay_kit.server import OverlayServer, _Handler
 

@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from llamaship.compat import Unusable, Usable, judge
-from llamaship.decide import decide
+from llamaship.launch.decide import decide
 from llamaship.overlay.install import NoMatchingOverlay, Target, pick_release
 from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
 from llamaship_contract.overlay import (

@@ -14,7 +14,7 @@ from llamaship_contract.errors import ContractError
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {
-    "llamaship_contract": ROOT / "runtime" / "llamaship_contract",
+    "llamaship_contract": ROOT / "contract" / "llamaship_contract",
     "llamaship": ROOT / "runtime" / "llamaship",
     "llamaship_backend": ROOT / "backend" / "llamaship_backend",
     "llamaship_build": ROOT / "packaging" / "llamaship_build",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llamaship.decide import OverlayRequirements, decide, default_threads, recommend
+from llamaship.launch.decide import OverlayRequirements, decide, default_threads, recommend
 from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
 
 CU13 = OverlayRequirements(

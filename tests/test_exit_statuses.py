@@ -32,7 +32,7 @@ def test_error_classes_use_the_enum_not_numbers() -> None:
     bare = re.compile(r"^\s*exit_code(?:: int)? = \d+\s*$", re.MULTILINE)
     offenders = [
         f"{path.relative_to(ROOT)}: {match.group().strip()}"
-        for top in ("runtime", "backend", "packaging")
+        for top in ("contract", "runtime", "backend", "packaging")
         for path in sorted((ROOT / top).rglob("*.py"))
         for match in bare.finditer(path.read_text(encoding="utf-8"))
     ]

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from fixtures_backend import no_gpu_boot_state, serving
-from llamaship.boot_state import BootState
 from llamaship.fit import cache_key, lookup, remember
 from llamaship.fit.backoff import describe, is_out_of_memory, reduced_plans
+from llamaship.launch.outcome import BootState
 from llamaship_backend.engine import Engine
 from llamaship_backend.errors import ModelLoadFailed
 from llamaship_backend.schemas import ChatCompletionRequest

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from hardware.fakes import RTX_3060, FakeHardware
-from llamaship.overlay.download import Fetcher
+from llamaship.io.fetch import Fetcher
 from llamaship.overlay.freshness import IndexExpired, ensure_unexpired
 from llamaship.overlay.install import Installer, find_overlay
 from llamaship.overlay.store import AcceptedSerials, OverlayStore

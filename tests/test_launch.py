@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from llamaship import launch_log, sentinel
-from llamaship.boot_state import BootState
 from llamaship.config import resolve_settings
-from llamaship.launch_status import LaunchTracker, read_status
+from llamaship.launch import boot_counting
+from llamaship.launch import log as launch_log
+from llamaship.launch.boot_counting import ProcessIdentity, assess, is_running
+from llamaship.launch.outcome import BootState
+from llamaship.launch.probe_record import ensure_probed, read_record
+from llamaship.launch.status import LaunchTracker, read_status
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
-from llamaship.probe_cache import ensure_probed, read_record
-from llamaship.sentinel import ProcessIdentity, assess, is_running
 from llamaship_backend.cli import main
 from llamaship_contract.detection import none_report
 
@@ -32,7 +33,7 @@ VERSION = "0.3.36-cu13.0-1"
 CHILD = r"""
 import os, signal, sys, time
 from pathlib import Path
-from llamaship.launch_status import LaunchTracker, run_launch
+from llamaship.launch.status import LaunchTracker, run_launch
 from llamaship.paths import DataDirs
 
 home, action = Path(sys.argv[1]), sys.argv[2]
@@ -106,8 +107,8 @@ def start(home: Path, action: str, children: list[subprocess.Popen[str]]) -> sub
     return child
 
 
-def next_launch(dirs: DataDirs) -> sentinel.Assessment:
-    return assess(dirs, VERSION, sentinel.current_process())
+def next_launch(dirs: DataDirs) -> boot_counting.Assessment:
+    return assess(dirs, VERSION, boot_counting.current_process())
 
 
 # --- process liveness -----------------------------------------------------------------------
@@ -142,7 +143,7 @@ def test_liveness_never_signals_a_process(monkeypatch: pytest.MonkeyPatch) -> No
         identity = ProcessIdentity(child.pid, psutil.Process(child.pid).create_time())
         monkeypatch.setattr(os, "kill", no_kill)
         assert is_running(identity)
-        assert is_running(sentinel.current_process())
+        assert is_running(boot_counting.current_process())
     finally:
         monkeypatch.undo()
         child.kill()
@@ -234,18 +235,18 @@ def test_a_running_launch_is_left_alone(
 
 
 def test_the_record_of_this_process_before_an_exec_restart_is_not_counted(dirs: DataDirs) -> None:
-    me = sentinel.current_process()
-    sentinel.record_phase(dirs, VERSION, sentinel.new_launch(me, "loading"))
+    me = boot_counting.current_process()
+    boot_counting.record_phase(dirs, VERSION, boot_counting.new_launch(me, "loading"))
     assessment = assess(dirs, VERSION, me)
     assert assessment.counted == () and assessment.count.running == ()
 
 
 def test_unreadable_boot_count_starts_afresh(dirs: DataDirs) -> None:
-    path = sentinel.count_file(dirs, VERSION)
+    path = boot_counting.count_file(dirs, VERSION)
     path.parent.mkdir(parents=True)
     path.write_text('{"schema": 1, "tries_left": "many"')
-    assert next_launch(dirs).count.tries_left == sentinel.BOOT_TRIES
-    assert sentinel.count_file(dirs, "../../evil").parent == path.parent
+    assert next_launch(dirs).count.tries_left == boot_counting.BOOT_TRIES
+    assert boot_counting.count_file(dirs, "../../evil").parent == path.parent
 
 
 # --- the launch status and `llamaship status` -----------------------------------------------
@@ -348,7 +349,7 @@ def test_the_log_file_is_written_and_bounded(tmp_path: Path) -> None:
         if isinstance(handler, RotatingFileHandler)
     ]
     assert len(handlers) == 1
-    log = logging.getLogger("llamaship.bootstrap")
+    log = logging.getLogger("llamaship.launch.bootstrap")
     log.info("decision: cpu: no NVIDIA GPU detected")
     for number in range(400):
         log.info("event %d %s", number, "x" * 40)
@@ -368,10 +369,10 @@ def test_warm_launch_overhead_of_the_log_file_is_small(tmp_path: Path) -> None:
     """The decision's lines with and without the file handler (numbers in the report)."""
     code = (
         "import sys, time, logging; from pathlib import Path\n"
-        "from llamaship import launch_log\n"
+        "from llamaship.launch import log as launch_log\n"
         "started = time.perf_counter()\n"
         "launch_log.configure(Path(sys.argv[1]), to_file=sys.argv[2] == '1')\n"
-        "for n in range(20): logging.getLogger('llamaship.bootstrap').info('event %d', n)\n"
+        "for n in range(20): logging.getLogger('llamaship.launch.bootstrap').info('event %d', n)\n"
         "print(time.perf_counter() - started)"
     )
     timings = {}
@@ -398,7 +399,7 @@ def test_auto_upgrade_download_progress_is_logged_every_ten_percent(
 
     progress = launch_log.InstallProgressLog()
     total = 10_000_000
-    with caplog.at_level(logging.INFO, logger="llamaship.launch_log"):
+    with caplog.at_level(logging.INFO, logger="llamaship.launch.log"):
         progress(InstallProgress("index", 0, 0, "reading the release index"))
         for done in range(0, total + 1, 65_536):
             progress(InstallProgress("download", done, total, "fetching llama-cuda.tar.zst"))

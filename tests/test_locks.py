@@ -128,7 +128,7 @@ runpy.run_module("llamaship_build.lock_command", run_name="__main__")
 
 
 def _check(root: Path) -> subprocess.CompletedProcess[str]:
-    path = os.pathsep.join(str(ROOT / part) for part in ("packaging", "runtime"))
+    path = os.pathsep.join(str(ROOT / part) for part in ("packaging", "contract", "runtime"))
     return subprocess.run(
         [sys.executable, "-c", _TOOLS_VENV_ONLY, "--check"],
         env={**os.environ, "LLAMASHIP_ROOT": str(root), "PYTHONPATH": path},

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from llamaship.decide import OverlayRequirements
+from llamaship.launch.decide import OverlayRequirements
 from llamaship.overlay.manifest import (
     ManifestError,
     dump_index,

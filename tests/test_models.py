@@ -18,19 +18,19 @@ import pytest
 
 from llamaship.config import load_settings
 from llamaship.errors import ConfigError, LlamashipError
+from llamaship.io.fetch import (
+    DownloadError,
+    DownloadIncomplete,
+    DownloadLimits,
+    IntegrityError,
+)
+from llamaship.io.fs import DiskSpaceError
 from llamaship.models.settings import read_user_settings, settings_path
 from llamaship.models.store import (
     ModelNotInstalled,
     ModelStore,
     UnknownModel,
     UnverifiedModel,
-)
-from llamaship.overlay._fs import DiskSpaceError
-from llamaship.overlay.download import (
-    DownloadError,
-    DownloadIncomplete,
-    DownloadLimits,
-    IntegrityError,
 )
 from llamaship_contract.document import parse_document
 from llamaship_contract.errors import ContractError

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import DiskSpaceError
+from llamaship.io.fs import DiskSpaceError
 from llamaship.overlay.extract import ArchiveError, extract_layer
 from llamaship.overlay.install import Installer, InstallOptions, install_from_path
 from llamaship.overlay.manifest import FileEntry, parse_manifest

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.download import DownloadError, DownloadLimits, Fetcher
+from llamaship.io.fetch import DownloadError, DownloadLimits, Fetcher
 from llamaship.overlay.install import find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs

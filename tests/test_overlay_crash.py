@@ -73,7 +73,11 @@ def test_checkpoints_are_reached_in_install_order(
 
 def test_shipped_code_has_no_test_switch() -> None:
     """Tests pause the installer through `set_checkpoint`; no environment variable can."""
-    shipped = [path for folder in ("runtime", "backend") for path in (REPO / folder).rglob("*.py")]
+    shipped = [
+        path
+        for folder in ("contract", "runtime", "backend")
+        for path in (REPO / folder).rglob("*.py")
+    ]
     assert len(shipped) > 20
     assert [str(path) for path in shipped if "LLAMASHIP_TEST" in path.read_text("utf-8")] == []
 
@@ -129,7 +133,7 @@ def test_second_installer_fails_fast_while_one_runs(
 def test_probe_that_crashes_quarantines_the_overlay(
     v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
 ) -> None:
-    """The real probe (`llamaship.probe.run_probe`, a `llamaship probe` child process) meets
+    """The real probe (`llamaship.launch.probe.run_probe`, a `llamaship probe` child process) meets
     an overlay whose llama_cpp kills its process with SIGSEGV on import."""
     crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
     # No stand-in libraries: activation would refuse them (not ELF) before the import crashes.

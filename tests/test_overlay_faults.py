@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay.download import (
+from llamaship.io.fetch import (
     DownloadError,
     DownloadIncomplete,
     IntegrityError,

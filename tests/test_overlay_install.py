@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from llamaship.launch.probe import ProbeResult, run_probe
 from llamaship.overlay.install import Installer, InstallProgress, ProgressFn
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
-from llamaship.probe import ProbeResult, run_probe
 from llamaship_build.release_index import write_release_index
 from overlay_kit.checks import assert_settled
 from overlay_kit.probe import import_probe

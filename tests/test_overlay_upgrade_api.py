@@ -16,8 +16,8 @@ from fastapi import FastAPI
 
 from fixtures_backend import admin_headers
 from hardware.fakes import RTX_3060, FakeHardware
-from llamaship.boot_state import BootState
 from llamaship.config import resolve_settings
+from llamaship.launch.outcome import BootState
 from llamaship.overlay.install import (
     Installer,
     InstallResult,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from llamaship import activate as activation
-from llamaship.activate import Loader, activate, deactivate
+from llamaship.launch import activate as activation
+from llamaship.launch.activate import Loader, activate, deactivate
 from llamaship.native import BackendLoadError, _ggml_library
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hardware.fake_cuda import compile_failing_libcuda, compile_stand_in_cublas
-from llamaship.probe import NoCudaDevice, ProbeResult, check_cuda_devices, run_probe
+from llamaship.launch.probe import NoCudaDevice, ProbeResult, check_cuda_devices, run_probe
 from llamaship_contract.detection import GpuInfo
 from llamaship_contract.launch import BackendDevice
 from llamaship_contract.launch import ProbeResult as RecordedResult

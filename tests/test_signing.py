@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llamaship import cli_keys
+from llamaship.cli import keys as cli_keys
 from llamaship.config import resolve_settings
 from llamaship.errors import ConfigError
-from llamaship.overlay.signing import bundled_trusted_keys, trusted_keys
+from llamaship.io.trusted_keys import bundled_trusted_keys, trusted_keys
 from llamaship_contract.signing import (
     SignatureError,
     SigningKeyError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from llamaship.overlay.signing import bundled_trusted_keys
+from llamaship.io.trusted_keys import bundled_trusted_keys
 from llamaship_backend.cli import main
 
 if __name__ == "__main__":

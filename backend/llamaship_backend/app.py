@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from llamaship import __version__
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship_backend import (
     routes_admin,
     routes_models,

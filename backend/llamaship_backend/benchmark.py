@@ -15,8 +15,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from llamaship.boot_state import BootState
-from llamaship.overlay._fs import atomic_write_bytes
+from llamaship.io.fs import atomic_write_bytes
+from llamaship.launch.outcome import BootState
 from llamaship_contract.bench import BENCH_RECORD_NAME, BenchRecord, BenchRun, BenchSummary
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError

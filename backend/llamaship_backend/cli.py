@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llamaship import cli
 
 if TYPE_CHECKING:
-    from llamaship.boot_state import BootState
+    from llamaship.launch.outcome import BootState
 
 # Commands that need this package (name -> module with `add_parser` and `run`).
 COMMANDS: dict[str, str] = {

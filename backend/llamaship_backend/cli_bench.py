@@ -77,10 +77,10 @@ def format_record(record: BenchRecord) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.bootstrap import boot
-    from llamaship.cli_serve import check_model
+    from llamaship.cli.serve import check_model
     from llamaship.config import executable_dir, load_settings
     from llamaship.errors import ConfigError
+    from llamaship.launch.bootstrap import boot
 
     for name, value in (("--n-prompt", args.n_prompt), ("--n-gen", args.n_gen)):
         if value < 2:

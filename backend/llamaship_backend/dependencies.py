@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 
 from llamaship import admin_token
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RestartRequest
 

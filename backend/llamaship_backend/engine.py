@@ -16,8 +16,8 @@ from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, cast
 
-from llamaship.boot_state import BootState
 from llamaship.fit import backoff, cache_key, llama_arguments, plan_load, remember
+from llamaship.launch.outcome import BootState
 from llamaship_backend import benchmark as bench
 from llamaship_backend.errors import (
     GenerationRefused,

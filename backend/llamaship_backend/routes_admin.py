@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, Depends
 
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship_backend.dependencies import get_boot_state, get_engine, get_restart
 from llamaship_backend.engine import Engine
 from llamaship_backend.errors import RestartUnavailable

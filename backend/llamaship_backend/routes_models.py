@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship.models.jobs import PullJobs
 from llamaship.models.store import (
     ModelError,

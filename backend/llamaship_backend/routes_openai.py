@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship_backend.dependencies import get_boot_state, get_engine
 from llamaship_backend.engine import Engine
 from llamaship_backend.schemas import ChatCompletionRequest, EmbeddingRequest

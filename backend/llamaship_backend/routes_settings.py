@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamaship.boot_state import BootState
 from llamaship.errors import ConfigError
+from llamaship.launch.outcome import BootState
 from llamaship.models.settings import read_user_settings, settings_path, update_user_settings
 from llamaship_backend.dependencies import get_boot_state
 from llamaship_backend.errors import BackendError

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from llamaship.boot_state import BootState
+from llamaship.launch.outcome import BootState
 from llamaship.overlay.store import OverlayStore
 from llamaship_backend.benchmark import benchmark_summary
 from llamaship_backend.dependencies import get_boot_state, get_engine

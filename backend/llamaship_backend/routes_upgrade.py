@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from llamaship.boot_state import BootState
 from llamaship.errors import LlamashipError
+from llamaship.launch.outcome import BootState
 from llamaship.overlay.install import (
     Installer,
     InstallResult,

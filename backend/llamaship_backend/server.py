@@ -21,8 +21,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from llamaship.admin_token import token_path
-from llamaship.boot_state import BootState
 from llamaship.errors import LlamashipError
+from llamaship.launch.outcome import BootState
 from llamaship_backend.app import create_app
 from llamaship_backend.dependencies import restart_of
 from llamaship_backend.engine import Engine

@@ -70,7 +70,7 @@ print(json.dumps({"seconds": seconds, "llama_dir": str(overlay.llama_dir),
 _ACTIVATE = """
 import sys, time
 from pathlib import Path
-from llamaship.activate import activate
+from llamaship.launch.activate import activate
 started = time.perf_counter()
 activate(Path(sys.argv[1]), Path(sys.argv[2]))
 print((time.perf_counter() - started) * 1000)

@@ -41,7 +41,15 @@ _log = logging.getLogger(__name__)
 
 MANIFEST_NAME = BUNDLE_MANIFEST_NAME
 # Everything that changes the bundle; a change anywhere here means a rebuild.
-_INPUTS = ("runtime", "backend", "packaging", "templates", "requirements", "pyproject.toml")
+_INPUTS = (
+    "contract",
+    "runtime",
+    "backend",
+    "packaging",
+    "templates",
+    "requirements",
+    "pyproject.toml",
+)
 
 
 def input_key(

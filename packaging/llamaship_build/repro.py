@@ -222,7 +222,7 @@ def build_env(epoch: int, checkout: Path, base: Mapping[str, str]) -> dict[str, 
         "PYTHONHASHSEED": "0",
         "LLAMASHIP_ROOT": str(checkout),
         "PYTHONPATH": os.pathsep.join(
-            [str(checkout / "packaging"), str(checkout / "runtime"), str(checkout / "backend")]
+            [str(checkout / part) for part in ("packaging", "contract", "runtime", "backend")]
         ),
     }
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.activate import Loader, add_dll_directories
 from llamaship.errors import LlamashipError
+from llamaship.launch.activate import Loader, add_dll_directories
 
 _log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The probe the overlay tests install with: test layers hold no real ggml, so instead of
-`llamaship.probe.run_probe` a child process imports the overlay's llama_cpp and checks it."""
+`llamaship.launch.probe.run_probe` a child process imports the overlay's llama_cpp and checks it."""
 
 from __future__ import annotations
 

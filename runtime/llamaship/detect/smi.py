@@ -34,7 +34,7 @@ def _run(command: list[str], timeout: float) -> tuple[int, str, str]:
     # Imported here: the warm (cached) launch never starts a process.
     import subprocess
 
-    from llamaship.group_run import run_in_group
+    from llamaship.io.group_run import run_in_group
 
     try:
         returncode, stdout, stderr = run_in_group(command, timeout)

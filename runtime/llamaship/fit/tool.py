@@ -17,7 +17,7 @@ from pathlib import Path
 from time import perf_counter
 
 from llamaship.fit.errors import FitToolError
-from llamaship.group_run import run_in_group
+from llamaship.io.group_run import run_in_group
 
 TOOL_NAME = "llama-fit-params.exe" if sys.platform == "win32" else "llama-fit-params"
 DEFAULT_TIMEOUT = 60.0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.errors import ConfigError
-from llamaship.overlay._fs import atomic_write_bytes
+from llamaship.io.fs import atomic_write_bytes
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
 from llamaship_contract.models import UserSettings

@@ -22,16 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship.errors import ConfigError, LlamashipError
-from llamaship.models.catalogue import bundled_catalogue
-from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
-from llamaship.overlay._fs import fsync_dir
-from llamaship.overlay.download import (
+from llamaship.io.fetch import (
     DownloadLimits,
     Fetcher,
     IntegrityError,
     ProgressFn,
     verify_file,
 )
+from llamaship.io.fs import fsync_dir
+from llamaship.models.catalogue import bundled_catalogue
+from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
 from llamaship.paths import DataDirs
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from llamaship_contract.names import PART_SUFFIX, ExitStatus

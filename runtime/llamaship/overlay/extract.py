@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import (
+from llamaship.io.fs import (
     STORAGE_FULL_ERRNOS,
     DiskSpaceError,
     ensure_free_space,

@@ -32,15 +32,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import ensure_free_space
-from llamaship.overlay.checkpoints import checkpoint
-from llamaship.overlay.download import (
+from llamaship.io.fetch import (
     DownloadError,
     DownloadLimits,
     FetchedFile,
     Fetcher,
     resolve_location,
 )
+from llamaship.io.fs import ensure_free_space
+from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
 from llamaship.overlay.freshness import ensure_unexpired
 from llamaship.overlay.manifest import (
@@ -70,8 +70,8 @@ from llamaship_contract.signing import SignatureError, verify
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
-    from llamaship.decide import OverlayRequirements
-    from llamaship.probe import ProbeResult
+    from llamaship.launch.decide import OverlayRequirements
+    from llamaship.launch.probe import ProbeResult
 
 _log = logging.getLogger(__name__)
 
@@ -392,7 +392,7 @@ def find_overlay(
 
 
 def _default_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
-    from llamaship.probe import run_probe  # lazy: the probe spawns the overlay's interpreter
+    from llamaship.launch.probe import run_probe  # lazy: the probe spawns the overlay's interpreter
 
     return run_probe(llama_dir, runtime_lib_dir, timeout)
 
@@ -576,7 +576,9 @@ class Installer:
                 "quarantined and removed, the previous setup stays active"
             )
             raise ProbeRejected(msg) from None
-        from llamaship.probe_cache import record_passed  # the launch after it need not probe
+        from llamaship.launch.probe_record import (
+            record_passed,  # the launch after it need not probe
+        )
 
         record_passed(installed, self.dirs, "install", result)
 
@@ -629,7 +631,7 @@ def ensure_overlay(
     `status="failed"` with the reason, leaving the active overlay (or CPU) in place.
     `trusted_keys`: the release keys (default: the bundled ones).
     """
-    from llamaship.overlay import signing
+    from llamaship.io import trusted_keys as signing
 
     store = OverlayStore(dirs)
     if settings.release_url is None:

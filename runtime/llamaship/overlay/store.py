@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
+from llamaship.io.fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from llamaship.paths import DataDirs
 from llamaship_contract.document import (
     Document,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from llamaship.config import Settings
-from llamaship.overlay.signing import bundled_trusted_keys
+from llamaship.io.trusted_keys import bundled_trusted_keys
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
@@ -51,7 +51,7 @@ class NoHealthTracking:
 
 @dataclass
 class BootState:
-    """The outcome of `llamaship.bootstrap.boot()`; mutable only through its own methods."""
+    """The outcome of `llamaship.launch.bootstrap.boot()`; mutable only through its own methods."""
 
     settings: Settings
     dirs: DataDirs

@@ -1,4 +1,4 @@
-"""`probe`: the child process of `llamaship.probe.run_probe` (not meant to be run by hand)."""
+"""`probe`: the child process of `llamaship.launch.probe.run_probe` (not for use by hand)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.activate import ActivationError, activate, foreign_libraries, imported_from
     from llamaship.fit.backoff import LlamaLog
+    from llamaship.launch.activate import (
+        ActivationError,
+        activate,
+        foreign_libraries,
+        imported_from,
+    )
+    from llamaship.launch.probe import backend_devices, cuda_failure
     from llamaship.native import _ggml_library, load_ggml_backends, mapped_llama_libraries
-    from llamaship.probe import backend_devices, cuda_failure
 
     activate(args.llama_dir, args.runtime_lib_dir)
     import llama_cpp

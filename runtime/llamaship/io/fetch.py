@@ -34,7 +34,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self, TypeVar
 
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import (
+from llamaship.io.fs import (
     STORAGE_FULL_ERRNOS,
     DiskSpaceError,
     ensure_free_space,

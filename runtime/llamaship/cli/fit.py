@@ -65,13 +65,13 @@ def format_plan(plan: FitPlan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.bootstrap import detection_versions
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
     from llamaship.errors import ConfigError
     from llamaship.fit import plan_load
     from llamaship.fit.plan import default_lib_dir
     from llamaship.fit.tool import find_tool
+    from llamaship.launch.bootstrap import detection_versions
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from llamaship import probe
 from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship.overlay._fs import atomic_write_bytes
+from llamaship.io.fs import atomic_write_bytes
+from llamaship.launch import probe
 from llamaship.overlay.store import InstalledOverlay
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document

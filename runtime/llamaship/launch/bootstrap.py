@@ -1,7 +1,7 @@
 """Launch-time bootstrap: before anything imports llama_cpp, choose the build and activate it.
 
 Order: clean what an interrupted install left -> boot counting: count the earlier launches of
-the active overlay that died while its code ran, quarantine it after `sentinel.BOOT_TRIES` in a
+the active overlay that died while its code ran, quarantine it after `boot_counting.BOOT_TRIES` in a
 row -> detect GPUs (cached) -> decide cpu/cuda -> install the overlay first if the user
 consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock, adopted inside
 it) -> probe it once per overlay and driver (not again after the installer's probe) -> record
@@ -20,20 +20,21 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from llamaship import __version__, sentinel
-from llamaship.activate import activate, deactivate, imported_from
-from llamaship.boot_state import BootState, Variant
+from llamaship import __version__
 from llamaship.config import Settings
-from llamaship.decide import Decision, OverlayRequirements, decide, recommend
 from llamaship.detect import load_or_detect
 from llamaship.errors import LlamashipError
-from llamaship.launch_log import InstallProgressLog
-from llamaship.launch_status import LaunchTracker
+from llamaship.launch import boot_counting
+from llamaship.launch.activate import activate, deactivate, imported_from
+from llamaship.launch.decide import Decision, OverlayRequirements, decide, recommend
+from llamaship.launch.log import InstallProgressLog
+from llamaship.launch.outcome import BootState, Variant
+from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
+from llamaship.launch.probe_record import ensure_probed
+from llamaship.launch.status import LaunchTracker
 from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import InstalledOverlay, OverlayStore
 from llamaship.paths import DataDirs
-from llamaship.probe import NoCudaDevice, check_cuda_devices
-from llamaship.probe_cache import ensure_probed
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
 
@@ -91,7 +92,7 @@ def _available(
     settings: Settings, store: OverlayStore, plan: _Plan, keys: tuple[str, ...]
 ) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any."""
-    from llamaship.overlay.download import DownloadLimits, Fetcher
+    from llamaship.io.fetch import DownloadLimits, Fetcher
     from llamaship.overlay.install import Target, find_overlay
 
     assert settings.release_url is not None
@@ -127,7 +128,7 @@ def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: Laun
     if installed is None or store.quarantine_reason(installed.overlay_version) is not None:
         return
     version_of = installed.overlay_version
-    assessment = sentinel.assess(dirs, version_of, tracker.me)
+    assessment = boot_counting.assess(dirs, version_of, tracker.me)
     count = assessment.count
     for failed in assessment.counted:
         during = (
@@ -146,7 +147,7 @@ def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: Laun
             "(a crash or hang while starting or loading a model)"
         )
         store.quarantine(version_of, reason)
-        sentinel.forget(dirs, version_of)
+        boot_counting.forget(dirs, version_of)
         plan.note(f"overlay {version_of} quarantined: {reason}")
         return
     plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
@@ -332,7 +333,7 @@ def boot(
     `trusted_keys`: the release keys overlays must be signed with (default: the bundled ones).
     `tracker` follows this launch's phases (default: a new one for this process).
     """
-    from llamaship.overlay import signing
+    from llamaship.io import trusted_keys as signing
 
     keys = signing.trusted_keys(trusted_keys)
     dirs = DataDirs(settings.home)

@@ -45,9 +45,9 @@ def format_report(report: DetectionReport) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from llamaship.bootstrap import detection_versions, offline_decision
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
+    from llamaship.launch.bootstrap import detection_versions, offline_decision
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 

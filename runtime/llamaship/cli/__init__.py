@@ -17,14 +17,14 @@ from llamaship.errors import LlamashipError
 # Each command module exposes `add_parser(subparsers)` and `run(args) -> int`;
 # they are imported only when chosen, so `backend detect` never imports the web stack.
 _COMMANDS = {
-    "serve": "llamaship.cli_serve",
-    "detect": "llamaship.cli_detect",
-    "overlay": "llamaship.cli_overlay",
-    "keys": "llamaship.cli_keys",
-    "probe": "llamaship.cli_probe",
-    "status": "llamaship.cli_status",
-    "fit": "llamaship.cli_fit",
-    "models": "llamaship.cli_models",
+    "serve": "llamaship.cli.serve",
+    "detect": "llamaship.cli.detect",
+    "overlay": "llamaship.cli.overlay",
+    "keys": "llamaship.cli.keys",
+    "probe": "llamaship.cli.probe",
+    "status": "llamaship.cli.status",
+    "fit": "llamaship.cli.fit",
+    "models": "llamaship.cli.models",
 }
 _DEFAULT_COMMAND = "serve"
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})

@@ -6,8 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.boot_state import Variant
 from llamaship.compat import Usable, describe_gpu, judge
+from llamaship.launch.outcome import Variant
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.overlay import OverlayRequirements
 

@@ -81,9 +81,9 @@ def format_status(status: LaunchStatus, running: bool) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from llamaship.config import executable_dir, load_settings
-    from llamaship.launch_status import read_status
+    from llamaship.launch.boot_counting import ProcessIdentity, is_running
+    from llamaship.launch.status import read_status
     from llamaship.paths import DataDirs
-    from llamaship.sentinel import ProcessIdentity, is_running
 
     settings = load_settings(args.env_file, bundle_dir=executable_dir())
     status = read_status(DataDirs(settings.home))

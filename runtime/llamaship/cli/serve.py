@@ -44,10 +44,10 @@ def check_model(model: Path | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship import launch_log
-    from llamaship.bootstrap import boot
     from llamaship.config import executable_dir, load_settings
-    from llamaship.launch_status import LaunchTracker, run_launch
+    from llamaship.launch import log as launch_log
+    from llamaship.launch.bootstrap import boot
+    from llamaship.launch.status import LaunchTracker, run_launch
     from llamaship.paths import DataDirs
 
     serve_app = args.serve_app

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
+    from llamaship.io.fetch import ProgressFn
     from llamaship.models.store import ModelStore
-    from llamaship.overlay.download import ProgressFn
 
 
 def add_parser(subparsers: Any) -> None:

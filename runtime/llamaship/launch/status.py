@@ -2,7 +2,7 @@
 
 A `LaunchTracker` follows one launch: booting -> serving (listening) -> loading (the first model
 load and first token) -> healthy, or ended-by-signal / ended. Each change is written to the
-active overlay's boot count (`llamaship.sentinel`) and to `state/last-launch.json` (a
+active overlay's boot count (`llamaship.launch.boot_counting`) and to `state/last-launch.json` (a
 `LaunchStatus`: the decision, its reason and events, and the phase), so a launch that dies
 leaves its last phase behind. It is the `LaunchHealth` hook the engine calls.
 """
@@ -19,11 +19,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from llamaship import sentinel
 from llamaship.errors import LlamashipError
-from llamaship.overlay._fs import atomic_write_bytes
+from llamaship.io.fs import atomic_write_bytes
+from llamaship.launch import boot_counting
+from llamaship.launch.boot_counting import ProcessIdentity
 from llamaship.paths import DataDirs
-from llamaship.sentinel import ProcessIdentity
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
 from llamaship_contract.launch import LaunchPhase, LaunchStatus
@@ -71,10 +71,10 @@ class LaunchTracker:
         self, dirs: DataDirs, me: ProcessIdentity | None = None, log_file: Path | None = None
     ) -> None:
         self._dirs = dirs
-        self._me = me or sentinel.current_process()
+        self._me = me or boot_counting.current_process()
         self._log_file = log_file
         self._lock = threading.Lock()
-        self._launch = sentinel.new_launch(self._me)
+        self._launch = boot_counting.new_launch(self._me)
         self._overlay: str | None = None
         self._status: LaunchStatus | None = None
 
@@ -90,10 +90,10 @@ class LaunchTracker:
         """From now on this launch runs (or stops running) `overlay_version`'s code."""
         with self._lock:
             if self._overlay is not None and self._overlay != overlay_version:
-                sentinel.record_end(self._dirs, self._overlay, self._launch)
+                boot_counting.record_end(self._dirs, self._overlay, self._launch)
             self._overlay = overlay_version
             if overlay_version is not None:
-                sentinel.record_phase(self._dirs, overlay_version, self._launch)
+                boot_counting.record_phase(self._dirs, overlay_version, self._launch)
 
     def explain(
         self,
@@ -146,7 +146,7 @@ class LaunchTracker:
                 current is not None
                 and current.process.started > self._launch.started
                 and (
-                    sentinel.is_running(
+                    boot_counting.is_running(
                         ProcessIdentity(current.process.pid, current.process.create_time)
                     )
                 )
@@ -161,9 +161,9 @@ class LaunchTracker:
         self._launch = self._launch.model_copy(update={"phase": phase, **changes})
         if self._overlay is not None:
             if phase in ("ended", "ended-by-signal"):
-                sentinel.record_end(self._dirs, self._overlay, self._launch)
+                boot_counting.record_end(self._dirs, self._overlay, self._launch)
             else:
-                sentinel.record_phase(self._dirs, self._overlay, self._launch)
+                boot_counting.record_phase(self._dirs, self._overlay, self._launch)
         self._write_status()
         _log.info(
             "launch phase: %s%s", phase, f" ({self._launch.model})" if phase == "loading" else ""

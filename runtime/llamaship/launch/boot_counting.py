@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import JsonValue
 
-from llamaship.overlay._fs import atomic_write_bytes
+from llamaship.io.fs import atomic_write_bytes
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError

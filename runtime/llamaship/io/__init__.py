@@ -1,0 +1,1 @@
+"""Generic I/O that overlays and models share: durable files, bounded fetches, trusted keys."""
