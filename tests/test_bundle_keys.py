@@ -18,24 +18,25 @@ from llamaship_contract.signing import generate_keypair
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _spec_keys(spec: Path) -> list[str]:
+def _spec_keys(spec: Path) -> dict[str, list[str]]:
     line = next(
         line for line in spec.read_text().splitlines() if line.startswith("TRUSTED_KEYS = ")
     )
-    keys: list[str] = json.loads(line.removeprefix("TRUSTED_KEYS = "))
+    keys: dict[str, list[str]] = json.loads(line.removeprefix("TRUSTED_KEYS = "))
     return keys
 
 
 def test_release_spec_trusts_only_the_committed_keys(tmp_path: Path) -> None:
     committed = json.loads((ROOT / "runtime" / "llamaship" / "trusted_keys.json").read_text())
     spec = write_spec(Project.here(), PLATFORMS["linux"], tmp_path / "backend.spec")
-    assert _spec_keys(spec) == sorted(committed)
+    assert _spec_keys(spec) == {role: sorted(keys) for role, keys in committed.items()}
 
 
 def test_test_spec_adds_the_extra_key_and_changes_the_input_key(tmp_path: Path) -> None:
     _, extra = generate_keypair()
     spec = write_spec(Project.here(), PLATFORMS["linux"], tmp_path / "backend.spec", [extra])
-    assert extra in _spec_keys(spec)
+    assert extra in _spec_keys(spec)["release"]
+    assert extra not in _spec_keys(spec)["index"]
     wheel = tmp_path / "llama.whl"
     wheel.write_bytes(b"stand-in wheel")
     plain = input_key(Project.here(), wheel)

@@ -20,8 +20,9 @@ from llamaship_build.__main__ import main as build_main
 from llamaship_build.errors import BuildError
 from llamaship_build.resign_index import resign_index
 from llamaship_contract.names import ExitStatus
-from llamaship_contract.overlay import parse_index
-from llamaship_contract.signing import verify
+from llamaship_contract.release_index import parse_index
+from llamaship_contract.signing import SignatureError, generate_keypair, verify
+from llamaship_contract.trust import TrustedKeys
 from overlay_kit.probe import import_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
@@ -31,6 +32,7 @@ from overlay_kit.releases import (
     ReleaseFactory,
     ReleaseSpec,
     rewrite_index,
+    rewrite_list,
 )
 
 V1 = ReleaseSpec(overlay_version="0.3.36-cu13.0-1", serial=1)
@@ -112,9 +114,21 @@ def key_file(tmp_path: Path, keys: Keys) -> Path:
     return path
 
 
+@pytest.fixture
+def index_keys() -> Keys:
+    """The index key: trusted for the freshness of releases.json only."""
+    private, public = generate_keypair()
+    return Keys(private=private, public=public)
+
+
 def test_resign_renews_an_expired_index_that_installs_again(
-    releases: ReleaseFactory, release_keys: Keys, data_dirs: DataDirs, tmp_path: Path
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    index_keys: Keys,
+    data_dirs: DataDirs,
+    tmp_path: Path,
 ) -> None:
+    trusted = TrustedKeys(release=(release_keys.public,), index=(index_keys.public,))
     live = releases.publish(tmp_path / "live", V1, serial=5)
     rewrite_index(live, release_keys, expire)
     before = parse_index(live.read_bytes())
@@ -123,8 +137,8 @@ def test_resign_renews_an_expired_index_that_installs_again(
     index_path, signature_path = resign_index(
         str(live),
         out,
-        [release_keys.public],
-        key_file=key_file(tmp_path, release_keys),
+        trusted,
+        key_file=key_file(tmp_path, index_keys),
         lifetime=timedelta(days=10),
         now=now,
     )
@@ -132,38 +146,78 @@ def test_resign_renews_an_expired_index_that_installs_again(
     assert renewed.overlays == before.overlays
     assert renewed.serial == int(now.timestamp()) > before.serial
     assert renewed.expires == "2026-12-11T12:00:00Z"
-    verify(index_path.read_bytes(), signature_path.read_bytes(), [release_keys.public])
+    verify(index_path.read_bytes(), signature_path.read_bytes(), [index_keys.public])
+    assert sorted(path.name for path in out.iterdir()) == ["releases.json", "releases.json.sig"]
     for path in live.parent.iterdir():  # publish beside the layers, as the job uploads it
         if path.name not in {index_path.name, signature_path.name}:
             (out / path.name).write_bytes(path.read_bytes())
-    result = Installer(
-        data_dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
-    ).install(str(index_path), TARGET)
+    result = Installer(data_dirs, trusted, probe=import_probe, options=FAST_OPTIONS).install(
+        str(index_path), TARGET
+    )
     assert result.overlay.overlay_version == V1.overlay_version
 
 
-def test_resign_refuses_an_index_it_cannot_verify_and_an_untrusted_key(
-    releases: ReleaseFactory, release_keys: Keys, stranger_keys: Keys, tmp_path: Path
+def test_the_index_key_cannot_add_or_change_a_release(
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    index_keys: Keys,
+    data_dirs: DataDirs,
+    tmp_path: Path,
 ) -> None:
+    """A release list signed by the index key is refused, even pinned by a valid index."""
+    trusted = TrustedKeys(release=(release_keys.public,), index=(index_keys.public,))
+    live = releases.publish(tmp_path / "live", V1)
+    rewrite_list(live, index_keys, lambda document: document["overlays"][0].update(serial=1))
+    installer = Installer(data_dirs, trusted, probe=import_probe, options=FAST_OPTIONS)
+    with pytest.raises(SignatureError, match=r"release list .*unknown key"):
+        installer.install(str(live), TARGET)
+    assert OverlayStore(data_dirs).active() is None
+
+
+def test_resign_refuses_an_index_it_cannot_verify_and_a_key_without_the_index_role(
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    index_keys: Keys,
+    stranger_keys: Keys,
+    tmp_path: Path,
+) -> None:
+    trusted = TrustedKeys(release=(release_keys.public,), index=(index_keys.public,))
     live = releases.publish(tmp_path / "live", V1)
     rewrite_index(live, stranger_keys, expire)  # served by someone else
-    with pytest.raises(BuildError, match=r"refusing to re-sign .*unknown key"):
+    with pytest.raises(BuildError, match=r"refusing to re-sign: .*unknown key"):
         resign_index(
             str(live),
             tmp_path / "out",
-            [release_keys.public],
-            key_file=key_file(tmp_path, release_keys),
+            trusted,
+            key_file=key_file(tmp_path, index_keys),
             lifetime=timedelta(days=30),
         )
-    with pytest.raises(BuildError, match=r"not in runtime/llamaship/trusted_keys\.json"):
-        resign_index(
-            str(live),
-            tmp_path / "out",
-            [release_keys.public],
-            key_file=key_file(tmp_path, stranger_keys),
-            lifetime=timedelta(days=30),
-        )
+    for keys in (stranger_keys, release_keys):  # the release key has another job
+        with pytest.raises(BuildError, match=r"not an index key in runtime/llamaship/trusted"):
+            resign_index(
+                str(live),
+                tmp_path / "out",
+                trusted,
+                key_file=key_file(tmp_path, keys),
+                lifetime=timedelta(days=30),
+            )
     assert not (tmp_path / "out").exists()
+
+
+def test_resign_refuses_a_release_list_that_is_not_the_pinned_one(
+    releases: ReleaseFactory, release_keys: Keys, index_keys: Keys, tmp_path: Path
+) -> None:
+    trusted = TrustedKeys(release=(release_keys.public,), index=(index_keys.public,))
+    live = releases.publish(tmp_path / "live", V1)
+    rewrite_list(live, release_keys, lambda document: document.update(serial=2), repin=False)
+    with pytest.raises(BuildError, match="is not the release list it pins"):
+        resign_index(
+            str(live),
+            tmp_path / "out",
+            trusted,
+            key_file=key_file(tmp_path, index_keys),
+            lifetime=timedelta(days=30),
+        )
 
 
 @pytest.mark.parametrize("command", ["release", "resign-index"])

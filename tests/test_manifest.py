@@ -11,14 +11,18 @@ from typing import Any
 import pytest
 
 from llamaship.launch.decide import OverlayRequirements
-from llamaship.overlay.manifest import (
-    ManifestError,
-    dump_index,
+from llamaship_contract.overlay import (
     dump_manifest,
     layer_id,
-    parse_index,
     parse_manifest,
-    to_requirements,
+    requirements_for,
+)
+from llamaship_contract.overlay_fields import ManifestError
+from llamaship_contract.release_index import (
+    dump_index,
+    known_entries,
+    parse_index,
+    parse_release_list,
 )
 
 RUNTIME_SHA = hashlib.sha256(b"runtime archive").hexdigest()
@@ -30,7 +34,7 @@ PY_SHA = hashlib.sha256(b"__init__").hexdigest()
 def manifest_doc() -> dict[str, Any]:
     """A valid llama-cuda manifest, as the contract shows it."""
     return {
-        "format": 1,
+        "format": 2,
         "layer": "llama-cuda",
         "overlay_version": "0.3.36-cu13.0-1",
         "serial": 7,
@@ -67,14 +71,26 @@ def manifest_doc() -> dict[str, Any]:
     }
 
 
-def index_doc() -> dict[str, Any]:
+def releases_doc() -> dict[str, Any]:
+    """A valid releases.json: freshness, and the release list it pins."""
     return {
-        "format": 1,
+        "format": 2,
         "serial": 9,
         "created": "2026-11-25T00:00:00Z",
         "expires": "2026-12-25T00:00:00Z",
+        "overlays": {"name": "overlays.json", "size": 900, "sha256": LIB_SHA, "serial": 9},
+    }
+
+
+def index_doc() -> dict[str, Any]:
+    """A valid release list (overlays.json) with one cuda release."""
+    return {
+        "format": 2,
+        "serial": 9,
+        "created": "2026-11-25T00:00:00Z",
         "overlays": [
             {
+                "kind": "cuda",
                 "overlay_version": "0.3.36-cu13.0-1",
                 "serial": 7,
                 "platform": "linux_x86_64",
@@ -194,7 +210,7 @@ def test_sha256_must_be_64_lowercase_hex(sha: Any) -> None:
 
 def test_newer_format_says_to_update() -> None:
     document = manifest_doc()
-    document["format"] = 2
+    document["format"] = 3
     assert "update the application" in problems_of(document)
 
 
@@ -260,6 +276,10 @@ def test_not_an_object_is_refused(data: bytes) -> None:
         parse_manifest(data)
 
 
+def to_requirements(manifest: Any, os_name: str) -> OverlayRequirements:
+    return requirements_for(manifest, os_name)
+
+
 def test_to_requirements_picks_the_os_driver() -> None:
     manifest = parse_manifest(encode(manifest_doc()))
     assert to_requirements(manifest, "linux") == OverlayRequirements(
@@ -278,13 +298,23 @@ def test_to_requirements_picks_the_os_driver() -> None:
         to_requirements(parse_manifest(encode(document)), "windows")
 
 
+def entries_of(document: dict[str, Any]) -> Any:
+    return known_entries(parse_release_list(encode(document)), "overlays.json")
+
+
 def test_valid_index_round_trips() -> None:
-    index = parse_index(encode(index_doc()))
-    entry = index.overlays[0]
+    index = parse_release_list(encode(index_doc()))
+    (entry,), skipped = known_entries(index, "overlays.json")
+    assert skipped == ()
     assert entry.layer("llama-cuda").archive == "llama-cuda.tar.zst"
-    assert parse_index(dump_index(index)) == index
+    assert parse_release_list(dump_index(index)) == index
     assert (
         dump_index(index) == json.dumps(index_doc(), sort_keys=True, separators=(",", ":")).encode()
+    )
+    releases = parse_index(encode(releases_doc()))
+    assert (
+        dump_index(releases)
+        == json.dumps(releases_doc(), sort_keys=True, separators=(",", ":")).encode()
     )
 
 
@@ -293,16 +323,17 @@ def test_index_problems_are_collected() -> None:
     entry = document["overlays"][0]
     entry["layers"][0]["manifest"] = "has space.json"
     entry["layers"][0]["manifest_sha256"] = "nope"
-    del document["expires"]
-    with pytest.raises(ManifestError) as raised:
-        parse_index(encode(document))
-    message = str(raised.value)
+    entries, (message,) = entries_of(document)
+    assert entries == ()
     for text in (
-        "overlays[0].layers[0].manifest: must be a URL without spaces",
-        "overlays[0].layers[0].manifest_sha256: must be 64",
-        "expires: Field required",
+        "layers[0].manifest: must be a URL without spaces",
+        "layers[0].manifest_sha256: must be 64",
     ):
         assert text in message
+    releases = releases_doc()
+    del releases["expires"]
+    with pytest.raises(ManifestError, match="expires: Field required"):
+        parse_index(encode(releases))
 
 
 def test_index_checks_across_fields_name_their_fields() -> None:
@@ -311,27 +342,25 @@ def test_index_checks_across_fields_name_their_fields() -> None:
     entry = document["overlays"][0]
     entry["serial"] = 10
     entry["layers"].pop()
-    with pytest.raises(ManifestError) as raised:
-        parse_index(encode(document))
-    message = str(raised.value)
-    assert "overlays[0].layers: must list each of cuda-runtime, llama-cuda once" in message
+    _, (message,) = entries_of(document)
+    assert "layers: a cuda release lists each of cuda-runtime, llama-cuda once" in message
     document["overlays"][0]["layers"] = index_doc()["overlays"][0]["layers"]
-    with pytest.raises(ManifestError, match=r"overlays\[0\]\.serial: 10 is newer than the index"):
-        parse_index(encode(document))
+    _, (message,) = entries_of(document)
+    assert "overlays[0]: serial 10 is newer than the list's 9" in message
 
 
 @pytest.mark.parametrize(
     "expires", ["2026-12-25T00:00:00+01:00", "2026-12-25T00:00:00", "next month"]
 )
 def test_index_expiry_must_be_a_utc_time(expires: str) -> None:
-    document = index_doc()
+    document = releases_doc()
     document["expires"] = expires
     with pytest.raises(ManifestError, match="expires: must be an ISO 8601"):
         parse_index(encode(document))
 
 
 def test_index_expiry_reads_as_an_aware_time() -> None:
-    expires_at = parse_index(encode(index_doc())).expires_at
+    expires_at = parse_index(encode(releases_doc())).expires_at
     assert (expires_at.isoformat(), expires_at.utcoffset()) == (
         "2026-12-25T00:00:00+00:00",
         timedelta(0),

@@ -21,13 +21,15 @@ from fixtures_overlay import (
     KeyPair,
     python_with_path,
 )
-from llamaship.overlay.manifest import LayerManifest, layer_id, parse_index, parse_manifest
 from llamaship_build.elf import Patchelf, find_patchelf, is_elf
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_archive import MTIME
 from llamaship_build.overlay_build import build_overlay, runtime_requirements
 from llamaship_build.release_index import write_release_index
+from llamaship_contract.overlay import LayerManifest, layer_id, parse_manifest
+from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import SigningKeyError, verify
+from overlay_kit.releases import published_entries
 
 CPU_VARIANTS = 14  # the fixture's GGML_CPU_ALL_VARIANTS backends
 
@@ -258,7 +260,7 @@ def test_runtime_requirements_come_from_the_lock(tmp_path: Path) -> None:
 def test_release_index_is_signed_and_points_at_the_layers(built_overlay: BuiltOverlay) -> None:
     manifests = [built_overlay.runtime_manifest, built_overlay.llama_manifest]
     out_dir = built_overlay.out_dir
-    index_path, signature_path = write_release_index(
+    written = write_release_index(
         out_dir,
         [manifests],
         serial=7,
@@ -266,12 +268,30 @@ def test_release_index_is_signed_and_points_at_the_layers(built_overlay: BuiltOv
         base_url="https://releases.example.invalid/llamaship/",
         created=CREATED,
     )
+    list_path, list_signature, index_path, signature_path = written
     try:
+        assert [path.name for path in written] == [
+            "overlays.json",
+            "overlays.json.sig",
+            "releases.json",
+            "releases.json.sig",
+        ]
         data = index_path.read_bytes()
         verify(data, signature_path.read_bytes(), [built_overlay.keys.public])
+        listing = list_path.read_bytes()
+        verify(listing, list_signature.read_bytes(), [built_overlay.keys.public])
         index = parse_index(data)
-        entry = index.overlays[0]
+        pinned = index.overlays
+        assert (pinned.size, pinned.sha256, pinned.serial) == (
+            len(listing),
+            hashlib.sha256(listing).hexdigest(),
+            7,
+        )
+        (entry,) = published_entries(index_path)
         assert (index.serial, entry.overlay_version, entry.serial) == (7, OVERLAY_VERSION, 7)
+        llama = parse_manifest(manifests[1].read_bytes())
+        assert llama.glibc_floor is not None and llama.glibcxx_floor is not None
+        assert (entry.kind, entry.glibc_floor) == ("cuda", llama.glibc_floor)
         for path in manifests:
             manifest = parse_manifest(path.read_bytes())
             ref = entry.layer(manifest.layer)
@@ -293,10 +313,10 @@ def test_release_index_is_signed_and_points_at_the_layers(built_overlay: BuiltOv
         )
         relative = parse_index(index_path.read_bytes())
         assert relative.serial == 8
-        assert relative.overlays[0].layer("llama-cuda").manifest == manifests[1].name
+        assert published_entries(index_path)[0].layer("llama-cuda").manifest == manifests[1].name
     finally:
-        index_path.unlink(missing_ok=True)
-        signature_path.unlink(missing_ok=True)
+        for path in written:
+            path.unlink(missing_ok=True)
 
 
 def test_release_index_refuses_incomplete_releases(

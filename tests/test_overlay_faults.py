@@ -41,7 +41,7 @@ from overlay_kit.releases import (
     Keys,
     ReleaseFactory,
     ReleaseSpec,
-    rewrite_index,
+    rewrite_list,
     runtime_files,
 )
 from overlay_kit.server import OverlayServer
@@ -288,7 +288,7 @@ def test_index_entry_that_its_manifests_contradict_is_refused(upgrade: Upgrade) 
     index = upgrade.publish(
         dataclasses.replace(V2, runtime_overrides=cuda12, llama_overrides=cuda12)
     )
-    rewrite_index(
+    rewrite_list(
         index, upgrade.keys, lambda document: document["overlays"][0].update(cuda_version="13.0")
     )
     error = upgrade.fails(IncompatibleOverlay, "do not match the release")

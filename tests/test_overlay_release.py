@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from fixtures_overlay import BuiltOverlay
-from llamaship.overlay.manifest import parse_index
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_release import release
+from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import verify
+from overlay_kit.releases import published_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,28 +34,27 @@ def _build_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_release_signs_an_index_over_the_built_layers(
     built_overlay: BuiltOverlay, tmp_path: Path
 ) -> None:
-    key_file = tmp_path / "signing-key.b64"
-    key_file.write_text(built_overlay.keys.private)
-    index, signature = release(
-        built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", key_file=key_file
+    key = built_overlay.keys.private
+    *_, index, signature = release(
+        built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", signing_key_b64=key
     )
     data = index.read_bytes()
     assert verify(data, signature.read_bytes(), [built_overlay.keys.public])
     parsed = parse_index(data, origin="test")
     assert parsed.serial == 41
-    (entry,) = parsed.overlays
+    (entry,) = published_entries(index)
     assert {layer.layer for layer in entry.layers} == {"cuda-runtime", "llama-cuda"}
     for layer in entry.layers:
         assert (tmp_path / "release" / layer.archive).is_file()
     with pytest.raises(BuildError, match="serials only grow"):
         release(
-            built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", key_file=key_file
+            built_overlay.out_dir, tmp_path / "release", serial=41, base_url="", signing_key_b64=key
         )
 
 
 def test_release_without_layers_says_to_build_them(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="nox -s overlay"):
-        release(tmp_path, tmp_path / "release", serial=1, base_url="", key_file=None)
+        release(tmp_path, tmp_path / "release", serial=1, base_url="", signing_key_b64="unused")
 
 
 def test_overlay_is_skipped_when_no_cuda_source_is_reachable() -> None:

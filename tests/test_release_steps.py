@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,17 @@ from llamaship_build.overlay_pin import auto_source, pin_document
 from llamaship_build.project import Project
 from llamaship_build.publish import publish_commands
 from llamaship_build.release_assets import SUMS_NAME, manifest_asset_name, sums_text, write_sums
-from llamaship_build.release_sign import UntrustedSigningKey, check_signing_key, sign_manifests
+from llamaship_build.release_sign import (
+    UntrustedSigningKey,
+    check_signing_key,
+    sign_manifests,
+    sign_release,
+)
 from llamaship_build.repro import compare_outputs, compile_twice, member_differences
 from llamaship_build.spec import trusted_keys
 from llamaship_build.toolchain import HOST, Toolchain
-from llamaship_contract.signing import generate_keypair, key_id, verify
+from llamaship_contract.signing import SignatureError, generate_keypair, key_id, verify
+from llamaship_contract.trust import TrustedKeys, trusted
 from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,12 +41,36 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_a_trusted_key_passes_and_an_untrusted_one_fails_naming_both() -> None:
     private, public = generate_keypair()
     other_private, other_public = generate_keypair()
-    assert check_signing_key(private, [other_public, public]) == key_id(public)
+    assert check_signing_key(private, trusted([other_public, public])) == key_id(public)
     with pytest.raises(UntrustedSigningKey) as caught:
-        check_signing_key(other_private, [public])
+        check_signing_key(other_private, trusted([public]))
     assert key_id(other_public) in str(caught.value)
     assert key_id(public) in str(caught.value)
     assert "runtime/llamaship/trusted_keys.json" in str(caught.value)
+    with pytest.raises(UntrustedSigningKey):  # an index key cannot sign a release
+        check_signing_key(other_private, TrustedKeys(release=(public,), index=(other_public,)))
+
+
+def test_a_dry_run_signs_with_a_throwaway_key_that_nothing_trusts(
+    built_overlay_unsigned: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LLAMASHIP_SIGNING_KEY", raising=False)
+    shipped = trusted_keys(Project(ROOT))
+    written = sign_release(
+        built_overlay_unsigned,
+        tmp_path / "release",
+        shipped,
+        serial=3,
+        base_url="",
+        key_file=None,
+        lifetime=timedelta(days=1),
+        dry_run=True,
+    )
+    index = tmp_path / "release" / "releases.json"
+    assert index in written and (tmp_path / "release" / "overlays.json") in written
+    signature = index.with_name("releases.json.sig").read_bytes()
+    with pytest.raises(SignatureError, match="unknown key"):
+        verify(index.read_bytes(), signature, shipped.for_index)
 
 
 def test_the_cli_check_refuses_a_key_the_bundle_does_not_trust(tmp_path: Path) -> None:
@@ -84,7 +115,7 @@ def built_overlay_unsigned(tmp_path: Path) -> Path:
     out = tmp_path / "overlay"
     out.mkdir()
     for manifest in index.parent.glob("*.json"):
-        if manifest.name != "releases.json":
+        if manifest.name not in {"releases.json", "overlays.json"}:
             (out / manifest.name).write_bytes(manifest.read_bytes())
     return out
 

@@ -8,9 +8,10 @@ from llamaship.errors import LlamashipError
 from llamaship_build.platforms import PLATFORMS
 from llamaship_build.project import Project
 from llamaship_build.spec import build_context, render_spec
+from llamaship_contract.trust import TrustedKeys
 
 GOLDEN = Path(__file__).parent / "golden" / "backend-linux.spec"
-KEYS = ["b64-key-two", "b64-key-one"]
+KEYS = TrustedKeys(release=("b64-key-two", "b64-key-one"), index=("b64-index-key",))
 
 
 def _render() -> str:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from llamaship_contract.document import StrictDocument
-from llamaship_contract.overlay import Sha256, Text
+from llamaship_contract.overlay_fields import Sha256, Text
 
 
 class BundleArchive(StrictDocument):

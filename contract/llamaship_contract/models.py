@@ -16,7 +16,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, model_validator
 
 from llamaship_contract.document import Document
-from llamaship_contract.overlay import Matches, Sha256, Text
+from llamaship_contract.overlay_fields import Matches, Sha256, Text
 
 CATALOGUE_FORMAT: Final = 1
 SETTINGS_SCHEMA: Final = 1

@@ -1,140 +1,144 @@
-"""The signed overlay documents: the layer manifest and the release index (`releases.json`).
+"""The signed layer manifest: what one overlay layer holds and what it needs from a machine.
 
 Signatures cover the exact canonical bytes (`dump_document`), so the build side writes these
 models and the runtime parses the bytes it verified. Field problems are all reported at once,
-each under its field; the checks between fields (layer roots, `requires`, links, sizes) run once
-every field is valid and name the fields they concern.
+each under its field; the checks between fields (layer roots, `requires`, links, sizes, the
+facts each kind of layer must state) run once every field is valid and name their fields.
 
 A `files` entry may be a symbolic link inside the layer (`"link": "<relative target>"`): its
 `size` and `sha256` are those of the target, which must be a regular file listed in the same
 manifest. `unpacked_size` is the sum of the regular files' sizes.
+
+Layers come in kinds: `cuda` (`cuda-runtime` + `llama-cuda`, NVIDIA) and `vulkan`
+(`llama-vulkan`, any GPU with a Vulkan driver: the backend module only; the loader comes with
+the driver). The release index (`llamaship_contract.release_index`) lists releases by kind.
 """
 
 from __future__ import annotations
 
 import posixpath
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, get_args
 
 from pydantic import (
-    AfterValidator,
     Field,
-    GetCoreSchemaHandler,
-    GetJsonSchemaHandler,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
-from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema, core_schema
 
-from llamaship_contract.document import StrictDocument, dump_document, parse_document
-from llamaship_contract.errors import ContractError
-from llamaship_contract.names import ARCHIVE_SUFFIX, ExitStatus
+from llamaship_contract.document import StrictDocument, dump_document
+from llamaship_contract.names import ARCHIVE_SUFFIX
+from llamaship_contract.overlay_fields import (
+    Count,
+    CudaArch,
+    CudaVersion,
+    DriverVersion,
+    LayerId,
+    ManifestError,
+    Sha256,
+    ShaderFeature,
+    Tag,
+    Text,
+    Timestamp,
+    VersionFloor,
+    VulkanApi,
+    parse_signed,
+    safe_relative_path,
+)
 
-FORMAT = 1
-LayerName = Literal["cuda-runtime", "llama-cuda"]
-LAYER_NAMES: tuple[LayerName, ...] = ("cuda-runtime", "llama-cuda")
+FORMAT = 2
+LayerName = Literal["cuda-runtime", "llama-cuda", "llama-vulkan"]
+LayerKind = Literal["cuda", "vulkan"]
+# The layers of a release of each kind, in install order (a required layer first).
+KIND_LAYERS: Mapping[LayerKind, tuple[LayerName, ...]] = {
+    "cuda": ("cuda-runtime", "llama-cuda"),
+    "vulkan": ("llama-vulkan",),
+}
+KIND_OF_LAYER: Mapping[LayerName, LayerKind] = {
+    layer: kind for kind, layers in KIND_LAYERS.items() for layer in layers
+}
+LAYER_NAMES: tuple[LayerName, ...] = KIND_LAYERS["cuda"]
 # The top-level directories each layer may hold.
 LAYER_ROOTS: Mapping[str, tuple[str, ...]] = {
     "cuda-runtime": ("lib", "bin", "licenses"),
     "llama-cuda": ("llama_cpp",),
+    # ggml backend modules (libggml-vulkan.so, ggml-vulkan.dll) that the bundle's own ggml
+    # loads, and their notices.
+    "llama-vulkan": ("backends", "licenses"),
 }
 # The layer a layer must require, or None when it stands alone.
-REQUIRED_LAYER: Mapping[str, str | None] = {"cuda-runtime": None, "llama-cuda": "cuda-runtime"}
+REQUIRED_LAYER: Mapping[str, str | None] = {
+    "cuda-runtime": None,
+    "llama-cuda": "cuda-runtime",
+    "llama-vulkan": None,
+}
 OsName = Literal["linux", "windows"]
-# The longest file name component file systems take: 255 bytes (ext4, APFS; UTF-8) and
-# 255 UTF-16 code units (NTFS). A name never has more UTF-16 units than UTF-8 bytes, so the
-# byte limit covers both.
-MAX_COMPONENT_BYTES = 255
-
-_FIX = "The overlay cannot be used; rebuild it (nox -s overlay) or report it to its publisher"
 
 
-class ManifestError(ContractError):
-    """A layer manifest or release index is malformed; the overlay is not used."""
-
-    exit_code = ExitStatus.DOCUMENT_INVALID
-
-
-@dataclass(frozen=True)
-class Matches:
-    """`Annotated[str, Matches(regex, hint)]`: the whole string matches `regex`; the error says
-    "must be <hint>" and the JSON Schema carries the pattern."""
-
-    regex: str
-    hint: str
-
-    def _check(self, value: str) -> str:
-        if not re.fullmatch(self.regex, value):
-            msg = f"must be {self.hint}"
-            raise ValueError(msg)
-        return value
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> CoreSchema:
-        return core_schema.no_info_after_validator_function(self._check, handler(source))
-
-    def __get_pydantic_json_schema__(
-        self, schema: CoreSchema, handler: GetJsonSchemaHandler
-    ) -> JsonSchemaValue:
-        json_schema = handler(schema)
-        json_schema.update(pattern=f"^(?:{self.regex})$", description=self.hint)
-        return json_schema
+# The fields only one kind of layer states; a document of the other kind leaves them out.
+KIND_FIELDS: Mapping[LayerKind, tuple[str, ...]] = {
+    "cuda": ("cuda_version", "min_driver", "cuda_archs", "ptx_archs"),
+    "vulkan": ("vulkan_api", "shader_features"),
+}
 
 
-def _timestamp(value: str) -> str:
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        msg = "must be an ISO 8601 time like '2026-11-25T00:00:00Z'"
-        raise ValueError(msg) from None
-    return value
+def _absent(value: object) -> bool:
+    return value is None
 
 
-def _utc_timestamp(value: str) -> str:
-    moment = datetime.fromisoformat(_timestamp(value))
-    offset = moment.utcoffset()
-    if offset is None or offset.total_seconds() != 0:
-        msg = "must be an ISO 8601 UTC time ending in 'Z' or '+00:00'"
-        raise ValueError(msg)
-    return value
+def without_other_kinds(kind: LayerKind, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a dumped manifest or index entry) without the fields of the other kinds."""
+    other = {name for each, names in KIND_FIELDS.items() if each != kind for name in names}
+    return {key: value for key, value in data.items() if key not in other}
 
 
-Sha256 = Annotated[str, Matches(r"[0-9a-f]{64}", "64 lowercase hex digits (sha256)")]
-Count = Annotated[int, Field(ge=0)]
-Text = Annotated[str, Field(min_length=1), Matches(r"\S(.*\S)?", "a non-empty string")]
-Tag = Annotated[str, Matches(r"[a-z0-9_]+", "a wheel tag like 'py3' or 'linux_x86_64'")]
-CudaVersion = Annotated[str, Matches(r"\d+\.\d+", "MAJOR.MINOR like '13.0'")]
-DriverVersion = Annotated[str, Matches(r"\d+(\.\d+){1,2}", "a driver version like '580.65.06'")]
-CudaArch = Annotated[str, Matches(r"\d{2,3}[af]?", "a CUDA architecture like '75' or '120'")]
-LayerId = Annotated[str, Matches(r"[a-z-]+-[0-9a-f]{16}", "a layer id like 'llama-cuda-<16 hex>'")]
-Url = Annotated[str, Matches(r"[^\s\x00]+", "a URL without spaces")]
-Timestamp = Annotated[str, AfterValidator(_timestamp)]
-UtcTimestamp = Annotated[str, AfterValidator(_utc_timestamp)]
+class _KindFacts(Protocol):
+    """The kind-specific fields a manifest and an index entry share (for `kind_problems`)."""
+
+    @property
+    def cuda_version(self) -> str | None: ...
+
+    @property
+    def min_driver(self) -> Mapping[str, str]: ...
+
+    @property
+    def cuda_archs(self) -> tuple[str, ...]: ...
+
+    @property
+    def ptx_archs(self) -> tuple[str, ...]: ...
+
+    @property
+    def vulkan_api(self) -> str | None: ...
+
+    @property
+    def shader_features(self) -> tuple[str, ...]: ...
 
 
-def safe_relative_path(path: str) -> str | None:
-    """Why `path` is not a safe relative POSIX path inside a layer, or None if it is."""
-    if not path:
-        return "is empty"
-    if "\\" in path or "\x00" in path:
-        return "holds a backslash or NUL"
-    if path.startswith("/") or re.match(r"[A-Za-z]:", path):
-        return "is absolute"
-    parts = path.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        return "has an empty, '.' or '..' component"
-    for part in parts:
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
-            return (
-                f"has a component {part[:20]!r}... longer than file systems allow "
-                f"({MAX_COMPONENT_BYTES} bytes in UTF-8)"
-            )
-    return None
+def kind_problems(kind: str, facts: _KindFacts) -> list[str]:
+    """What a `kind` layer or release must state and must not: CUDA facts only for cuda."""
+    problems: list[str] = []
+    if kind == "cuda":
+        if facts.cuda_version is None:
+            problems.append("cuda_version: is required for a cuda layer")
+        if not facts.min_driver:
+            problems.append("min_driver: must name the oldest driver for at least one OS")
+        if not (facts.cuda_archs or facts.ptx_archs):
+            problems.append("cuda_archs: and ptx_archs are both empty: the layer runs on no GPU")
+        if facts.vulkan_api is not None or facts.shader_features:
+            problems.append("vulkan_api: and shader_features belong to vulkan layers only")
+    else:
+        if facts.vulkan_api is None:
+            problems.append("vulkan_api: is required for a vulkan layer")
+        if (
+            facts.cuda_version is not None
+            or facts.min_driver
+            or facts.cuda_archs
+            or (facts.ptx_archs)
+        ):
+            problems.append("cuda_version: and the other CUDA fields belong to cuda layers only")
+    return problems
 
 
 class ArchiveRef(StrictDocument):
@@ -254,7 +258,7 @@ def _file_problems(
 
 
 class LayerManifest(StrictDocument):
-    """A signed description of one overlay layer (`cuda-runtime` or `llama-cuda`)."""
+    """A signed description of one overlay layer (`cuda-runtime`, `llama-cuda`, `llama-vulkan`)."""
 
     format: int
     layer: LayerName
@@ -264,11 +268,18 @@ class LayerManifest(StrictDocument):
     llama_cpp_version: Text
     python_tag: Tag
     platform: Tag
-    cuda_version: CudaVersion
-    min_driver: dict[OsName, DriverVersion] = Field(min_length=1)
-    cuda_archs: tuple[CudaArch, ...]
-    ptx_archs: tuple[CudaArch, ...]
     min_vram_mb: Count
+    # The oldest glibc / libstdc++ (GLIBCXX) the layer's ELF libraries load on (Linux only).
+    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    # cuda layers: the CUDA version, driver floors per OS, and the architectures compiled.
+    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
+    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
+    cuda_archs: tuple[CudaArch, ...] = ()
+    ptx_archs: tuple[CudaArch, ...] = ()
+    # vulkan layers: the Vulkan API version the module needs and its shader features.
+    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
+    shader_features: tuple[ShaderFeature, ...] = ()
     archive: ArchiveRef
     unpacked_size: Count
     files: tuple[FileEntry, ...]
@@ -285,6 +296,19 @@ class LayerManifest(StrictDocument):
             raise ValueError(msg)
         return value
 
+    @field_validator("min_driver")
+    @classmethod
+    def _known_os(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(get_args(OsName)))
+        if unknown:
+            msg = f"names {', '.join(unknown)}: the OS must be one of {', '.join(get_args(OsName))}"
+            raise ValueError(msg)
+        return value
+
+    @model_serializer(mode="wrap")
+    def _kind_fields_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return without_other_kinds(self.kind, handler(self))
+
     @model_validator(mode="after")
     def _consistent(self) -> LayerManifest:
         problems = _file_problems(self.files, self.unpacked_size, LAYER_ROOTS[self.layer])
@@ -297,11 +321,15 @@ class LayerManifest(StrictDocument):
             )
         elif self.requires is not None and self.requires.layer != wanted:
             problems.append(f"requires.layer: must be {wanted} for a {self.layer} layer")
-        if not (self.cuda_archs or self.ptx_archs):
-            problems.append("cuda_archs: and ptx_archs are both empty: the layer runs on no GPU")
+        problems += kind_problems(KIND_OF_LAYER[self.layer], self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def kind(self) -> LayerKind:
+        """The kind of GPU backend the layer belongs to."""
+        return KIND_OF_LAYER[self.layer]
 
     @property
     def id(self) -> str:
@@ -309,117 +337,9 @@ class LayerManifest(StrictDocument):
         return f"{self.layer}-{self.archive.sha256[:16]}"
 
 
-class LayerRef(StrictDocument):
-    """One layer of a release in the index: where its manifest and archive are."""
-
-    layer: LayerName
-    id: LayerId
-    manifest: Url
-    manifest_sha256: Sha256
-    archive: Url
-
-    @model_validator(mode="after")
-    def _id_names_layer(self) -> LayerRef:
-        if not self.id.startswith(f"{self.layer}-"):
-            msg = f"id: must start with '{self.layer}-'"
-            raise ValueError(msg)
-        return self
-
-
-class ReleaseEntry(StrictDocument):
-    """One overlay release in the index: its identity, what it needs, and its layers.
-
-    The requirements repeat the llama-cuda manifest's, so a release can be chosen from the
-    index alone; the installer checks that the signed manifests say the same.
-    """
-
-    overlay_version: Text
-    serial: Count
-    platform: Tag
-    python_tag: Tag
-    llama_cpp_version: Text
-    cuda_version: CudaVersion
-    min_driver: dict[OsName, DriverVersion] = Field(min_length=1)
-    cuda_archs: tuple[CudaArch, ...]
-    ptx_archs: tuple[CudaArch, ...]
-    min_vram_mb: Count
-    layers: tuple[LayerRef, ...]
-
-    @model_validator(mode="after")
-    def _each_layer_once(self) -> ReleaseEntry:
-        names = sorted(ref.layer for ref in self.layers)
-        if names != sorted(LAYER_NAMES):
-            msg = (
-                f"layers: must list each of {', '.join(LAYER_NAMES)} once "
-                f"(got {', '.join(names) or 'none'})"
-            )
-            raise ValueError(msg)
-        return self
-
-    def layer(self, name: str) -> LayerRef:
-        """The entry's layer called `name` (every valid entry has each layer once)."""
-        for ref in self.layers:
-            if ref.layer == name:
-                return ref
-        msg = f"release {self.overlay_version} has no {name} layer"
-        raise ManifestError(msg)
-
-
-class ReleaseIndex(StrictDocument):
-    """The signed list of published overlays (`releases.json`).
-
-    `expires` (ISO 8601 UTC) bounds how long a served copy is believed: an index past it is
-    refused (a frozen mirror cannot hide newer releases forever); the release job re-signs it.
-    """
-
-    format: int
-    serial: Count
-    created: Timestamp
-    expires: UtcTimestamp
-    overlays: tuple[ReleaseEntry, ...]
-
-    @field_validator("format")
-    @classmethod
-    def _known_format(cls, value: int) -> int:
-        return LayerManifest._known_format(value)
-
-    @model_validator(mode="after")
-    def _serials(self) -> ReleaseIndex:
-        problems = [
-            f"overlays[{position}].serial: {entry.serial} is newer than the index "
-            f"serial {self.serial}"
-            for position, entry in enumerate(self.overlays)
-            if entry.serial > self.serial
-        ]
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def expires_at(self) -> datetime:
-        """`expires` as an aware UTC datetime."""
-        return datetime.fromisoformat(self.expires).astimezone(UTC)
-
-
-S = TypeVar("S", bound=StrictDocument)
-
-
-def _parse(model: type[S], data: bytes, origin: str) -> S:
-    try:
-        return parse_document(model, data, origin)
-    except ContractError as error:
-        msg = f"{error}. {_FIX}"
-        raise ManifestError(msg) from None
-
-
 def parse_manifest(data: bytes, *, origin: str = "overlay manifest") -> LayerManifest:
     """Validate and type a layer manifest; raises one `ManifestError` naming every bad field."""
-    return _parse(LayerManifest, data, origin)
-
-
-def parse_index(data: bytes, *, origin: str = "release index") -> ReleaseIndex:
-    """Validate and type a release index; raises one `ManifestError` naming every bad field."""
-    return _parse(ReleaseIndex, data, origin)
+    return parse_signed(LayerManifest, data, origin)
 
 
 def dump_manifest(manifest: LayerManifest) -> bytes:
@@ -427,12 +347,32 @@ def dump_manifest(manifest: LayerManifest) -> bytes:
     return dump_document(manifest)
 
 
-def dump_index(index: ReleaseIndex) -> bytes:
-    """Canonical release index bytes (sorted keys, compact, UTF-8): what gets signed."""
-    return dump_document(index)
+class _CudaFacts(Protocol):
+    """What `requirements_for` reads: a cuda manifest's or index entry's fields."""
+
+    @property
+    def overlay_version(self) -> str: ...
+
+    @property
+    def serial(self) -> int: ...
+
+    @property
+    def cuda_version(self) -> str | None: ...
+
+    @property
+    def min_driver(self) -> Mapping[str, str]: ...
+
+    @property
+    def cuda_archs(self) -> tuple[str, ...]: ...
+
+    @property
+    def ptx_archs(self) -> tuple[str, ...]: ...
+
+    @property
+    def min_vram_mb(self) -> int: ...
 
 
-def requirements_for(source: LayerManifest | ReleaseEntry, os_name: str) -> OverlayRequirements:
+def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
     """What the release of `source` needs from a machine running `os_name` ('linux', 'windows').
 
     Raises ManifestError when the overlay names no driver floor for that OS (not built for it).
@@ -446,6 +386,9 @@ def requirements_for(source: LayerManifest | ReleaseEntry, os_name: str) -> Over
             f"overlay {source.overlay_version} names no minimum driver for {os_name} "
             f"(only for: {known}): it was not built for this OS"
         )
+        raise ManifestError(msg)
+    if source.cuda_version is None:
+        msg = f"overlay {source.overlay_version} is not a CUDA overlay (it names no CUDA version)"
         raise ManifestError(msg)
     return OverlayRequirements(
         overlay_version=source.overlay_version,

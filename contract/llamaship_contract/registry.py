@@ -16,7 +16,8 @@ from llamaship_contract.document import Document
 from llamaship_contract.fit import FitCacheRecord, FitPlan
 from llamaship_contract.launch import BootCount, LaunchStatus, ProbeRecord
 from llamaship_contract.models import ModelCatalogue, UserSettings
-from llamaship_contract.overlay import LayerManifest, ReleaseIndex
+from llamaship_contract.overlay import LayerManifest
+from llamaship_contract.release_index import ReleaseIndex, ReleaseList
 from llamaship_contract.state import (
     AcceptedSerialsFile,
     DetectionCache,
@@ -32,6 +33,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "detection-report": DetectionReport,
     "layer-manifest": LayerManifest,
     "release-index": ReleaseIndex,
+    "release-list": ReleaseList,
     "bundle-manifest": BundleManifest,
     "capabilities": Capabilities,
     "overlay-pointer": OverlayPointer,

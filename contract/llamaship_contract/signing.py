@@ -26,6 +26,7 @@ _log = logging.getLogger(__name__)
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SIGNING_KEY_ENV = "LLAMASHIP_SIGNING_KEY"
+INDEX_KEY_ENV = "LLAMASHIP_INDEX_KEY"
 
 
 class SignatureError(LlamashipError):
@@ -160,8 +161,11 @@ def verify(data: bytes, sig_bytes: bytes | None, trusted_public_keys: Sequence[s
     return signer
 
 
-def load_signing_key(path: Path | None, environ: Mapping[str, str]) -> str:
-    """The base64 private key from `path`, else from $LLAMASHIP_SIGNING_KEY (a CI secret)."""
+def load_signing_key(
+    path: Path | None, environ: Mapping[str, str], variable: str = SIGNING_KEY_ENV
+) -> str:
+    """The base64 private key from `path`, else from `$variable` (a CI secret): the release
+    key in $LLAMASHIP_SIGNING_KEY, the index key in $LLAMASHIP_INDEX_KEY."""
     if path is not None:
         try:
             text = path.read_text(encoding="ascii")
@@ -169,12 +173,12 @@ def load_signing_key(path: Path | None, environ: Mapping[str, str]) -> str:
             msg = f"cannot read the signing key file {path} ({type(error).__name__})"
             raise SigningKeyError(msg) from None
         origin = f"signing key in {path}"
-    elif environ.get(SIGNING_KEY_ENV, "").strip():
-        text = environ[SIGNING_KEY_ENV]
-        origin = f"signing key in ${SIGNING_KEY_ENV}"
+    elif environ.get(variable, "").strip():
+        text = environ[variable]
+        origin = f"signing key in ${variable}"
     else:
         msg = (
-            f"no signing key: pass a key file or set {SIGNING_KEY_ENV} "
+            f"no signing key: pass a key file or set {variable} "
             "(create one with `llamaship keys generate --out DIR`)"
         )
         raise SigningKeyError(msg)

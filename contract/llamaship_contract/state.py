@@ -13,13 +13,8 @@ from pydantic import Field, model_validator
 
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.document import Document, StrictDocument
-from llamaship_contract.overlay import (
-    LAYER_NAMES,
-    Count,
-    LayerId,
-    OverlayRequirements,
-    Text,
-)
+from llamaship_contract.overlay import LAYER_NAMES, OverlayRequirements
+from llamaship_contract.overlay_fields import Count, LayerId, Text
 
 STATE_SCHEMA: Final = 1
 ACTIVE_FILE = "active.json"

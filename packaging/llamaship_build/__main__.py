@@ -170,13 +170,14 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
 
 def _release(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import overlay_release
+    from llamaship_contract.signing import load_signing_key
 
     for path in overlay_release.release(
         project.dist / "overlay",
         project.dist / "release",
         args.serial or overlay_release.default_serial(),
         args.base_url,
-        args.key_file,
+        load_signing_key(args.key_file, os.environ),
         lifetime=timedelta(days=args.expires_in_days),
     ):
         print(path)
@@ -195,7 +196,7 @@ def _check_signing_key(args: argparse.Namespace, project: Project) -> int:
 
 def _sign_release(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import overlay_release
-    from llamaship_build.release_sign import sign_release
+    from llamaship_build.release_sign import DRY_RUN_NOTE, sign_release
     from llamaship_build.spec import trusted_keys
 
     for path in sign_release(
@@ -206,8 +207,11 @@ def _sign_release(args: argparse.Namespace, project: Project) -> int:
         base_url=args.base_url,
         key_file=args.key_file,
         lifetime=timedelta(days=args.expires_in_days),
+        dry_run=args.dry_run,
     ):
         print(path)
+    if args.dry_run:
+        print(f"dry run: signed with a throwaway key that no bundle trusts ({DRY_RUN_NOTE})")
     return 0
 
 
@@ -384,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"days until the new index expires (default: {DEFAULT_EXPIRY_DAYS})",
     )
     resign.add_argument(
-        "--key-file", type=Path, help="signing key file (default: $LLAMASHIP_SIGNING_KEY)"
+        "--key-file", type=Path, help="index key file (default: $LLAMASHIP_INDEX_KEY)"
     )
     resign.set_defaults(handler=_resign_index)
     check_key = commands.add_parser(
@@ -412,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_days,
         default=DEFAULT_EXPIRY_DAYS,
         help=f"days until the index expires (default: {DEFAULT_EXPIRY_DAYS})",
+    )
+    sign.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="sign with a throwaway key that no bundle trusts (no secret needed)",
     )
     sign.set_defaults(handler=_sign_release)
     assets = commands.add_parser(

@@ -21,6 +21,7 @@ from pathlib import Path
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
+from llamaship_build.glibc import GLIBC, GLIBCXX, glibc_floors
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
@@ -36,13 +37,12 @@ from llamaship_contract.overlay import (
     FileEntry,
     LayerManifest,
     LayerName,
-    ManifestError,
-    OsName,
     RequiredLayer,
     dump_manifest,
     layer_id,
     parse_manifest,
 )
+from llamaship_contract.overlay_fields import ManifestError
 from llamaship_contract.signing import public_key_of, sign
 
 _log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class OverlayTarget:
     overlay_version: str
     serial: int
     cuda_version: str
-    min_driver: Mapping[OsName, str]
+    min_driver: Mapping[str, str]
     cuda_archs: tuple[str, ...]
     ptx_archs: tuple[str, ...]
     min_vram_mb: int
@@ -81,6 +81,7 @@ def _manifest(
     files: tuple[FileEntry, ...],
     created: str,
     target: OverlayTarget,
+    floors: tuple[str | None, str | None],
 ) -> LayerManifest:
     return LayerManifest(
         format=FORMAT,
@@ -96,10 +97,21 @@ def _manifest(
         cuda_archs=target.cuda_archs,
         ptx_archs=target.ptx_archs,
         min_vram_mb=target.min_vram_mb,
+        glibc_floor=floors[0],
+        glibcxx_floor=floors[1],
         archive=archive,
         unpacked_size=sum(entry.size for entry in files if entry.link is None),
         files=files,
         created=created,
+    )
+
+
+def layer_floors(root: Path) -> tuple[str | None, str | None]:
+    """The glibc and GLIBCXX versions the layer's ELF files need (None: no such need)."""
+    glibc, glibcxx = glibc_floors(root, (GLIBC, GLIBCXX))
+    return (
+        glibc.text() if glibc.needed_by else None,
+        glibcxx.text() if glibcxx.needed_by else None,
     )
 
 
@@ -128,7 +140,7 @@ def _pack_layer(
 ) -> tuple[LayerManifest, list[Path]]:
     files = layer_files(root)
     archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
-    manifest = _manifest(layer, info, requires, archive, files, created, target)
+    manifest = _manifest(layer, info, requires, archive, files, created, target, layer_floors(root))
     manifest_path = out_dir / f"{stem}.json"
     data = _checked(manifest)
     manifest_path.write_bytes(data)
@@ -155,7 +167,7 @@ def build_overlay(
     out_dir: Path,
     *,
     cuda_version: str,
-    min_driver: Mapping[OsName, str],
+    min_driver: Mapping[str, str],
     min_vram_mb: int,
     serial: int,
     overlay_version: str,

@@ -29,7 +29,7 @@ from pathlib import Path
 from llamaship_build.elf import Patchelf, is_elf
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import add_to_layer
-from llamaship_contract.overlay import safe_relative_path
+from llamaship_contract.overlay_fields import safe_relative_path
 
 PACKAGE_DIR = "llama_cpp"
 LIB_DIR = f"{PACKAGE_DIR}/lib"

@@ -30,13 +30,13 @@ from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
-from llamaship_contract.overlay import OsName, parse_manifest
+from llamaship_contract.overlay import parse_manifest
 from llamaship_contract.signing import load_signing_key
 
 _log = logging.getLogger(__name__)
 SOURCES_FILE = "overlay-sources.json"
 # The oldest driver each CUDA major version runs on (NVIDIA's CUDA compatibility table).
-MIN_DRIVER: dict[str, dict[OsName, str]] = {
+MIN_DRIVER: dict[str, dict[str, str]] = {
     "12": {"linux": "525.60.13", "windows": "527.41"},
     "13": {"linux": "580.65.06", "windows": "580.88"},
 }
@@ -179,11 +179,11 @@ def release(
     out_dir: Path,
     serial: int,
     base_url: str,
-    key_file: Path | None,
+    signing_key_b64: str,
     lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> list[Path]:
-    """Copy the layers into `out_dir` and write the signed `releases.json` over them
-    (expiring `lifetime` from now)."""
+    """Copy the layers into `out_dir` and write the signed release index over them
+    (`overlays.json` and `releases.json`, expiring `lifetime` from now)."""
     manifests: dict[str, list[Path]] = defaultdict(list)
     for path in sorted(overlay_dir.glob("*.json")):
         manifest = parse_manifest(path.read_bytes(), origin=str(path))
@@ -196,5 +196,6 @@ def release(
         if path.is_file():
             shutil.copy2(path, out_dir / path.name)
     entries = [[out_dir / path.name for path in paths] for _, paths in sorted(manifests.items())]
-    key = load_signing_key(key_file, os.environ)
-    return write_release_index(out_dir, entries, serial, key, base_url, lifetime=lifetime)
+    return write_release_index(
+        out_dir, entries, serial, signing_key_b64, base_url, lifetime=lifetime
+    )

@@ -1,37 +1,44 @@
-"""Write the signed release index (`releases.json` + `.sig`) that the runtime queries.
+"""Write the signed release index that the runtime queries: `overlays.json` (the releases,
+release key) and `releases.json` (the entry point: serial, expiry, and the list's hash).
 
 Its serial only grows: the runtime refuses an index older than the newest it accepted, so a new
 index in a directory that already holds one must carry a higher serial. It expires
 (`DEFAULT_LIFETIME` after it was written unless told otherwise): the runtime refuses an expired
-index, so a release job must sign it again before then.
+index, so the scheduled job re-signs `releases.json` with the index key before then.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_contract.document import dump_document
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
-from llamaship_contract.overlay import (
+from llamaship_contract.overlay import KIND_LAYERS, REQUIRED_LAYER, LayerManifest, parse_manifest
+from llamaship_contract.overlay_fields import ManifestError
+from llamaship_contract.release_index import (
     FORMAT,
-    LAYER_NAMES,
-    LayerManifest,
+    OVERLAYS_NAME,
     LayerRef,
-    ManifestError,
+    PinnedList,
     ReleaseEntry,
     ReleaseIndex,
+    ReleaseList,
     dump_index,
-    layer_id,
+    known_entries,
     parse_index,
-    parse_manifest,
+    parse_release_list,
 )
 from llamaship_contract.signing import sign
 
 DEFAULT_LIFETIME = timedelta(days=30)
+_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def _url(base_url: str, name: str) -> str:
@@ -50,28 +57,35 @@ def _release_entry(manifest_paths: Sequence[Path], base_url: str) -> ReleaseEntr
             )
             raise BuildError(msg)
         manifests[manifest.layer] = (path, manifest)
-    if sorted(manifests) != sorted(LAYER_NAMES):
+    kinds = {manifest.kind for _, manifest in manifests.values()}
+    wanted = KIND_LAYERS[next(iter(kinds))] if len(kinds) == 1 else ()
+    if sorted(manifests) != sorted(wanted):
+        kinds_text = "; ".join(
+            f"{kind}: {' + '.join(layers)}" for kind, layers in KIND_LAYERS.items()
+        )
         msg = (
-            f"a release needs one manifest per layer ({', '.join(LAYER_NAMES)}); "
+            f"a release needs one manifest per layer of its kind ({kinds_text}); "
             f"got {', '.join(sorted(manifests)) or 'none'}"
         )
         raise BuildError(msg)
-    llama = manifests["llama-cuda"][1]
-    runtime = manifests["cuda-runtime"][1]
-    if llama.requires is None or llama.requires.id != layer_id(runtime):
-        msg = (
-            f"{manifests['llama-cuda'][0]} requires {llama.requires} but the release's "
-            f"cuda-runtime layer is {layer_id(runtime)}: build both layers together"
-        )
-        raise BuildError(msg)
-    for path, manifest in manifests.values():
-        if (manifest.overlay_version, manifest.serial) != (llama.overlay_version, llama.serial):
-            msg = f"{path} belongs to another release than {manifests['llama-cuda'][0]}"
+    main_path, main = manifests[wanted[-1]]  # the llama layer: it states the release's needs
+    for name, (path, manifest) in manifests.items():
+        needed = REQUIRED_LAYER[name]
+        if needed is not None and (
+            manifest.requires is None or manifest.requires.id != manifests[needed][1].id
+        ):
+            msg = (
+                f"{path} requires {manifest.requires} but the release's {needed} layer is "
+                f"{manifests[needed][1].id}: build the layers together"
+            )
+            raise BuildError(msg)
+        if (manifest.overlay_version, manifest.serial) != (main.overlay_version, main.serial):
+            msg = f"{path} belongs to another release than {main_path}"
             raise BuildError(msg)
     layers = tuple(
         LayerRef(
             layer=manifest.layer,
-            id=layer_id(manifest),
+            id=manifest.id,
             manifest=_url(base_url, path.name),
             manifest_sha256=sha256_of(path),
             archive=_url(base_url, manifest.archive.name),
@@ -79,16 +93,21 @@ def _release_entry(manifest_paths: Sequence[Path], base_url: str) -> ReleaseEntr
         for _, (path, manifest) in sorted(manifests.items())
     )
     return ReleaseEntry(
-        overlay_version=llama.overlay_version,
-        serial=llama.serial,
-        platform=llama.platform,
-        python_tag=llama.python_tag,
-        llama_cpp_version=llama.llama_cpp_version,
-        cuda_version=llama.cuda_version,
-        min_driver=llama.min_driver,
-        cuda_archs=llama.cuda_archs,
-        ptx_archs=llama.ptx_archs,
-        min_vram_mb=llama.min_vram_mb,
+        kind=main.kind,
+        overlay_version=main.overlay_version,
+        serial=main.serial,
+        platform=main.platform,
+        python_tag=main.python_tag,
+        llama_cpp_version=main.llama_cpp_version,
+        min_vram_mb=main.min_vram_mb,
+        glibc_floor=main.glibc_floor,
+        glibcxx_floor=main.glibcxx_floor,
+        cuda_version=main.cuda_version,
+        min_driver=dict(main.min_driver),
+        cuda_archs=main.cuda_archs,
+        ptx_archs=main.ptx_archs,
+        vulkan_api=main.vulkan_api,
+        shader_features=main.shader_features,
         layers=layers,
     )
 
@@ -103,6 +122,44 @@ def _previous_serial(index_path: Path) -> int | None:
         raise BuildError(msg) from None
 
 
+def write_signed(path: Path, content: bytes, signing_key_b64: str) -> list[Path]:
+    """Write `content` to `path` and its signature beside it, each through a rename."""
+    signature_path = path.with_name(path.name + SIGNATURE_SUFFIX)
+    for target, payload in ((path, content), (signature_path, sign(content, signing_key_b64))):
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(payload)
+        os.replace(partial, target)
+    return [path, signature_path]
+
+
+def index_over(
+    list_name: str,
+    list_bytes: bytes,
+    serial: int,
+    list_serial: int,
+    created: datetime,
+    lifetime: timedelta,
+) -> ReleaseIndex:
+    """A `releases.json` pinning the release list `list_bytes` (published as `list_name`
+    beside it), fresh from `created` for `lifetime`."""
+    if lifetime <= timedelta(0):
+        msg = f"the release index lifetime must be positive (got {lifetime})"
+        raise BuildError(msg)
+    moment = created.astimezone(UTC)
+    return ReleaseIndex(
+        format=FORMAT,
+        serial=serial,
+        created=moment.strftime(_STAMP),
+        expires=(moment + lifetime).strftime(_STAMP),
+        overlays=PinnedList(
+            name=list_name,
+            size=len(list_bytes),
+            sha256=hashlib.sha256(list_bytes).hexdigest(),
+            serial=list_serial,
+        ),
+    )
+
+
 def write_release_index(
     out_dir: Path,
     entries: Sequence[Sequence[Path]],
@@ -112,15 +169,12 @@ def write_release_index(
     created: datetime | None = None,
     lifetime: timedelta = DEFAULT_LIFETIME,
 ) -> list[Path]:
-    """Write `releases.json` and its signature into `out_dir`; returns both paths.
+    """Write `overlays.json`, `releases.json` and their signatures into `out_dir`.
 
-    `entries`: per release, the manifest files of its layers (as `build_overlay` wrote them).
+    `entries`: per release, the manifest files of its layers (as the overlay build wrote them).
     `base_url`: where the files will be published ("" writes URLs relative to the index).
     `lifetime`: how long after `created` the index expires.
     """
-    if lifetime <= timedelta(0):
-        msg = f"the release index lifetime must be positive (got {lifetime})"
-        raise BuildError(msg)
     index_path = out_dir / INDEX_NAME
     previous = _previous_serial(index_path)
     if previous is not None and serial <= previous:
@@ -131,22 +185,23 @@ def write_release_index(
         )
         raise BuildError(msg)
     moment = (created or datetime.now(UTC)).astimezone(UTC)
-    index = ReleaseIndex(
+    release_list = ReleaseList(
         format=FORMAT,
         serial=serial,
-        created=moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        expires=(moment + lifetime).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        overlays=tuple(_release_entry(paths, base_url) for paths in entries),
+        created=moment.strftime(_STAMP),
+        overlays=tuple(
+            json.loads(dump_document(_release_entry(paths, base_url))) for paths in entries
+        ),
     )
-    data = dump_index(index)
+    list_bytes = dump_index(release_list)
     try:
-        parse_index(data, origin="the release index being written")
+        _, skipped = known_entries(parse_release_list(list_bytes), "the release list")
     except ManifestError as error:
         msg = f"{error} (check the serial and the manifests passed in)"
         raise BuildError(msg) from None
-    signature_path = out_dir / f"{INDEX_NAME}{SIGNATURE_SUFFIX}"
-    for path, content in ((index_path, data), (signature_path, sign(data, signing_key_b64))):
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(content)
-        os.replace(partial, path)
-    return [index_path, signature_path]
+    if skipped:
+        msg = f"the release list being written is not readable by this llamaship: {skipped[0]}"
+        raise BuildError(msg)
+    written = write_signed(out_dir / OVERLAYS_NAME, list_bytes, signing_key_b64)
+    index = index_over(OVERLAYS_NAME, list_bytes, serial, serial, moment, lifetime)
+    return written + write_signed(index_path, dump_index(index), signing_key_b64)

@@ -8,28 +8,38 @@ other key would be refused by every installed runtime, so the step fails before 
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
 from llamaship_contract.names import SIGNATURE_SUFFIX
-from llamaship_contract.overlay import ManifestError, parse_manifest
-from llamaship_contract.signing import key_id, load_signing_key, public_key_of, sign
+from llamaship_contract.overlay import parse_manifest
+from llamaship_contract.overlay_fields import ManifestError
+from llamaship_contract.signing import (
+    generate_keypair,
+    key_id,
+    load_signing_key,
+    public_key_of,
+    sign,
+)
+from llamaship_contract.trust import TrustedKeys
 
 TRUSTED_KEYS_FILE = "runtime/llamaship/trusted_keys.json"
+DRY_RUN_NOTE = "no bundle trusts it: nothing it signed can be installed"
+_log = logging.getLogger(__name__)
 
 
 class UntrustedSigningKey(BuildError):
     """The signing key's public half is not among the keys the bundle trusts."""
 
 
-def check_signing_key(private_b64: str, trusted: Sequence[str]) -> str:
-    """The key id of `private_b64`'s public half; raises unless `trusted` holds it."""
+def check_signing_key(private_b64: str, trusted: TrustedKeys) -> str:
+    """The key id of `private_b64`'s public half; raises unless it is a trusted release key."""
     public = public_key_of(private_b64)
-    if public not in trusted:
-        known = ", ".join(key_id(key) for key in trusted) or "none"
+    if public not in trusted.release:
+        known = ", ".join(key_id(key) for key in trusted.release) or "none"
         msg = (
             f"the signing key's public half ({key_id(public)}) is not in {TRUSTED_KEYS_FILE} "
             f"(trusted: {known}); no released bundle would accept what it signs: ship its "
@@ -65,17 +75,26 @@ def sign_manifests(overlay_dir: Path, private_b64: str) -> list[Path]:
 def sign_release(
     overlay_dir: Path,
     out_dir: Path,
-    trusted: Sequence[str],
+    trusted: TrustedKeys,
     *,
     serial: int,
     base_url: str,
     key_file: Path | None,
     lifetime: timedelta,
+    dry_run: bool = False,
 ) -> list[Path]:
-    """Check the key, sign the manifests, then write the signed index into `out_dir`."""
+    """Check the key, sign the manifests, then write the signed index into `out_dir`.
+
+    `dry_run`: sign with a throwaway key that no bundle trusts, so the whole step runs
+    without the release key (a manual workflow run); what it writes installs nowhere.
+    """
     from llamaship_build.overlay_release import release
 
-    private = load_signing_key(key_file, os.environ)
-    check_signing_key(private, trusted)
+    if dry_run:
+        private, public = generate_keypair()
+        _log.warning("dry run: signing with throwaway key %s (%s)", key_id(public), DRY_RUN_NOTE)
+    else:
+        private = load_signing_key(key_file, os.environ)
+        check_signing_key(private, trusted)
     signatures = sign_manifests(overlay_dir, private)
-    return signatures + release(overlay_dir, out_dir, serial, base_url, key_file, lifetime=lifetime)
+    return signatures + release(overlay_dir, out_dir, serial, base_url, private, lifetime=lifetime)

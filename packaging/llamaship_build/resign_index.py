@@ -1,33 +1,36 @@
-"""`python -m llamaship_build resign-index SOURCE`: re-sign the live release index before it
-expires (TUF's freeze attack): the same releases, a higher serial, a new expiry.
+"""`python -m llamaship_build resign-index SOURCE`: re-sign the live `releases.json` before it
+expires (TUF's freeze attack): the same release list, a higher serial, a new expiry.
 
-The scheduled release job runs it. SOURCE (the published `releases.json`, a URL or a path)
-must carry a valid signature from a key the bundle trusts, and the signing key must be one of
-those keys too: the job never signs what it cannot verify, nor with a key no bundle accepts.
+The scheduled job runs it with the index key ($LLAMASHIP_INDEX_KEY), which the bundle trusts
+for freshness only. SOURCE must carry a valid signature from a key the bundle trusts, and the
+release list it pins must carry the release key's: the job never vouches for what it cannot
+verify, and its key must be one of the bundle's index keys.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
-from collections.abc import Sequence
+import posixpath
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.release_index import index_over, write_signed
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
-from llamaship_contract.overlay import ManifestError, ReleaseIndex, dump_index, parse_index
+from llamaship_contract.overlay_fields import ManifestError
+from llamaship_contract.release_index import dump_index, parse_index
 from llamaship_contract.signing import (
+    INDEX_KEY_ENV,
     SignatureError,
     key_id,
     load_signing_key,
     public_key_of,
-    sign,
     verify,
 )
+from llamaship_contract.trust import TrustedKeys
 
 MAX_INDEX_BYTES = 4 * 1024 * 1024
-_STAMP = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def _read(source: str) -> bytes:
@@ -60,70 +63,66 @@ def _read(source: str) -> bytes:
     return data
 
 
-def renewed(index: ReleaseIndex, serial: int, now: datetime, lifetime: timedelta) -> ReleaseIndex:
-    """`index` with `serial`, created `now` and expiring `lifetime` later; same releases."""
-    if serial <= index.serial:
-        msg = f"the new serial {serial} must be greater than the live index's {index.serial}"
-        raise BuildError(msg)
-    moment = now.astimezone(UTC)
-    document = {
-        **json.loads(dump_index(index)),
-        "serial": serial,
-        "created": moment.strftime(_STAMP),
-        "expires": (moment + lifetime).strftime(_STAMP),
-    }
+def _beside(source: str, name: str) -> str:
+    """The location of `name` in the same directory as `source` (a URL or a path)."""
+    if source.startswith(("http://", "https://")):
+        return posixpath.join(posixpath.dirname(source), name)
+    return str(Path(source).with_name(name))
+
+
+def _verified(source: str, keys: tuple[str, ...]) -> bytes:
+    data = _read(source)
     try:
-        return parse_index(json.dumps(document).encode(), origin="the re-signed release index")
-    except ManifestError as error:
-        msg = f"cannot renew the release index: {error}"
+        verify(data, _read(source + SIGNATURE_SUFFIX), keys)
+    except SignatureError as error:
+        msg = f"refusing to re-sign: {source}: {error}"
         raise BuildError(msg) from None
+    return data
 
 
 def resign_index(
     source: str,
     out_dir: Path,
-    trusted_keys: Sequence[str],
+    trusted: TrustedKeys,
     *,
     key_file: Path | None,
     lifetime: timedelta,
     serial: int | None = None,
     now: datetime | None = None,
 ) -> list[Path]:
-    """Verify the index at `source`, renew it and write it, signed, into `out_dir`.
+    """Verify the index at `source` and the list it pins, renew the index, write it signed.
 
     `serial` defaults to the epoch seconds of `now`, and at least the live serial + 1.
     """
-    if lifetime <= timedelta(0):
-        msg = f"the release index lifetime must be positive (got {lifetime})"
-        raise BuildError(msg)
-    private = load_signing_key(key_file, os.environ)
+    private = load_signing_key(key_file, os.environ, INDEX_KEY_ENV)
     signer = public_key_of(private)
-    if signer not in trusted_keys:
+    if signer not in trusted.index:
         msg = (
-            f"the signing key {key_id(signer)} is not in runtime/llamaship/trusted_keys.json: "
-            "no released bundle would accept the index; sign with a trusted key"
+            f"the signing key {key_id(signer)} is not an index key in "
+            "runtime/llamaship/trusted_keys.json: no released bundle would accept the "
+            f"re-signed index; set ${INDEX_KEY_ENV} to the index key (docs/releasing.md)"
         )
         raise BuildError(msg)
-    data = _read(source)
     try:
-        verify(data, _read(source + SIGNATURE_SUFFIX), trusted_keys)
-        index = parse_index(data, origin=source)
-    except (SignatureError, ManifestError) as error:
+        index = parse_index(_verified(source, trusted.for_index), origin=source)
+    except ManifestError as error:
         msg = f"refusing to re-sign {source}: {error}"
         raise BuildError(msg) from None
+    pinned = index.overlays
+    list_location = _beside(source, pinned.name)
+    list_bytes = _verified(list_location, trusted.release)
+    if (len(list_bytes), hashlib.sha256(list_bytes).hexdigest()) != (pinned.size, pinned.sha256):
+        msg = (
+            f"refusing to re-sign {source}: {list_location} is not the release list it pins "
+            "(size or sha256 differs); publish the release's overlays.json again"
+        )
+        raise BuildError(msg)
     moment = now or datetime.now(UTC)
     if serial is None:
         serial = max(index.serial + 1, int(moment.timestamp()))
-    new = renewed(index, serial, moment, lifetime)
-    content = dump_index(new)
+    if serial <= index.serial:
+        msg = f"the new serial {serial} must be greater than the live index's {index.serial}"
+        raise BuildError(msg)
+    new = index_over(pinned.name, list_bytes, serial, pinned.serial, moment, lifetime)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for path, payload in (
-        (out_dir / INDEX_NAME, content),
-        (out_dir / f"{INDEX_NAME}{SIGNATURE_SUFFIX}", sign(content, private)),
-    ):
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(payload)
-        os.replace(partial, path)
-        written.append(path)
-    return written
+    return write_signed(out_dir / INDEX_NAME, dump_index(new), private)

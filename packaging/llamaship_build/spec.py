@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES
 from llamaship_build.platforms import TargetPlatform
 from llamaship_build.project import Project
+from llamaship_contract.signing import SigningKeyError
+from llamaship_contract.trust import TRUSTED_KEYS_NAME, TrustedKeys, parse_trusted_keys
 
 TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
@@ -43,21 +44,19 @@ PACKAGE_DATA = (
 METADATA_OF = ("llama_cpp_python", "llamaship")
 
 
-def trusted_keys(project: Project) -> list[str]:
-    """The release public keys shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
-    path = project.root / "runtime" / "llamaship" / "trusted_keys.json"
+def trusted_keys(project: Project) -> TrustedKeys:
+    """The public keys by role shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
+    path = project.root / "runtime" / "llamaship" / TRUSTED_KEYS_NAME
     try:
-        keys = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        msg = f"cannot read the release public keys from {path}: {error}"
+        return parse_trusted_keys(path.read_bytes(), str(path))
+    except OSError as error:
+        msg = f"cannot read the trusted public keys from {path}: {error.strerror or error}"
         raise BuildError(msg) from None
-    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-        msg = f"{path} must hold a JSON list of base64 public keys"
-        raise BuildError(msg)
-    return sorted(keys)
+    except SigningKeyError as error:
+        raise BuildError(str(error)) from None
 
 
-def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> dict[str, Any]:
+def build_context(project: Project, target: TargetPlatform, keys: TrustedKeys) -> dict[str, Any]:
     """The one context the spec template is rendered from (sorted, no timestamps)."""
     return {
         "name": "backend",
@@ -72,7 +71,7 @@ def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> 
         "hidden_imports": list(HIDDEN_IMPORTS),
         "metadata_of": list(METADATA_OF),
         "package_data": [list(item) for item in PACKAGE_DATA],
-        "trusted_keys": sorted(keys),
+        "trusted_keys": {"index": sorted(keys.index), "release": sorted(keys.release)},
         "version": project.version(),
     }
 
@@ -95,7 +94,10 @@ def write_spec(
     project: Project, target: TargetPlatform, out: Path, extra_trusted_keys: Sequence[str] = ()
 ) -> Path:
     """Render the spec; `extra_trusted_keys` (test bundles only) join the release keys."""
-    keys = sorted({*trusted_keys(project), *extra_trusted_keys})
+    shipped = trusted_keys(project)
+    keys = TrustedKeys(
+        release=tuple(sorted({*shipped.release, *extra_trusted_keys})), index=shipped.index
+    )
     text = render_spec(project.templates, build_context(project, target, keys))
     out.write_text(text)
     return out

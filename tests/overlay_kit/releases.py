@@ -16,20 +16,26 @@ import zstandard
 
 from llamaship.io.fetch import DownloadLimits
 from llamaship.overlay.install import InstallOptions, Target
-from llamaship.overlay.manifest import (
+from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
+from llamaship_build.release_index import write_release_index
+from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.overlay import (
     FORMAT,
     ArchiveRef,
     FileEntry,
     LayerManifest,
     RequiredLayer,
-    dump_index,
     dump_manifest,
     layer_id,
-    parse_index,
 )
-from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
-from llamaship_build.release_index import write_release_index
-from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.release_index import (
+    OVERLAYS_NAME,
+    ReleaseEntry,
+    dump_index,
+    known_entries,
+    parse_index,
+    parse_release_list,
+)
 from llamaship_contract.signing import sign
 
 LLAMA_CPP_VERSION = "0.3.36"
@@ -266,8 +272,8 @@ class ReleaseFactory:
         """A release folder with every spec and a signed releases.json; returns the index."""
         entries = [self.release(out_dir, spec) for spec in specs]
         index_serial = serial if serial is not None else max(spec.serial for spec in specs)
-        index, _ = write_release_index(out_dir, entries, index_serial, self.keys.private, "")
-        return index
+        written = write_release_index(out_dir, entries, index_serial, self.keys.private, "")
+        return written[-2]  # releases.json (beside overlays.json and both signatures)
 
 
 def rewrite_index(index: Path, keys: Keys, change: Callable[[dict[str, Any]], None]) -> None:
@@ -277,3 +283,30 @@ def rewrite_index(index: Path, keys: Keys, change: Callable[[dict[str, Any]], No
     data = dump_index(parse_index(json.dumps(document).encode()))
     index.write_bytes(data)
     index.with_name(index.name + ".sig").write_bytes(sign(data, keys.private))
+
+
+def rewrite_list(
+    index: Path, keys: Keys, change: Callable[[dict[str, Any]], None], *, repin: bool = True
+) -> None:
+    """Edit the release list (overlays.json) beside `index`, sign it with `keys`, and (unless
+    `repin` is false) pin the new bytes in releases.json, signed with `keys` too."""
+    listing = index.with_name(OVERLAYS_NAME)
+    document = json.loads(listing.read_bytes())
+    change(document)
+    data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    listing.write_bytes(data)
+    listing.with_name(listing.name + ".sig").write_bytes(sign(data, keys.private))
+    if repin:
+
+        def pin(index_document: dict[str, Any]) -> None:
+            index_document["overlays"].update(
+                size=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+
+        rewrite_index(index, keys, pin)
+
+
+def published_entries(index: Path) -> tuple[ReleaseEntry, ...]:
+    """The release entries this reader knows in the list beside `index`."""
+    listing = parse_release_list(index.with_name(OVERLAYS_NAME).read_bytes())
+    return known_entries(listing, str(index))[0]

@@ -1,46 +1,41 @@
-"""Which release keys the runtime trusts: only those shipped inside the application.
+"""Which keys the runtime trusts, by role: only those shipped inside the application.
 
-The signature primitives (sign, verify, key ids) are the contract's
-(`llamaship_contract.signing`); this module is the runtime's trust policy.
+The file format and the roles are the contract's (`llamaship_contract.trust`); the signature
+primitives too (`llamaship_contract.signing`). This module is the runtime's trust policy: the
+bundled `llamaship/trusted_keys.json`, or keys a caller of the Python API passes in.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 
-from llamaship_contract.signing import SigningKeyError, public_key_valid
+from llamaship_contract.signing import SigningKeyError
+from llamaship_contract.trust import TRUSTED_KEYS_NAME, TrustedKeys, parse_trusted_keys, trusted
 
-TRUSTED_KEYS_RESOURCE = "trusted_keys.json"
 
-
-def bundled_trusted_keys() -> tuple[str, ...]:
-    """The release public keys shipped inside the application (`llamaship/trusted_keys.json`)."""
-    resource = resources.files("llamaship").joinpath(TRUSTED_KEYS_RESOURCE)
+def bundled_trusted_keys() -> TrustedKeys:
+    """The public keys shipped inside the application (`llamaship/trusted_keys.json`)."""
+    resource = resources.files("llamaship").joinpath(TRUSTED_KEYS_NAME)
     try:
-        keys = json.loads(resource.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        data = resource.read_bytes()
+    except OSError as error:
         msg = (
-            f"cannot read the bundled trusted keys {TRUSTED_KEYS_RESOURCE} ({error}); "
+            f"cannot read the bundled trusted keys {TRUSTED_KEYS_NAME} ({error}); "
             "reinstall the application"
         )
         raise SigningKeyError(msg) from None
-    if not isinstance(keys, list) or not all(
-        isinstance(key, str) and public_key_valid(key) for key in keys
-    ):
-        msg = (
-            f"the bundled {TRUSTED_KEYS_RESOURCE} must be a JSON list of base64 ed25519 "
-            "public keys; reinstall the application"
-        )
-        raise SigningKeyError(msg)
-    return tuple(keys)
+    try:
+        return parse_trusted_keys(data, f"the bundled {TRUSTED_KEYS_NAME}")
+    except SigningKeyError as error:
+        msg = f"{error}; reinstall the application"
+        raise SigningKeyError(msg) from None
 
 
-def trusted_keys(given: Sequence[str] | None = None) -> tuple[str, ...]:
+def trusted_keys(given: TrustedKeys | Sequence[str] | None = None) -> TrustedKeys:
     """The public keys whose signatures are accepted: `given` by the caller, else the bundled.
 
     No setting, environment variable or file adds one: a caller of the Python API (a test, a
-    self-hosted launcher) passes its keys explicitly.
+    self-hosted launcher) passes its keys explicitly; a plain sequence holds release keys.
     """
-    return tuple(given) if given is not None else bundled_trusted_keys()
+    return trusted(given) if given is not None else bundled_trusted_keys()

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from llamaship.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
-from llamaship_contract.overlay import ReleaseIndex
+from llamaship_contract.release_index import ReleaseIndex
 
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -15,19 +15,20 @@ from llamaship_contract.overlay import (
     ArchiveRef,
     FileEntry,
     LayerManifest,
-    LayerRef,
-    ManifestError,
     OverlayRequirements,
-    ReleaseEntry,
-    ReleaseIndex,
     RequiredLayer,
-    dump_index,
     dump_manifest,
     layer_id,
-    parse_index,
     parse_manifest,
     requirements_for,
-    safe_relative_path,
+)
+from llamaship_contract.overlay_fields import ManifestError, safe_relative_path
+from llamaship_contract.release_index import (
+    LayerRef,
+    ReleaseEntry,
+    ReleaseIndex,
+    dump_index,
+    parse_index,
 )
 
 __all__ = [
