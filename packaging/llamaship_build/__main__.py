@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llamaship_build import lock_command, platforms
 from llamaship_build.bundle import build_bundle
-from llamaship_build.llama_wheel import FLAVOURS, Pin, ensure_wheel
+from llamaship_build.llama_wheel import FLAVOURS, Pin, ensure_wheel, pinned_version
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME
 from llamaship_build.spec import write_spec
@@ -105,12 +105,13 @@ def _bundle(args: argparse.Namespace, project: Project) -> int:
 def _bench(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import bench
 
+    version = pinned_version(project.requirements)
     fixture = (
         project.root.parent
         / "shared"
         / "fixtures"
-        / "llama-cpp-python-0.3.36-cuda-sm75"
-        / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+        / f"llama-cpp-python-{version}-cuda-sm75"
+        / f"llama_cpp_python-{version}-py3-none-linux_x86_64.whl"
     )
     overlay_wheel = args.overlay_wheel or (fixture if fixture.is_file() else None)
     report = bench.run(
