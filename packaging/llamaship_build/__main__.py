@@ -131,8 +131,10 @@ def _bench(args: argparse.Namespace, project: Project) -> int:
 
 def _overlay(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import overlay_release
+    from llamaship_build.settings import BuildSettings
 
-    kind, *rest = args.source or [os.environ.get("LLAMASHIP_OVERLAY_SOURCE", "wheel-index")]
+    configured = BuildSettings.resolve(os.environ).overlay_source
+    kind, *rest = args.source or [configured or "wheel-index"]
     if kind == "auto" and not rest:  # the pinned official wheel, else a source build
         from llamaship_build.overlay_pin import auto_source
 
@@ -140,7 +142,7 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
     if (
         args.if_reachable
         and not args.source
-        and "LLAMASHIP_OVERLAY_SOURCE" not in os.environ
+        and configured is None
         and not overlay_release.wheel_index_reachable(project)
     ):
         print(
