@@ -19,6 +19,7 @@ from pathlib import Path
 
 from llamaship_build import locks, platforms
 from llamaship_build.archive import make_archive
+from llamaship_build.debian_root import DebianRoot
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool, llama_lib_dir
@@ -30,7 +31,7 @@ from llamaship_build.project import Project, cache_dir
 from llamaship_build.settings import BuildSettings
 from llamaship_build.spec import write_spec
 from llamaship_build.strip import strip_binaries
-from llamaship_build.toolchain import HOST, DebianRoot, Toolchain, select_toolchain
+from llamaship_build.toolchain import HOST, Toolchain, select_toolchain
 from llamaship_contract.bundle import BundleArchive, BundleManifest, Component
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
