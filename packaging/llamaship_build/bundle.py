@@ -22,8 +22,9 @@ from llamaship_build.archive import make_archive
 from llamaship_build.debian_root import DebianRoot
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
-from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool, llama_lib_dir
+from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool
 from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floors
+from llamaship_build.interpreter import llama_lib_dir, site_packages, versions
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.notices import write_notices
@@ -288,19 +289,6 @@ def build_bundle(
     return _publish(project, out, target, bundle_dir, key, pin.version, python, toolchain, floors)
 
 
-def site_packages(python: Path, toolchain: Toolchain = HOST) -> Path:
-    """The purelib directory of the venv of `python` (what the bundle's packages come from)."""
-    return toolchain.outside(
-        toolchain.output(
-            [
-                toolchain.inside(python),
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-            ]
-        )
-    )
-
-
 def _is_current(manifest_path: Path, key: str) -> bool:
     try:
         manifest = parse_document(BundleManifest, manifest_path.read_bytes(), str(manifest_path))
@@ -332,14 +320,7 @@ def _publish(
     digest = sha256_of(archive)
     (dist / f"{archive_name}.sha256").write_text(f"{digest}  {archive_name}\n")
     files = inventory(bundle_dir)
-    pyinstaller_version, python_version = toolchain.output(
-        [
-            toolchain.inside(python),
-            "-c",
-            "import PyInstaller, platform; print(PyInstaller.__version__, "
-            "platform.python_version())",
-        ]
-    ).split()
+    pyinstaller_version, python_version = versions(python, toolchain)
     manifest = BundleManifest(
         name="backend",
         version=version,
