@@ -94,7 +94,8 @@ def lock_download(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["lint"])
 def lint(session: nox.Session) -> None:
-    """ruff format --check, ruff check and mypy --strict (runtime, backend, packaging)."""
+    """ruff format --check, ruff check and mypy --strict (contract, runtime, backend, packaging,
+    scripts)."""
     install_locked(session, "base", "build", "dev")
     install_project(session)
     paths = session.posargs or ["."]

@@ -21,8 +21,8 @@ from llamaship_build.fit_tool import (
     dynamic_entries,
     ensure_fit_tool,
     install_fit_tool,
-    llama_lib_dir,
 )
+from llamaship_build.interpreter import llama_lib_dir
 from llamaship_build.llama_wheel import Pin
 from llamaship_build.project import Project, cache_dir
 from llamaship_contract.detection import DetectionReport, GpuInfo

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from llamaship_build.debian_root import DebianRoot, remove_root
+from llamaship_build.debian_root_create import debootstrap
 from llamaship_build.errors import BuildError
 from llamaship_build.glibc import (
     GLIBC,
@@ -27,13 +29,7 @@ from llamaship_build.glibc import (
 )
 from llamaship_build.project import cache_dir
 from llamaship_build.settings import BuildSettings
-from llamaship_build.toolchain import (
-    HOST,
-    DebianRoot,
-    _remove_root,
-    debootstrap,
-    select_toolchain,
-)
+from llamaship_build.toolchain import HOST, select_toolchain
 
 BULLSEYE_GLIBC = "2.31"
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"  # the children get a minimal PATH
@@ -148,7 +144,7 @@ def test_a_root_with_something_mounted_inside_is_never_deleted(tmp_path: Path) -
     inside.mkdir(parents=True)
     subprocess.run(["mount", "--bind", str(precious), str(inside)], check=True)
     try:
-        _remove_root(root)  # unmounts first, then deletes only the root's own files
+        remove_root(root)  # unmounts first, then deletes only the root's own files
     finally:
         subprocess.run(["umount", "-l", str(inside)], check=False)
     assert not root.exists()
@@ -163,7 +159,7 @@ def bullseye_runtime_root() -> DebianRoot:
     """A minimal Debian 11 system (debootstrap minbase), cached in the build cache."""
     path = cache_dir() / "roots" / "bullseye-minbase-run"
     if not (path / ".llamaship-complete").is_file():
-        _remove_root(path)
+        remove_root(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         debootstrap(path)
         (path / ".llamaship-complete").write_text("")

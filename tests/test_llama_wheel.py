@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llamaship_build import llama_wheel
+from llamaship_build.debian_root import DebianRoot
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import (
     BUILD_PREFIX,
@@ -20,7 +21,7 @@ from llamaship_build.llama_wheel import (
     unpack_sdist,
     wheel_key,
 )
-from llamaship_build.toolchain import HOST, DebianRoot
+from llamaship_build.toolchain import HOST
 
 
 def _sdist(path: Path, members: dict[str, bytes]) -> Path:

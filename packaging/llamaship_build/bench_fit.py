@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
+from llamaship_build.bench_probe import probe_command, run_probe
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_accuracy import TARGET_ERROR, compare_all, markdown
 from llamaship_build.fit_tool import cached_tool
@@ -24,32 +24,6 @@ from llamaship_contract.document import dump_document
 
 CACHE_HIT_TARGET_MS = 5.0
 MB = 1_000_000
-
-
-# Runs in the environment under test; prints the time of each `plan_load` call (ms) as JSON.
-_CACHE_HIT = """
-import json, sys, time
-from pathlib import Path
-from llamaship.config import resolve_settings
-from llamaship.fit import cache_key, plan_load, remember
-from llamaship_contract.detection import DetectionReport
-from llamaship_contract.document import parse_document
-from llamaship_contract.fit import FitPlan
-
-home, model, runs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-report = parse_document(DetectionReport, sys.argv[4], "the benchmark's machine")
-settings = resolve_settings(env={"LLAMASHIP_HOME": str(home)})
-versions = {"overlay_version": "1", "llama_cpp_version": "0.3.36"}
-key = cache_key(report, "cuda", model, 4096, margin_mb=settings.vram_margin_mb, **versions)
-remember(FitPlan(n_gpu_layers=20, n_ctx=4096, source="fit-tool", reason="bench"), key, home)
-times = []
-for _ in range(runs):
-    started = time.perf_counter()
-    plan = plan_load(settings, report, "cuda", model, 4096, tool=home / "no-tool", **versions)
-    times.append((time.perf_counter() - started) * 1000)
-    assert plan.source == "cache", plan
-print(json.dumps(times))
-"""
 BENCH_MACHINE = DetectionReport(
     source="nvml",
     driver_version="550.54.14",
@@ -66,7 +40,26 @@ BENCH_MACHINE = DetectionReport(
 )
 
 
-def cache_hit_ms(python: Path, runs: int = 200) -> tuple[float, float, float]:
+def cache_hit_command(
+    python: Path, home: Path, model: Path, runs: int, llama_cpp_version: str
+) -> list[str]:
+    """`plan_load` answered from a fit cache in `home`, timed `runs` times, in `python`."""
+    report = dump_document(BENCH_MACHINE).decode("utf-8")
+    return probe_command(
+        python,
+        "cache-hit",
+        str(home),
+        str(model),
+        str(runs),
+        report,
+        "--llama-cpp-version",
+        llama_cpp_version,
+    )
+
+
+def cache_hit_ms(
+    python: Path, llama_cpp_version: str, runs: int = 200
+) -> tuple[float, float, float]:
     """First, median and 95th-percentile time of `plan_load` answered from the cache, in ms.
 
     `python` has llamaship installed; the calls run there, this side reads their times.
@@ -74,17 +67,8 @@ def cache_hit_ms(python: Path, runs: int = 200) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch)
         model = write_llama_gguf(home / "model.gguf", Shape())
-        report = dump_document(BENCH_MACHINE).decode("utf-8")
-        result = subprocess.run(
-            [str(python), "-c", _CACHE_HIT, str(home), str(model), str(runs), report],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-    if result.returncode != 0:
-        msg = f"the fit-cache benchmark failed (exit {result.returncode}): {result.stderr[-500:]}"
-        raise BuildError(msg)
+        command = cache_hit_command(python, home, model, runs, llama_cpp_version)
+        result = run_probe(command, "the fit-cache benchmark failed", timeout=300)
     try:
         times = [float(value) for value in json.loads(result.stdout.splitlines()[-1])]
     except (IndexError, json.JSONDecodeError, TypeError, ValueError):
@@ -98,8 +82,9 @@ def run(project: Project, model: Path, python: Path) -> str:
     rows = compare_all(cache_dir() / "fit-accuracy", model, python=python)
     worst_model = max(row.model_error for row in rows)
     worst_kv = max(row.kv_error for row in rows)
-    first_ms, median_ms, p95_ms = cache_hit_ms(python)
-    tool = cached_tool(Pin.from_lock(project.requirements / "cpu.txt"), cache_dir() / "fit-tool")
+    pin = Pin.from_lock(project.requirements / "cpu.txt")
+    first_ms, median_ms, p95_ms = cache_hit_ms(python, pin.version)
+    tool = cached_tool(pin, cache_dir() / "fit-tool")
     size = f"{tool.size / MB:.2f} MB ({len(tool.files)} files)" if tool else "not built"
     return "\n".join(
         [

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from llamaship_build.errors import BuildError
+from llamaship_build.bench_probe import last_line, probe_command, run_probe
+from llamaship_build.llama_wheel import pinned_version
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.overlay_release import MIN_DRIVER
 from llamaship_build.project import Project, cache_dir
@@ -46,53 +46,35 @@ BENCH_MACHINE = DetectionReport(
 RELEASE_LEVEL = 19
 # What other projects ship for the same job (CUDA libraries of one release).
 ANCHORS = "Ollama's CUDA 12 libraries ~1 GB; the seed's plan ~150 MB"
-# The runtime's steps run in the environment under test (`python`); this side reads their output.
-# Install: the file work only (the bench times the probe on its own), then one JSON line.
-_INSTALL = """
-import json, sys, time
-from pathlib import Path
-from llamaship.overlay.install import Installer, Target
-from llamaship.paths import DataDirs
-from llamaship_contract.detection import DetectionReport
-from llamaship_contract.document import parse_document
-
-home, index, public = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-machine = parse_document(DetectionReport, sys.argv[4], "the benchmark's machine")
-target = Target(platform="linux_x86_64", os_name="linux", python_tags=("py3",),
-                llama_cpp_version="0.3.36", machine=machine)
-installer = Installer(DataDirs(home), [public], probe=lambda llama, runtime, timeout: None)
-started = time.perf_counter()
-overlay = installer.install(index, target).overlay
-seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "llama_dir": str(overlay.llama_dir),
-                  "runtime_lib_dir": str(overlay.runtime_lib_dir)}))
-"""
-_ACTIVATE = """
-import sys, time
-from pathlib import Path
-from llamaship.launch.activate import activate
-started = time.perf_counter()
-activate(Path(sys.argv[1]), Path(sys.argv[2]))
-print((time.perf_counter() - started) * 1000)
-"""
+FAILURE = "the overlay benchmark failed"
 
 
-def _last_line(python: Path, script: str, *args: str) -> str:
-    """The last stdout line of `script` run by `python` with `args`; BuildError if it fails."""
-    result = subprocess.run(
-        [str(python), "-c", script, *args], capture_output=True, text=True, check=False
+def install_command(
+    python: Path, home: Path, index: Path, public_key: str, llama_cpp_version: str
+) -> list[str]:
+    """Install the overlay `index` offers into `home` (the file work only: no probe), timed."""
+    machine = dump_document(BENCH_MACHINE).decode("utf-8")
+    return probe_command(
+        python,
+        "install",
+        str(home),
+        str(index),
+        public_key,
+        machine,
+        "--llama-cpp-version",
+        llama_cpp_version,
     )
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        msg = f"the overlay benchmark failed (exit {result.returncode}): {result.stderr[-500:]}"
-        raise BuildError(msg)
-    return lines[-1]
+
+
+def activate_command(python: Path, llama_dir: str, runtime_lib_dir: str) -> list[str]:
+    """Activate an installed overlay in a fresh interpreter, timed."""
+    return probe_command(python, "activate", llama_dir, runtime_lib_dir)
 
 
 def run(project: Project, wheel: Path, rounds: int = 3, python: Path | None = None) -> str:
     """The `## CUDA overlay` section; `python` (default: this one) has llamaship installed."""
     interpreter = python or Path(sys.executable)
-    machine = dump_document(BENCH_MACHINE).decode("utf-8")
+    llama_cpp_version = pinned_version(project.requirements)
     private, public = generate_keypair()
     runtime = download_runtime_wheels(
         project.requirements / "gpu.txt",
@@ -125,15 +107,17 @@ def run(project: Project, wheel: Path, rounds: int = 3, python: Path | None = No
         unpacked = sum(json.loads(path.read_text())["unpacked_size"] for path in manifests)
         seconds, activation_ms = [], []
         for round_index in range(rounds):
-            home = str(Path(scratch) / f"home{round_index}")
-            index = str(release / INDEX_NAME)
-            installed = json.loads(_last_line(interpreter, _INSTALL, home, index, public, machine))
-            seconds.append(float(installed["seconds"]))
-            activated = _last_line(
-                interpreter, _ACTIVATE, installed["llama_dir"], installed["runtime_lib_dir"]
+            home = Path(scratch) / f"home{round_index}"
+            install = install_command(
+                interpreter, home, release / INDEX_NAME, public, llama_cpp_version
             )
-            activation_ms.append(float(activated))
-    install = statistics.median(seconds)
+            installed = json.loads(last_line(run_probe(install, FAILURE), FAILURE))
+            seconds.append(float(installed["seconds"]))
+            activate = activate_command(
+                interpreter, installed["llama_dir"], installed["runtime_lib_dir"]
+            )
+            activation_ms.append(float(last_line(run_probe(activate, FAILURE), FAILURE)))
+    median_install = statistics.median(seconds)
     lines = [
         f"## CUDA overlay (layers built here from the sm_75 fixture wheel, zstd {RELEASE_LEVEL})",
         "",
@@ -144,8 +128,8 @@ def run(project: Project, wheel: Path, rounds: int = 3, python: Path | None = No
         f"| archives (both layers, cudart-only runtime) | {archive_bytes / MB:.1f} MB "
         f"({unpacked / MB:.1f} MB unpacked) | |",
         f"| install: index + signatures + download (file://) + verify + extract + fsync + "
-        f"switch, median of {rounds} | {install:.2f} s | |",
-        f"| install throughput, archive bytes | {archive_bytes / MB / install:.0f} MB/s "
+        f"switch, median of {rounds} | {median_install:.2f} s | |",
+        f"| install throughput, archive bytes | {archive_bytes / MB / median_install:.0f} MB/s "
         "| >= 200 MB/s |",
         f"| activation (preload libraries, overlay first on sys.path), median of {rounds} | "
         f"{statistics.median(activation_ms):.1f} ms | <= 50 ms |",

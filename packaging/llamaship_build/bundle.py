@@ -19,10 +19,12 @@ from pathlib import Path
 
 from llamaship_build import locks, platforms
 from llamaship_build.archive import make_archive
+from llamaship_build.debian_root import DebianRoot
 from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
-from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool, llama_lib_dir
+from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool
 from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floors
+from llamaship_build.interpreter import llama_lib_dir, site_packages, versions
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.notices import write_notices
@@ -30,7 +32,7 @@ from llamaship_build.project import Project, cache_dir
 from llamaship_build.settings import BuildSettings
 from llamaship_build.spec import write_spec
 from llamaship_build.strip import strip_binaries
-from llamaship_build.toolchain import HOST, DebianRoot, Toolchain, select_toolchain
+from llamaship_build.toolchain import HOST, Toolchain, select_toolchain
 from llamaship_contract.bundle import BundleArchive, BundleManifest, Component
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
@@ -287,19 +289,6 @@ def build_bundle(
     return _publish(project, out, target, bundle_dir, key, pin.version, python, toolchain, floors)
 
 
-def site_packages(python: Path, toolchain: Toolchain = HOST) -> Path:
-    """The purelib directory of the venv of `python` (what the bundle's packages come from)."""
-    return toolchain.outside(
-        toolchain.output(
-            [
-                toolchain.inside(python),
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-            ]
-        )
-    )
-
-
 def _is_current(manifest_path: Path, key: str) -> bool:
     try:
         manifest = parse_document(BundleManifest, manifest_path.read_bytes(), str(manifest_path))
@@ -331,14 +320,7 @@ def _publish(
     digest = sha256_of(archive)
     (dist / f"{archive_name}.sha256").write_text(f"{digest}  {archive_name}\n")
     files = inventory(bundle_dir)
-    pyinstaller_version, python_version = toolchain.output(
-        [
-            toolchain.inside(python),
-            "-c",
-            "import PyInstaller, platform; print(PyInstaller.__version__, "
-            "platform.python_version())",
-        ]
-    ).split()
+    pyinstaller_version, python_version = versions(python, toolchain)
     manifest = BundleManifest(
         name="backend",
         version=version,

@@ -1,6 +1,6 @@
 """How close the GGUF estimate comes to the buffers llama.cpp itself allocates.
 
-A subprocess of the environment under test prints the runtime's estimate
+`scripts/bench_runtime.py load`, run by the interpreter under test, prints the runtime's estimate
 (`llamaship.fit.estimate`) as JSON, then loads the model on the CPU with llama.cpp's log on, which
 reports its own buffer sizes ("model buffer size", "KV buffer size", "compute buffer size"). The
 build side only reads that output. Model and KV bytes must be within 5 %.
@@ -11,34 +11,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamaship_build.bench_probe import probe_command, run_probe
 from llamaship_build.errors import BuildError
 from llamaship_build.gguf_models import Shape, write_llama_gguf
 
 TARGET_ERROR = 0.05
 _MIB = 1 << 20
 _BUFFER = re.compile(r"\b(\S+) (model|KV|compute) buffer size =\s*([\d.]+) MiB")
-# Runs in a fresh interpreter: the llama_cpp found first on sys.path (PYTHONPATH) is measured.
-# Its first stdout line is the estimate as JSON; llama.cpp logs its buffers to stderr.
-_LOAD = """
-import json, sys
-from pathlib import Path
-from llamaship.fit.estimate import read_shape
-from llamaship.native import load_ggml_backends
-model, n_ctx = Path(sys.argv[1]), int(sys.argv[2])
-shape = read_shape(model)
-estimate = {"model": shape.weight_bytes, "kv": shape.kv_bytes(n_ctx),
-            "compute": shape.compute_bytes(n_ctx)}
-print(json.dumps(estimate), flush=True)
-load_ggml_backends()
-from llama_cpp import Llama
-Llama(model_path=str(model), n_ctx=n_ctx, n_gpu_layers=0, n_threads=1, verbose=True).close()
-"""
-
 
 # Generated shapes: grouped-query, tied output, multi-query with an unpadded context, quantized.
 SHAPES: tuple[tuple[Shape, int], ...] = (
@@ -129,6 +112,11 @@ def parse_estimate(stdout: str) -> Buffers:
         raise BuildError(msg) from None
 
 
+def load_command(python: Path, model: Path, n_ctx: int) -> list[str]:
+    """Print the runtime's estimate for `model` at `n_ctx`, then load it with llama.cpp's log on."""
+    return probe_command(python, "load", str(model), str(n_ctx))
+
+
 def measure(
     model: Path, n_ctx: int, llama_path: Path | None = None, python: Path | None = None
 ) -> tuple[Buffers, Buffers]:
@@ -140,17 +128,12 @@ def measure(
     env = dict(os.environ)
     if llama_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(llama_path), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [str(python or sys.executable), "-c", _LOAD, str(model), str(n_ctx)],
-        capture_output=True,
-        text=True,
+    result = run_probe(
+        load_command(python or Path(sys.executable), model, n_ctx),
+        f"llama.cpp could not load {model}",
         env=env,
         timeout=300,
-        check=False,
     )
-    if result.returncode != 0:
-        msg = f"llama.cpp could not load {model} (exit {result.returncode}): {result.stderr[-500:]}"
-        raise BuildError(msg)
     return parse_buffers(result.stderr), parse_estimate(result.stdout)
 
 

@@ -321,21 +321,6 @@ def install_fit_tool(tool: FitTool, lib_dir: Path) -> list[Path]:
     return written
 
 
-def llama_lib_dir(python: Path, toolchain: Toolchain = HOST) -> Path:
-    """`llama_cpp/lib` of the llama_cpp installed for the interpreter `python` (a host path;
-    the interpreter is `toolchain`'s), found without importing it."""
-    code = (
-        "import importlib.util, os; "
-        "print(os.path.dirname(importlib.util.find_spec('llama_cpp').origin))"
-    )
-    try:
-        found = toolchain.output([toolchain.inside(python), "-c", code])
-    except subprocess.CalledProcessError as error:
-        msg = f"{python} has no llama_cpp installed: {str(error.stderr).strip()[-300:]}"
-        raise BuildError(msg) from None
-    return toolchain.outside(found) / "lib"
-
-
 def add_to_layer(lib_dir: Path, version: str) -> list[Path]:
     """Put the fit tool into a llama-cuda layer's `llama_cpp/lib`, if built for the pinned pin.
 

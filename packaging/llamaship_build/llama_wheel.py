@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
-from llamaship_build.locks import BUILD_ENV_LOCK
+from llamaship_build.locks import BUILD_ENV_LOCK, host_lock
 from llamaship_build.toolchain import HOST, Toolchain
 
 _log = logging.getLogger(__name__)
@@ -93,6 +93,12 @@ class Pin:
     def requirement_line(self) -> str:
         hashes = " ".join(f"--hash=sha256:{digest}" for digest in self.sha256)
         return f"{PACKAGE}=={self.version} {hashes}\n"
+
+
+def pinned_version(requirements: Path) -> str:
+    """llama-cpp-python's version as this machine's CPU lock pins it (the one place the build
+    learns it: nothing else writes the version down)."""
+    return Pin.from_lock(host_lock(requirements, "cpu")).version
 
 
 # Bump when how a compile runs changes (not its flags): older wheels are not reused.

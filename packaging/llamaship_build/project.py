@@ -17,9 +17,10 @@ class Project:
     @classmethod
     def here(cls) -> Project:
         """The checkout this module was imported from (or LLAMASHIP_ROOT)."""
-        if "LLAMASHIP_ROOT" in os.environ:
-            return cls(Path(os.environ["LLAMASHIP_ROOT"]).resolve())
-        return cls(Path(__file__).resolve().parents[2])
+        from llamaship_build.settings import BuildSettings
+
+        configured = BuildSettings.resolve(os.environ).root
+        return cls(configured or Path(__file__).resolve().parents[2])
 
     @property
     def requirements(self) -> Path:

@@ -13,6 +13,17 @@ from pathlib import Path
 from llamaship_build.errors import BuildError
 
 TOOLCHAINS = ("debian11", "host")
+# Every variable the build reads (here, and the signing key in the signing step only); the
+# runtime's own settings are other LLAMASHIP_* names.
+VARIABLES = (
+    "LLAMASHIP_LINUX_TOOLCHAIN",
+    "LLAMASHIP_GLIBC_FLOOR",
+    "LLAMASHIP_GLIBCXX_FLOOR",
+    "LLAMASHIP_OVERLAY_SOURCE",
+    "LLAMASHIP_BUILD_CACHE",
+    "LLAMASHIP_ROOT",
+    "LLAMASHIP_SIGNING_KEY",
+)
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
 
 
@@ -37,12 +48,14 @@ class BuildSettings:
     """Where the CUDA build comes from when `--source` is not given."""
     build_cache: Path | None = None
     """Where compiled wheels, build venvs and the Debian root are kept."""
+    root: Path | None = None
+    """The checkout to build (default: the one `llamaship_build` was imported from)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
         """Settings from `env` (`LLAMASHIP_LINUX_TOOLCHAIN`, `LLAMASHIP_GLIBC_FLOOR`,
-        `LLAMASHIP_GLIBCXX_FLOOR`, `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`); all
-        problems are reported at once."""
+        `LLAMASHIP_GLIBCXX_FLOOR`, `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
+        `LLAMASHIP_ROOT`); all problems are reported at once."""
         problems: list[str | None] = []
         toolchain = env.get("LLAMASHIP_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
         if toolchain not in TOOLCHAINS:
@@ -61,6 +74,7 @@ class BuildSettings:
                 f"{', '.join(OVERLAY_SOURCES)}"
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
+        root = env.get("LLAMASHIP_ROOT")
         found = [problem for problem in problems if problem is not None]
         if found:
             raise BuildError("; ".join(found))
@@ -70,4 +84,5 @@ class BuildSettings:
             glibcxx_floor=glibcxx,
             overlay_source=source,
             build_cache=Path(cache).expanduser() if cache else None,
+            root=Path(root).resolve() if root is not None else None,
         )
