@@ -29,7 +29,9 @@ def benchmark(
     request = body or BenchmarkRequest()
     record = engine.benchmark(request.n_prompt, request.n_gen, cpu=request.cpu)
     fields = record.model_dump(by_alias=True)
-    return BenchmarkReply.model_validate({**fields, "gpu_offload": state.gpu_offload})
+    return BenchmarkReply.model_validate(
+        {**fields, "summary": record.summary, "gpu_offload": state.gpu_offload}
+    )
 
 
 @router.post("/api/admin/restart", status_code=202)

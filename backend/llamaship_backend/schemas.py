@@ -16,7 +16,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    computed_field,
 )
 from pydantic_core import PydanticCustomError
 
@@ -197,13 +196,9 @@ class RestartReply(BaseModel):
 class BenchmarkReply(BenchRecord):
     """`POST /api/admin/benchmark`: the stored bench record, its summary and the offload."""
 
+    # `summary` on the wire (BenchRecord's property keeps the name in Python).
+    summary_: str = Field(alias="summary", description="about N tokens/s, K× CPU")
     gpu_offload: bool = Field(description="the running llama.cpp build can offload to a GPU")
-
-    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented form
-    @property
-    def summary(self) -> str:
-        """What /api/capabilities shows: `about 41 tokens/s, 1.0× CPU`."""
-        return super().summary
 
 
 class UpgradeOffer(BaseModel):
