@@ -115,7 +115,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["maintenance"], default=False)
 def schemas(session: nox.Session) -> None:
-    """Export the JSON Schema of every contract document to docs/schemas/ (`-- --check`)."""
+    """Export the contract documents' JSON Schemas and the API's OpenAPI document to docs/schemas/
+    (`-- --check`)."""
     build_env(session)
     session.run("python", "-m", "llamaship_build", "schemas", *session.posargs)
 

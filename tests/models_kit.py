@@ -6,7 +6,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.io.fetch import DownloadLimits
+from llamaship.io.http_session import DownloadLimits
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from overlay_kit.server import OverlayServer, _Handler
 

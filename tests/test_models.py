@@ -18,13 +18,9 @@ import pytest
 
 from llamaship.config import load_settings
 from llamaship.errors import ConfigError, LlamashipError
-from llamaship.io.fetch import (
-    DownloadError,
-    DownloadIncomplete,
-    DownloadLimits,
-    IntegrityError,
-)
 from llamaship.io.fs import DiskSpaceError
+from llamaship.io.http_session import DownloadLimits
+from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
 from llamaship.models.settings import read_user_settings, settings_path
 from llamaship.models.store import (
     ModelNotInstalled,

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.io.fetch import DownloadError, DownloadLimits, Fetcher
+from llamaship.io.fetch import Fetcher
+from llamaship.io.http_session import DownloadLimits
+from llamaship.io.transfer import DownloadError
 from llamaship.overlay.install import find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs

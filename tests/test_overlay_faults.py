@@ -17,11 +17,7 @@ from typing import Any
 import pytest
 
 from llamaship.errors import LlamashipError
-from llamaship.io.fetch import (
-    DownloadError,
-    DownloadIncomplete,
-    IntegrityError,
-)
+from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
 from llamaship.overlay.install import (
     IncompatibleOverlay,
     Installer,

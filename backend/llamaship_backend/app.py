@@ -23,11 +23,17 @@ from llamaship_backend.security import RequestGuard
 
 def create_app(state: BootState, engine: Engine) -> FastAPI:
     """The backend app; `llamaship_backend.server.serve` runs it."""
-    app = FastAPI(title="llamaship backend", version=__version__, docs_url=None, redoc_url=None)
+    app = routed_app()
     attach(app, state, engine)
-    install_error_replies(app)
     # In front of routing: a refused request never reaches a route or has its body read.
     app.add_middleware(RequestGuard, configured_host=state.settings.host)
+    return app
+
+
+def routed_app() -> FastAPI:
+    """The routes and error replies, with no boot state: what `llamaship openapi` describes."""
+    app = FastAPI(title="llamaship backend", version=__version__, docs_url=None, redoc_url=None)
+    install_error_replies(app)
     # Each API area is a router in its own module; new areas are added to this list.
     app.include_router(routes_status.router)
     app.include_router(routes_openai.router)

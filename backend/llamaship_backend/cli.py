@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # Commands that need this package (name -> module with `add_parser` and `run`).
 COMMANDS: dict[str, str] = {
     "bench": "llamaship_backend.cli_bench",
+    "openapi": "llamaship_backend.cli_openapi",
 }
 
 

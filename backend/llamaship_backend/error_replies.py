@@ -1,10 +1,11 @@
-"""Every error reply is OpenAI-style JSON: `{"error": {"message", "type", "code", "param"}}`."""
+"""Every error reply is OpenAI-style JSON (`schemas.ErrorReply`):
+`{"error": {"message", "type", "code", "param"}}`."""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,14 +15,31 @@ from starlette.exceptions import HTTPException
 
 from llamaship.errors import LlamashipError
 from llamaship_backend.errors import BackendError
+from llamaship_backend.schemas import ErrorDetail, ErrorReply
 
 logger = logging.getLogger(__name__)
 
 
-def error_body(
-    message: str, error_type: str, code: str, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "code": code, "param": param}}
+# Every route's error replies, for the OpenAPI document (`APIRouter(responses=...)`); it also
+# stands in for FastAPI's own 422 shape, which `_validation_error` replaces.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorReply, "description": "The request was refused (`error.code` says why)"},
+    "5XX": {"model": ErrorReply, "description": "The server or llama.cpp failed"},
+}
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    error_type: str,
+    code: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """The error reply with `status_code` (and extra `headers`)."""
+    detail = ErrorDetail(message=message, type=error_type, code=code, param=param)
+    body = ErrorReply(error=detail).model_dump(mode="json")
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
 def _field_name(location: Sequence[str | int]) -> str:
@@ -62,35 +80,36 @@ def describe_validation_errors(errors: Sequence[Any]) -> tuple[int, str, str, st
 async def _backend_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, BackendError)
     logger.warning("%s %s: %s", request.method, request.url.path, error)
-    body = error_body(str(error), error.error_type, error.code)
-    return JSONResponse(body, status_code=error.status_code, headers=dict(error.headers))
+    return error_response(
+        error.status_code, str(error), error.error_type, error.code, headers=error.headers
+    )
 
 
 async def _runtime_error(request: Request, error: Exception) -> JSONResponse:
     """A llamaship error outside the request's control (e.g. llama.cpp backends not loading)."""
     logger.error("%s %s: %s", request.method, request.url.path, error)
     code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower()
-    return JSONResponse(error_body(str(error), "server_error", code), status_code=500)
+    return error_response(500, str(error), "server_error", code)
 
 
 async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     status, code, message, param = describe_validation_errors(error.errors())
-    body = error_body(message, "invalid_request_error", code, param)
-    return JSONResponse(body, status_code=status)
+    return error_response(status, message, "invalid_request_error", code, param)
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, HTTPException)
     code = "not_found" if error.status_code == 404 else f"http_{error.status_code}"
-    body = error_body(str(error.detail), "invalid_request_error", code)
-    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+    return error_response(
+        error.status_code, str(error.detail), "invalid_request_error", code, headers=error.headers
+    )
 
 
 async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
     logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
     message = f"Internal error ({type(error).__name__}: {error}); the server log has the details."
-    return JSONResponse(error_body(message, "server_error", "internal_error"), status_code=500)
+    return error_response(500, message, "server_error", "internal_error")
 
 
 def install_error_replies(app: FastAPI) -> None:

@@ -11,10 +11,9 @@
 from __future__ import annotations
 
 import threading
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
 
 from llamaship.launch.outcome import BootState
 from llamaship.models.jobs import PullJobs
@@ -26,10 +25,20 @@ from llamaship.models.store import (
     UnverifiedModel,
 )
 from llamaship_backend.dependencies import get_boot_state
+from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError
+from llamaship_backend.schemas import (
+    JobStarted,
+    ModelChoice,
+    ModelListing,
+    ModelsReply,
+    PullBody,
+    PullJobProgress,
+    UseBody,
+)
 from llamaship_backend.security import require_admin
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 _state_lock = threading.Lock()
 
 
@@ -58,32 +67,6 @@ class PullJobNotFound(BackendError):
 
     status_code = 404
     code = "pull_job_not_found"
-
-
-class PullBody(BaseModel):
-    """`POST /api/models/pull`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str = Field(
-        min_length=1,
-        max_length=2000,
-        description="a catalogue name or an http(s) URL of a .gguf file",
-    )
-    sha256: str | None = Field(default=None, description="the sha256 the file must have")
-    accept_unverified: bool = Field(
-        default=False, description=("pull a model whose sha256 is unknown without checking it")
-    )
-
-
-class UseBody(BaseModel):
-    """`POST /api/models/use`."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    name: str = Field(
-        min_length=1, max_length=200, description="an installed model: catalogue name or file name"
-    )
 
 
 def set_model_store(app: FastAPI, store: ModelStore) -> None:
@@ -124,7 +107,7 @@ def _refusal(error: ModelError) -> BackendError:
 def list_models(
     state: Annotated[BootState, Depends(get_boot_state)],
     store: Annotated[ModelStore, Depends(get_model_store)],
-) -> dict[str, Any]:
+) -> ModelsReply:
     """The catalogue and the installed models; `active`: the chosen file (settings.json);
     `serving`: the model file this process was started with."""
     installed = {model.path.name: model for model in store.installed()}
@@ -133,40 +116,40 @@ def list_models(
     for entry in store.catalogue.models:
         model = installed.pop(entry.file_name, None)
         models.append(
-            {
+            ModelListing(
                 **entry.model_dump(mode="json"),
-                "in_catalogue": True,
-                "installed": model is not None,
-                "installed_size": None if model is None else model.size,
-                "active": entry.file_name == active,
-            }
+                in_catalogue=True,
+                installed=model is not None,
+                installed_size=None if model is None else model.size,
+                active=entry.file_name == active,
+            )
         )
     for model in installed.values():
         models.append(
-            {
-                "name": model.name,
-                "file_name": model.path.name,
-                "url": None,
-                "size": None,
-                "sha256": None,
-                "license": None,
-                "purpose": None,
-                "context_length": None,
-                "min_ram_mb": None,
-                "unverified": True,
-                "in_catalogue": False,
-                "installed": True,
-                "installed_size": model.size,
-                "active": model.path.name == active,
-            }
+            ModelListing(
+                name=model.name,
+                file_name=model.path.name,
+                url=None,
+                size=None,
+                sha256=None,
+                license=None,
+                purpose=None,
+                context_length=None,
+                min_ram_mb=None,
+                unverified=True,
+                in_catalogue=False,
+                installed=True,
+                installed_size=model.size,
+                active=model.path.name == active,
+            )
         )
     serving = state.settings.model
-    return {
-        "models_dir": str(store.dir),
-        "active": active,
-        "serving": None if serving is None else str(serving),
-        "models": models,
-    }
+    return ModelsReply(
+        models_dir=str(store.dir),
+        active=active,
+        serving=None if serving is None else str(serving),
+        models=models,
+    )
 
 
 @router.post("/api/models/pull", status_code=202, dependencies=[Depends(require_admin)])
@@ -174,27 +157,27 @@ def start_pull(
     body: PullBody,
     store: Annotated[ModelStore, Depends(get_model_store)],
     jobs: Annotated[PullJobs, Depends(get_pull_jobs)],
-) -> dict[str, str]:
+) -> JobStarted:
     """Start pulling a model; poll the job id. While that file is being pulled, the running
     job's id."""
     try:
         source = store.source(body.name, body.sha256, body.accept_unverified)
     except ModelError as error:
         raise _refusal(error) from None
-    return {"job_id": jobs.start(store, source)}
+    return JobStarted(job_id=jobs.start(store, source))
 
 
 @router.get("/api/models/pull/{job_id}", dependencies=[Depends(require_admin)])
 def pull_progress(
     job_id: str,
     jobs: Annotated[PullJobs, Depends(get_pull_jobs)],
-) -> dict[str, Any]:
+) -> PullJobProgress:
     """The job's state (running|succeeded|failed), bytes done and total, and message."""
     progress = jobs.get(job_id)
     if progress is None:
         msg = f"No model pull job {job_id[:100]!r}: start one with POST /api/models/pull."
         raise PullJobNotFound(msg)
-    return progress
+    return PullJobProgress.model_validate(progress)
 
 
 @router.post("/api/models/use", dependencies=[Depends(require_admin)])
@@ -202,15 +185,15 @@ def use_model(
     body: UseBody,
     state: Annotated[BootState, Depends(get_boot_state)],
     store: Annotated[ModelStore, Depends(get_model_store)],
-) -> dict[str, Any]:
+) -> ModelChoice:
     """Choose an installed model (settings.json); served from the next start."""
     try:
         model = store.use(body.name)
     except ModelError as error:
         raise _refusal(error) from None
-    return {
-        "active": model.path.name,
-        "name": model.name,
-        "path": str(model.path),
-        "restart_required": state.settings.model != model.path,
-    }
+    return ModelChoice(
+        active=model.path.name,
+        name=model.name,
+        path=str(model.path),
+        restart_required=state.settings.model != model.path,
+    )

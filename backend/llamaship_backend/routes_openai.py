@@ -15,9 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from llamaship.launch.outcome import BootState
 from llamaship_backend.dependencies import get_boot_state, get_engine
 from llamaship_backend.engine import Engine
+from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.schemas import ChatCompletionRequest, EmbeddingRequest
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/v1/models")

@@ -11,6 +11,8 @@ from llamaship.overlay.store import OverlayStore
 from llamaship_backend.benchmark import benchmark_summary
 from llamaship_backend.dependencies import get_boot_state, get_engine
 from llamaship_backend.engine import Engine
+from llamaship_backend.error_replies import ERROR_RESPONSES
+from llamaship_backend.schemas import HealthReply
 from llamaship_contract.capabilities import (
     Capabilities,
     DecisionInfo,
@@ -20,7 +22,7 @@ from llamaship_contract.capabilities import (
     Recommendation,
 )
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def installed_overlay(state: BootState) -> str | None:
@@ -30,8 +32,9 @@ def installed_overlay(state: BootState) -> str | None:
 
 
 @router.get("/api/health")
-def health() -> dict[str, str]:
-    return {"status": "ok"}
+def health() -> HealthReply:
+    """The server is up (the model may not be loaded yet)."""
+    return HealthReply(status="ok")
 
 
 @router.get("/api/capabilities")

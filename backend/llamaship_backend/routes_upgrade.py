@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
@@ -25,10 +25,12 @@ from llamaship.overlay.install import (
 from llamaship.overlay.jobs import UpgradeJobs
 from llamaship.overlay.offer import find_offer
 from llamaship_backend.dependencies import get_boot_state
+from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError
+from llamaship_backend.schemas import JobStarted, UpgradeJobProgress, UpgradeOffer
 from llamaship_backend.security import require_admin
 
-router = APIRouter(dependencies=[Depends(require_admin)])
+router = APIRouter(dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 _jobs_lock = threading.Lock()
 
 InstallerFactory = Callable[[BootState, ProgressFn], Installer]
@@ -91,7 +93,7 @@ def _release_url_and_target(state: BootState) -> tuple[str, Target]:
 
 
 @router.get("/api/admin/upgrade-gpu")
-def upgrade_offer(state: Annotated[BootState, Depends(get_boot_state)]) -> dict[str, Any]:
+def upgrade_offer(state: Annotated[BootState, Depends(get_boot_state)]) -> UpgradeOffer:
     """The overlay an upgrade would install and its download size (the signed index and
     manifests are read and verified; no archive is fetched)."""
     release_url, target = _release_url_and_target(state)
@@ -99,14 +101,14 @@ def upgrade_offer(state: Annotated[BootState, Depends(get_boot_state)]) -> dict[
         offer = find_offer(state.dirs, state.trusted_keys, release_url, target)
     except LlamashipError as error:
         raise UpgradeUnavailable(str(error)) from None
-    return {
-        "overlay_version": offer.overlay_version,
-        "cuda_version": offer.cuda_version,
-        "download_bytes": offer.download_bytes,
-        "unpacked_bytes": offer.unpacked_bytes,
-        "active": offer.active,
-        "running_overlay_version": state.overlay_version,
-    }
+    return UpgradeOffer(
+        overlay_version=offer.overlay_version,
+        cuda_version=offer.cuda_version,
+        download_bytes=offer.download_bytes,
+        unpacked_bytes=offer.unpacked_bytes,
+        active=offer.active,
+        running_overlay_version=state.overlay_version,
+    )
 
 
 @router.post("/api/admin/upgrade-gpu", status_code=202)
@@ -114,7 +116,7 @@ def start_upgrade(
     state: Annotated[BootState, Depends(get_boot_state)],
     jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
     make_installer: Annotated[InstallerFactory, Depends(get_installer_factory)],
-) -> dict[str, str]:
+) -> JobStarted:
     """Start installing the newest CUDA overlay for this machine; poll the returned job id.
 
     While an upgrade runs, this returns the running job's id.
@@ -124,17 +126,17 @@ def start_upgrade(
     def work(progress: ProgressFn) -> InstallResult:
         return make_installer(state, progress).install(release_url, target)
 
-    return {"job_id": jobs.start(work, running_overlay_version=state.overlay_version)}
+    return JobStarted(job_id=jobs.start(work, running_overlay_version=state.overlay_version))
 
 
 @router.get("/api/admin/upgrade-gpu/{job_id}")
 def upgrade_progress(
     job_id: str,
     jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
-) -> dict[str, Any]:
+) -> UpgradeJobProgress:
     """The job's state, phase, downloaded bytes, message and whether a restart is needed."""
     progress = jobs.get(job_id)
     if progress is None:
         msg = f"No upgrade job {job_id!r}: start one with POST /api/admin/upgrade-gpu."
         raise UpgradeJobNotFound(msg)
-    return progress
+    return UpgradeJobProgress.model_validate(progress)

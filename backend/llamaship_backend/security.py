@@ -25,7 +25,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llamaship_backend.error_replies import error_body
+from llamaship_backend.error_replies import error_response
 from llamaship_backend.errors import BackendError
 
 logger = logging.getLogger(__name__)
@@ -183,4 +183,4 @@ class RequestGuard:
 
 def _refuse(status: int, code: str, message: str) -> JSONResponse:
     logger.warning("refused a request (%d %s)", status, code)
-    return JSONResponse(error_body(message, "invalid_request_error", code), status_code=status)
+    return error_response(status, message, "invalid_request_error", code)

@@ -37,11 +37,14 @@ def _exit_statuses(args: argparse.Namespace, project: Project) -> int:
 
 
 def _schemas(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build import openapi
     from llamaship_contract import registry
 
     directory = project.docs / "schemas"
     if args.check:
         stale = registry.stale_files(directory)
+        if openapi.is_stale(directory):
+            stale.append(openapi.FILE_NAME)
         if stale:
             from llamaship_build.errors import BuildError
 
@@ -52,7 +55,8 @@ def _schemas(args: argparse.Namespace, project: Project) -> int:
             raise BuildError(msg)
         return 0
     written = registry.export(directory)
-    print(f"wrote {len(written)} JSON Schema files to {directory}")
+    openapi.export(directory)
+    print(f"wrote {len(written)} JSON Schema files and {openapi.FILE_NAME} to {directory}")
     return 0
 
 
@@ -105,7 +109,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     statuses.add_argument("--check", action="store_true", help="fail if the table is stale")
     statuses.set_defaults(handler=_exit_statuses)
     schemas = commands.add_parser(
-        "schemas", help="export the contract's JSON Schemas to docs/schemas/"
+        "schemas",
+        help="export the contract's JSON Schemas and the API's OpenAPI document to docs/schemas/",
     )
     schemas.add_argument("--check", action="store_true", help="fail if the export is stale")
     schemas.set_defaults(handler=_schemas)

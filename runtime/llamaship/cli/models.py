@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
-    from llamaship.io.fetch import ProgressFn
+    from llamaship.io.transfer import ProgressFn
     from llamaship.models.store import ModelStore
 
 

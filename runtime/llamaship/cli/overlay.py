@@ -84,7 +84,7 @@ class _ProgressPrinter:
 def _install(args: argparse.Namespace) -> int:
     import llamaship
     from llamaship.detect import load_or_detect
-    from llamaship.io.fetch import local_path
+    from llamaship.io.local_files import local_path
     from llamaship.io.trusted_keys import trusted_keys
     from llamaship.overlay.install import Installer, Target, index_location_of
     from llamaship.paths import DataDirs

@@ -92,7 +92,8 @@ def _available(
     settings: Settings, store: OverlayStore, plan: _Plan, keys: tuple[str, ...]
 ) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any."""
-    from llamaship.io.fetch import DownloadLimits, Fetcher
+    from llamaship.io.fetch import Fetcher
+    from llamaship.io.http_session import DownloadLimits
     from llamaship.overlay.install import Target, find_overlay
 
     assert settings.release_url is not None

@@ -22,14 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship.errors import ConfigError, LlamashipError
-from llamaship.io.fetch import (
-    DownloadLimits,
-    Fetcher,
-    IntegrityError,
-    ProgressFn,
-    verify_file,
-)
+from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import fsync_dir
+from llamaship.io.http_session import DownloadLimits
+from llamaship.io.local_files import verify_file
+from llamaship.io.transfer import IntegrityError, ProgressFn
 from llamaship.models.catalogue import bundled_catalogue
 from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
 from llamaship.paths import DataDirs

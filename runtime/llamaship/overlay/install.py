@@ -32,14 +32,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
 from llamaship.errors import LlamashipError
-from llamaship.io.fetch import (
-    DownloadError,
-    DownloadLimits,
-    FetchedFile,
-    Fetcher,
-    resolve_location,
-)
+from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import ensure_free_space
+from llamaship.io.http_session import DownloadLimits
+from llamaship.io.local_files import resolve_location
+from llamaship.io.transfer import DownloadError, FetchedFile
 from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
 from llamaship.overlay.freshness import ensure_unexpired

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llamaship.io.fetch import DownloadLimits, Fetcher
+from llamaship.io.fetch import Fetcher
+from llamaship.io.http_session import DownloadLimits
 from llamaship.overlay.install import Target, find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
