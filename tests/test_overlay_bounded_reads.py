@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from llamaship.io.fetch import DownloadError, DownloadLimits, Fetcher
-from llamaship.overlay.install import find_overlay
+from llamaship.overlay.select import find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.signing import SignatureError, verify

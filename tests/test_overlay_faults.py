@@ -22,10 +22,9 @@ from llamaship.io.fetch import (
     DownloadIncomplete,
     IntegrityError,
 )
-from llamaship.overlay.install import (
+from llamaship.overlay.install import Installer, InstallResult
+from llamaship.overlay.select import (
     IncompatibleOverlay,
-    Installer,
-    InstallResult,
     NoMatchingOverlay,
     ReplayedRelease,
     Target,

@@ -51,7 +51,8 @@ ANCHORS = "Ollama's CUDA 12 libraries ~1 GB; the seed's plan ~150 MB"
 _INSTALL = """
 import json, sys, time
 from pathlib import Path
-from llamaship.overlay.install import Installer, Target
+from llamaship.overlay.install import Installer
+from llamaship.overlay.select import Target
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.document import parse_document

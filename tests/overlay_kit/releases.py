@@ -15,7 +15,7 @@ from typing import Any
 import zstandard
 
 from llamaship.io.fetch import DownloadLimits
-from llamaship.overlay.install import InstallOptions, Target
+from llamaship.overlay.install import InstallOptions
 from llamaship.overlay.manifest import (
     FORMAT,
     ArchiveRef,
@@ -27,6 +27,7 @@ from llamaship.overlay.manifest import (
     layer_id,
     parse_index,
 )
+from llamaship.overlay.select import Target
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo

@@ -93,7 +93,7 @@ def _available(
 ) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any."""
     from llamaship.io.fetch import DownloadLimits, Fetcher
-    from llamaship.overlay.install import Target, find_overlay
+    from llamaship.overlay.select import Target, find_overlay
 
     assert settings.release_url is not None
     limits = DownloadLimits(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llamaship.io.fetch import DownloadLimits, Fetcher
-from llamaship.overlay.install import Target, find_overlay
+from llamaship.overlay.select import Target, find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 
