@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from llamaship_build.debian_root import DebianRoot
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import (
     PORTABLE,
@@ -38,7 +39,6 @@ from llamaship_build.llama_wheel import (
     prefix_map_env,
     unpack_sdist,
 )
-from llamaship_build.debian_root import DebianRoot
 from llamaship_build.toolchain import Toolchain
 from llamaship_build.vulkan_shaders import (
     VULKAN_SOURCE_DIR,
@@ -79,8 +79,15 @@ class BuiltModule:
 
     @property
     def shaders(self) -> Mapping[str, object]:
+        """The shader set's record: definitions, extensions, tool versions."""
         shaders = self.record.get("shaders")
         return shaders if isinstance(shaders, dict) else {}
+
+    @property
+    def definitions(self) -> tuple[str, ...]:
+        """The `GGML_VULKAN_*_GLSLC_SUPPORT` definitions compiled in."""
+        definitions = self.shaders.get("definitions")
+        return tuple(map(str, definitions)) if isinstance(definitions, list) else ()
 
 
 def module_key(pin: Pin, toolchain_name: str, tools: Mapping[str, str]) -> str:
@@ -188,9 +195,7 @@ def ensure_vulkan_module(
         (partial / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(slot, ignore_errors=True)
         os.replace(partial, slot)
-    _log.info(
-        "Vulkan backend compiled: shaders %d s, C++ %d s", shader_seconds, compile_seconds
-    )
+    _log.info("Vulkan backend compiled: shaders %d s, C++ %d s", shader_seconds, compile_seconds)
     return BuiltModule(slot / MODULE, record)
 
 
@@ -235,7 +240,7 @@ def _compile(
     check_definitions(shaders.definitions, definitions_of(build / "compile_commands.json"))
     toolchain.run(
         [cmake, "--build", toolchain.inside(build), "--target", "ggml-vulkan", f"-j{jobs}"],
-        what=f"compiling the Vulkan backend ({len(list(shaders.sources.iterdir()))} shader sources)",
+        what=f"compiling the Vulkan backend ({sum(1 for _ in shaders.sources.iterdir())} sources)",
         env=env,
     )
     found = sorted(build.rglob(MODULE))

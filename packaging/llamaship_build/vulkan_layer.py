@@ -27,12 +27,12 @@ from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_la
 from llamaship_build.overlay_build import manifest_timestamp, write_manifest
 from llamaship_build.overlay_layers import LLAMA_CPP_LICENSE, RUNPATH
 from llamaship_build.strip import strip_binaries
-from llamaship_contract.overlay import FORMAT, LayerManifest, layer_id
+from llamaship_contract.overlay import FORMAT, LayerManifest, LayerName, layer_id
 from llamaship_contract.signing import public_key_of
 
 _log = logging.getLogger(__name__)
 
-LAYER = "llama-vulkan"
+LAYER: LayerName = "llama-vulkan"
 BACKENDS_DIR = "backends"
 LICENSES_DIR = "licenses"
 # ggml_vk_instance_init: "Vulkan 1.2 required" below this instance version.
@@ -141,7 +141,10 @@ def build_vulkan_layer(
             files=files,
             created=manifest_timestamp(created),
         )
-        written = [out_dir / archive.name, *write_manifest(manifest, out_dir / stem, signing_key_b64)]
+        written = [
+            out_dir / archive.name,
+            *write_manifest(manifest, out_dir / stem, signing_key_b64),
+        ]
     _log.info(
         "layer %s (%s): %.1f MB raw -> %.1f MB %s (zstd %d); shader features: %s; glibc %s",
         LAYER,

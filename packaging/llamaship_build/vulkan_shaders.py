@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship_build.errors import BuildError
-from llamaship_build.llama_wheel import unpack_sdist
 from llamaship_build.debian_root import DebianRoot, remove_root
 from llamaship_build.debian_root_create import MIRROR
+from llamaship_build.errors import BuildError
+from llamaship_build.llama_wheel import unpack_sdist
 from llamaship_build.toolchain import HOST
 
 _log = logging.getLogger(__name__)
@@ -51,8 +51,10 @@ _FEATURE_TEST = re.compile(
     r'test_shader_extension_support\(\s*"(\w+)"\s*"[^"]*"\s*"(GGML_VULKAN_\w+_GLSLC_SUPPORT)"\s*\)'
 )
 _DEFINITION = re.compile(r"(?:^|\s)-D(GGML_VULKAN_\w+_GLSLC_SUPPORT)(?=\s|=|$)")
-_HEADER_VERSION = re.compile(r"#define\s+VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_API_VERSION\("
-                             r"\s*0\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*VK_HEADER_VERSION\s*\)")
+_HEADER_VERSION = re.compile(
+    r"#define\s+VK_HEADER_VERSION_COMPLETE\s+VK_MAKE_API_VERSION\("
+    r"\s*0\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*VK_HEADER_VERSION\s*\)"
+)
 _HEADER_PATCH = re.compile(r"#define\s+VK_HEADER_VERSION\s+(\d+)")
 _GENERATED = re.compile(r"^\S*/ggml-vulkan/([\w.-]+\.comp\.cpp|ggml-vulkan-shaders\.hpp):")
 _APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
@@ -92,7 +94,9 @@ def feature_tests(cmakelists: str) -> dict[str, str]:
     return tests
 
 
-def definitions_of(compile_commands: Path, source: str = "ggml-vulkan/ggml-vulkan.cpp") -> tuple[str, ...]:
+def definitions_of(
+    compile_commands: Path, source: str = "ggml-vulkan/ggml-vulkan.cpp"
+) -> tuple[str, ...]:
     """The `GGML_VULKAN_*_GLSLC_SUPPORT` definitions of `source`'s compile command, sorted."""
     entries = json.loads(compile_commands.read_text(encoding="utf-8"))
     commands = [
