@@ -2,7 +2,8 @@
 
 The C++ of the Vulkan backend is compiled in the Debian 11 root (glibc 2.31), which has no
 `glslc` and only Vulkan 1.2.162 headers. SPIR-V does not depend on the platform, so the shader
-step runs in a second root, Debian 13 (trixie: shaderc 2025.2, Vulkan headers 1.4.309): there
+step runs in a second root, Debian 13 (trixie: Vulkan headers 1.4.309; glslc from sid, see
+`GLSLC_PACKAGES`): there
 ggml's own CMake configures the backend with the same flags, asks `glslc` which shader
 extensions it has (`test_shader_extension_support`), builds `vulkan-shaders-gen` and runs it,
 and only the generated sources (`ggml-vulkan-shaders.hpp` and one `<shader>.comp.cpp` per
@@ -39,10 +40,20 @@ _log = logging.getLogger(__name__)
 
 SUITE = "trixie"
 PACKAGES = ("glslc", "cmake", "ninja-build", "g++", "make", "libvulkan-dev", "spirv-headers")
+# glslc itself comes from sid: trixie's shaderc 2025.2 (glslang 15.1) lacks GL_EXT_bfloat16 and
+# the fp8/fp4 types, and CMake would silently build without them. sid's runs on trixie's glibc
+# and needs nothing else from sid. Pinned below trixie, so only these two come from there.
+GLSLC_SUITE = "sid"
+GLSLC_PACKAGES = ("glslc", "libshaderc1")
+_GLSLC_SOURCES = (
+    # sid's Release file has a short Valid-Until and mirrors lag: still signed and checked.
+    f"deb [check-valid-until=no] {MIRROR} {GLSLC_SUITE} main\n"
+)
+_GLSLC_PIN = f"Package: *\nPin: release n={GLSLC_SUITE}\nPin-Priority: 100\n"
 # The packages whose versions decide the generated shaders and the headers compiled against.
 TOOL_PACKAGES = ("glslc", "libshaderc1", "glslang-tools", "libvulkan-dev", "spirv-headers")
 # Bump when the recipe of the root changes: it is rebuilt under a new name.
-_RECIPE = 1
+_RECIPE = 2
 VULKAN_SOURCE_DIR = "vendor/llama.cpp/ggml/src/ggml-vulkan"
 HEADER = "ggml-vulkan-shaders.hpp"
 RECORD = "shaders.json"
@@ -134,7 +145,14 @@ def header_version(include: Path) -> str:
 
 
 def _recipe_key() -> str:
-    material = json.dumps({"suite": SUITE, "packages": PACKAGES, "recipe": _RECIPE})
+    material = json.dumps(
+        {
+            "suite": SUITE,
+            "packages": PACKAGES,
+            "glslc": [GLSLC_SUITE, *GLSLC_PACKAGES],
+            "recipe": _RECIPE,
+        }
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -154,11 +172,19 @@ def ensure_shader_root(cache: Path) -> DebianRoot:
         ["debootstrap", "--force-check-gpg", "--variant=minbase", SUITE, str(staging), MIRROR],
         what=f"debootstrap Debian 13 ({SUITE}, about 2-3 minutes)",
     )
+    (staging / "etc/apt/sources.list.d/glslc.list").write_text(_GLSLC_SOURCES)
+    (staging / "etc/apt/preferences.d/glslc").write_text(_GLSLC_PIN)
     root = DebianRoot(staging)
     root.run(["apt-get", "update"], what="apt-get update in the Debian 13 root", env=_APT_ENV)
+    install = ["apt-get", "install", "-y", "--no-install-recommends"]
     root.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-        what="installing glslc, CMake and the Vulkan headers in the Debian 13 root",
+        [*install, *PACKAGES],
+        what="installing CMake, a compiler and the Vulkan headers in the Debian 13 root",
+        env=_APT_ENV,
+    )
+    root.run(
+        [*install, *(f"{package}/{GLSLC_SUITE}" for package in GLSLC_PACKAGES)],
+        what=f"installing glslc from {GLSLC_SUITE} in the Debian 13 root",
         env=_APT_ENV,
     )
     (staging / ".llamaship-complete").write_text("")
