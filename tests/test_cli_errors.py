@@ -91,7 +91,7 @@ def test_unknown_llamaship_variable_gets_a_suggestion(home: Path) -> None:
 def test_configured_model_that_is_missing(home: Path) -> None:
     missing = home / "missing.gguf"
     assert_one_line_error(run(home, "serve", "--model", str(missing)), str(missing))
-    assert_one_line_error(run(home, LLAMASHIP_MODEL=str(missing)), "LLAMASHIP_MODEL")
+    assert_one_line_error(run(home, "serve", LLAMASHIP_MODEL=str(missing)), "LLAMASHIP_MODEL")
 
 
 def test_configured_model_that_is_not_gguf(home: Path) -> None:

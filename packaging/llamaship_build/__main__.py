@@ -131,7 +131,7 @@ def _bench(args: argparse.Namespace, project: Project) -> int:
 def _overlay(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build import overlay_release
 
-    kind, *rest = args.source or [os.environ.get("LLAMASHIP_OVERLAY_SOURCE", "wheel-index")]
+    kind, *rest = args.source or [os.environ.get("LLAMASHIP_BUILD_OVERLAY_SOURCE", "wheel-index")]
     if kind == "auto" and not rest:  # the pinned official wheel, else a source build
         from llamaship_build.overlay_pin import auto_source
 
@@ -139,12 +139,12 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
     if (
         args.if_reachable
         and not args.source
-        and "LLAMASHIP_OVERLAY_SOURCE" not in os.environ
+        and "LLAMASHIP_BUILD_OVERLAY_SOURCE" not in os.environ
         and not overlay_release.wheel_index_reachable(project)
     ):
         print(
             "overlay skipped: the CUDA wheel index is not reachable from here; set "
-            "LLAMASHIP_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
+            "LLAMASHIP_BUILD_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
             "run `nox -s overlay -- --source wheel PATH`",
             file=sys.stderr,
         )
@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help="wheel-index | build | auto (the pinned wheel if "
         "requirements/overlay-sources.json exists, else build) | wheel PATH "
-        "(default: LLAMASHIP_OVERLAY_SOURCE or wheel-index)",
+        "(default: LLAMASHIP_BUILD_OVERLAY_SOURCE or wheel-index)",
     )
     overlay.add_argument(
         "--if-reachable", action="store_true", help="skip quietly when no CUDA source is reachable"

@@ -16,9 +16,9 @@ class Project:
 
     @classmethod
     def here(cls) -> Project:
-        """The checkout this module was imported from (or LLAMASHIP_ROOT)."""
-        if "LLAMASHIP_ROOT" in os.environ:
-            return cls(Path(os.environ["LLAMASHIP_ROOT"]).resolve())
+        """The checkout this module was imported from (or LLAMASHIP_BUILD_ROOT)."""
+        if "LLAMASHIP_BUILD_ROOT" in os.environ:
+            return cls(Path(os.environ["LLAMASHIP_BUILD_ROOT"]).resolve())
         return cls(Path(__file__).resolve().parents[2])
 
     @property

@@ -9,7 +9,7 @@ runs on glibc >= 2.31: Debian 11, Ubuntu 20.04, RHEL 9 and newer. `docs/platform
 this against the alternatives.
 
 `Toolchain` is the small interface the wheel and bundle builds use; `HOST` runs on this
-machine (Windows, macOS, and Linux with `LLAMASHIP_LINUX_TOOLCHAIN=host`).
+machine (Windows, macOS, and Linux with `LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host`).
 """
 
 from __future__ import annotations
@@ -469,7 +469,7 @@ def ensure_debian_root(cache: Path) -> DebianRoot:
     if sys.platform != "linux" or os.geteuid() != 0:
         msg = (
             "the Linux build for glibc 2.31 runs in a Debian 11 root and needs root "
-            "(debootstrap, chroot); run it as root, or set LLAMASHIP_LINUX_TOOLCHAIN=host "
+            "(debootstrap, chroot); run it as root, or set LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host "
             "to build against this machine's glibc (the bundle then needs that glibc)"
         )
         raise BuildError(msg)

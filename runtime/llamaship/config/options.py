@@ -174,18 +174,15 @@ ENV_FILE_NAME = ".env"
 ENV_FILE_VARIABLE = "LLAMASHIP_ENV_FILE"
 # Unknown keys with these prefixes are refused (typos); any other key is another program's.
 OWN_PREFIXES = ("LLAMASHIP_", "LLAMACPP_", "GPU_DETECTION_")
-# Environment variables with the LLAMASHIP_ prefix that are not options (read elsewhere):
-# the explicit .env path, the release signing key (build side), and the build side's
-# checkout, cache and overlay source.
-IGNORED_ENV = frozenset(
-    {
-        ENV_FILE_VARIABLE,
-        "LLAMASHIP_SIGNING_KEY",
-        "LLAMASHIP_ROOT",
-        "LLAMASHIP_BUILD_CACHE",
-        "LLAMASHIP_OVERLAY_SOURCE",
-    }
-)
+# The build's own variables (`python -m llamaship_build`, nox, CI): never a runtime setting.
+BUILD_PREFIX = "LLAMASHIP_BUILD_"
+# Other LLAMASHIP_ variables that are not options (read elsewhere): the explicit .env path and
+# the release signing key (the build's and `llamaship keys`' CI secret).
+IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY"})
+# Options without one of `OWN_PREFIXES`: a close misspelling of one is refused too (in `.env`
+# files; warned about in the environment, which other programs share).
+UNPREFIXED = tuple(option.key for option in OPTIONS if not option.key.startswith(OWN_PREFIXES))
+TYPO_CUTOFF = 0.85
 # Keys that used to exist; naming them gets a reason instead of a spelling hint.
 REMOVED = {
     "LLAMASHIP_TRUSTED_KEYS": "release signing keys come only from the application bundle "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import io
+import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.config.options import (
+    BUILD_PREFIX,
     BY_KEY,
     ENV_FILE_NAME,
     ENV_FILE_VARIABLE,
@@ -22,11 +24,15 @@ from llamaship.config.options import (
     OPTIONS,
     OWN_PREFIXES,
     REMOVED,
+    TYPO_CUTOFF,
+    UNPREFIXED,
     Option,
     Settings,
 )
 from llamaship.config.values import parse_path
 from llamaship.errors import ConfigError
+
+_log = logging.getLogger(__name__)
 
 
 def _unknown_key_error(key: str, origin: str) -> ConfigError:
@@ -39,7 +45,30 @@ def _unknown_key_error(key: str, origin: str) -> ConfigError:
 
 
 def _ours(key: str) -> bool:
-    return key.startswith(OWN_PREFIXES) and key not in IGNORED_ENV
+    """An unknown key that is refused: a llamaship prefix (not the build's) or a likely typo
+    of an unprefixed option (`AUTO_UPGRAD_GPU`)."""
+    if key.startswith(OWN_PREFIXES):
+        return not key.startswith(BUILD_PREFIX) and key not in IGNORED_ENV
+    return _typo_of_unprefixed(key) is not None
+
+
+def _typo_of_unprefixed(key: str) -> str | None:
+    close = difflib.get_close_matches(key, UNPREFIXED, n=1, cutoff=TYPO_CUTOFF)
+    return close[0] if close else None
+
+
+def _warn_environment_typos(environ: Mapping[str, str]) -> None:
+    """Warn (not refuse: other programs share the environment) about likely typos there."""
+    for key in sorted(environ):
+        if key in BY_KEY or key.startswith(OWN_PREFIXES):
+            continue
+        close = _typo_of_unprefixed(key)
+        if close is not None:
+            _log.warning(
+                "%s in the environment is not a llamaship setting and is ignored: did you mean %s?",
+                key,
+                close,
+            )
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -80,7 +109,7 @@ def _raw_values(
     for key, value in environ.items():
         if key in BY_KEY:
             raw[key] = value
-        elif _ours(key):
+        elif key.startswith(OWN_PREFIXES) and _ours(key):
             raise _unknown_key_error(key, "the environment")
     for key, cli_value in cli.items():
         if key not in BY_KEY:
@@ -97,6 +126,14 @@ def _text_of(option: Option, raw: Mapping[str, str]) -> str:
     return text
 
 
+def _file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of a missing `path` when it is not a directory."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def _path_problems(values: Mapping[str, Any]) -> list[str]:
     """Paths that are the wrong kind of file system object (checked without creating any)."""
     problems = []
@@ -105,6 +142,11 @@ def _path_problems(values: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"LLAMASHIP_HOME={str(home)!r} is a file, not a directory: point it at "
             "a directory (it is created when missing)."
+        )
+    elif (blocker := _file_above(home)) is not None:
+        problems.append(
+            f"LLAMASHIP_HOME={str(home)!r} is inside {str(blocker)!r}, which is a file, not a "
+            "directory: point it at a directory (it is created when missing)."
         )
     port_file: Path | None = values["port_file"]
     if port_file is not None and port_file.is_dir():
@@ -146,6 +188,7 @@ def resolve_settings(
     is read only when given, and then it must exist.
     """
     environ = os.environ if env is None else env
+    _warn_environment_typos(environ)
     files = [read_env_file(env_file)] if env_file is not None else []
     return _settings_from(_raw_values(environ, cli or {}, files))
 
@@ -173,6 +216,7 @@ def load_settings(
     the optional `LLAMASHIP_HOME/.env`. The working directory is never searched.
     """
     environ = os.environ if env is None else env
+    _warn_environment_typos(environ)
     cli = cli or {}
     explicit = env_file or environ.get(ENV_FILE_VARIABLE, "").strip() or None
     if explicit is not None:
