@@ -182,7 +182,7 @@ IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY"})
 # Options without one of `OWN_PREFIXES`: a close misspelling of one is refused too (in `.env`
 # files; warned about in the environment, which other programs share).
 UNPREFIXED = tuple(option.key for option in OPTIONS if not option.key.startswith(OWN_PREFIXES))
-TYPO_CUTOFF = 0.85
+TYPO_CUTOFF = 0.9
 # Keys that used to exist; naming them gets a reason instead of a spelling hint.
 REMOVED = {
     "LLAMASHIP_TRUSTED_KEYS": "release signing keys come only from the application bundle "

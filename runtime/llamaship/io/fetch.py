@@ -209,7 +209,7 @@ def verify_file(
     """Raise IntegrityError unless `path` is a regular file of the signed size and sha256."""
     actual_size = _regular_size(path, what)
     if actual_size != size:
-        msg = f"{what}: {path} is {actual_size} bytes, the signed manifest says {size}"
+        msg = f"{what}: {path} is {actual_size} bytes, expected {size}"
         raise IntegrityError(msg)
     try:
         actual = sha256_of(path, progress, size)
@@ -218,7 +218,7 @@ def verify_file(
         raise DownloadError(msg) from None
     if actual != sha256:
         msg = (
-            f"{what}: sha256 of {path} is {actual}, the signed manifest says {sha256}: "
+            f"{what}: sha256 of {path} is {actual}, expected {sha256}: "
             "the file is corrupted or was tampered with"
         )
         raise IntegrityError(msg)
@@ -484,7 +484,7 @@ class Fetcher:
             _discard(part)
             msg = (
                 f"the download of {shown} is corrupted or was tampered with: its sha256 is "
-                f"{actual}, the signed manifest says {sha256}; it was deleted, try again"
+                f"{actual}, expected {sha256}; it was deleted, try again"
             )
             raise IntegrityError(msg)
         return actual
@@ -559,8 +559,7 @@ class Fetcher:
             length = response.headers.get("content-length")
             if length is not None and _DIGITS.fullmatch(length) and int(length) != size:
                 msg = (
-                    f"{shown} is {length} bytes, the signed manifest says {size}: "
-                    "the server holds a different file"
+                    f"{shown} is {length} bytes, expected {size}: the server holds a different file"
                 )
                 raise DownloadError(msg)
             return 0
