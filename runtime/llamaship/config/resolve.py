@@ -1,4 +1,4 @@
-"""One configuration resolver: defaults < .env < environment < command line.
+"""One configuration resolver: defaults < settings.json < .env < environment < command line.
 
 `load_settings` puts the user's choices (`LLAMASHIP_HOME/settings.json`, written by the app and
 `llamaship models use`) below the `.env`: defaults < settings.json < .env < environment < CLI.
@@ -209,7 +209,7 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     bundle_dir: Path | None = None,
 ) -> Settings:
-    """The settings of a command: defaults < `.env` < environment < command line.
+    """The settings of a command: defaults < settings.json < `.env` < environment < command line.
 
     The `.env` is `env_file` (`--env-file`) or `$LLAMASHIP_ENV_FILE` when given (it must
     exist); otherwise the optional `.env` beside the bundle's executable (`bundle_dir`), then
@@ -260,7 +260,8 @@ def _with_user_settings(
 def render_env_example() -> str:
     """The text of `.env.example`: every option, its default and its meaning."""
     lines = [
-        "# llamaship configuration: defaults < .env < environment < command line.",
+        "# llamaship configuration: defaults < LLAMASHIP_HOME/settings.json < .env < environment",
+        "# < command line (settings.json holds the choices the settings page saves).",
         "# The .env is read from LLAMASHIP_HOME (and beside the bundle's executable), or",
         "# the file given with --env-file / LLAMASHIP_ENV_FILE; never the working directory.",
         "",
