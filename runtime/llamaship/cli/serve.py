@@ -12,7 +12,7 @@ from llamaship_contract.names import ExitStatus
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="run the backend HTTP server (the default command)",
+        help="run the backend HTTP server (what the bundle's `backend` runs without a command)",
         description="Run the OpenAI-compatible llama.cpp backend. Options override "
         "LLAMASHIP_HOST, LLAMASHIP_PORT and LLAMASHIP_MODEL.",
     )
