@@ -343,13 +343,25 @@ def test_fit_and_serve_refuse_the_same_model_files(home: Path, command: str, kin
     assert "every layer" not in line
 
 
-def test_fit_plans_what_serve_runs_without_an_overlay(home: Path) -> None:
-    """No overlay active: serve runs the CPU build, so fit plans for it, GPU or not."""
-    model = home / "empty.gguf"
+def test_fit_plans_what_serve_runs_on_a_gpu_without_an_overlay(hardware: FakeHardware) -> None:
+    """A GPU but no overlay active: serve runs the CPU build, so fit plans for it."""
+    hardware.gpus = [RTX_2080]
+    hardware.driver_version = CUDA13_DRIVER
+    hardware.cuda_version = 13000
+    hardware.install_nvml()
+    model = hardware.root / "empty.gguf"
     model.write_bytes(_gguf(struct.pack("<IQQ", 3, 0, 0)))
-    result = run(home, "fit", "--model", str(model), "--json")
+    result = subprocess.run(
+        [*llamaship_command(), "fit", "--model", str(model), "--json"],
+        env=hardware.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["source"] == "cpu"
+    plan = json.loads(result.stdout)
+    assert (plan["source"], plan["n_gpu_layers"]) == ("cpu", 0), plan
 
 
 # -- Ctrl-C during a download: one line, the partial download kept, exit status 130 -------------
@@ -357,24 +369,19 @@ def test_fit_plans_what_serve_runs_without_an_overlay(home: Path) -> None:
 
 def interrupted(command: list[str], env: dict[str, str], partial_dir: Path) -> str:
     """Run `command`, press Ctrl-C once part of the download is on disk; the error line."""
-    process = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        while process.poll() is None and not any(
-            path.stat().st_size > 0 for path in partial_dir.glob("*.part")
-        ):
-            time.sleep(0.05)
-        assert process.poll() is None, "the download ended before it was interrupted"
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
-        process.wait()
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            while process.poll() is None and not any(
+                path.stat().st_size > 0 for path in partial_dir.glob("*.part")
+            ):
+                time.sleep(0.05)
+            assert process.poll() is None, "the download ended before it was interrupted"
+            process.send_signal(signal.SIGINT)
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
     assert process.returncode == ExitStatus.INTERRUPTED, stderr
     assert "Traceback" not in stderr, stderr
     assert list(partial_dir.glob("*.part")), "the partial download was not kept"
@@ -384,19 +391,23 @@ def interrupted(command: list[str], env: dict[str, str], partial_dir: Path) -> s
 def test_ctrl_c_during_models_pull_keeps_the_partial_download(home: Path, tmp_path: Path) -> None:
     root = tmp_path / "www"
     root.mkdir()
-    model = b"GGUF" + os.urandom(1 << 20)
+    model = b"GGUF" + struct.pack("<IQQ", 3, 0, 0) + os.urandom(1 << 20)
     (root / "slow.gguf").write_bytes(model)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(_OURS)}
+    environment["LLAMASHIP_HOME"] = str(home)
     with serving(ModelServer(root), "model-server") as server:
-        server.inject("slow.gguf", "slow", forever=True)
+        server.inject("slow.gguf", "slow", "slow")  # the HEAD and GET of the first pull only
         url = f"{server.url}slow.gguf"
-        environment = {key: value for key, value in os.environ.items() if not key.startswith(_OURS)}
         command = [sys.executable, "-m", "llamaship_backend", "models", "pull", url]
-        line = interrupted(
-            [*command, "--sha256", hashlib.sha256(model).hexdigest()],
-            {**environment, "LLAMASHIP_HOME": str(home)},
-            home / "models" / ".partial",
+        command += ["--sha256", hashlib.sha256(model).hexdigest()]
+        line = interrupted(command, environment, home / "models" / ".partial")
+        assert "partial download is kept" in line and f"llamaship models pull {url}" in line
+        resumed = subprocess.run(
+            command, env=environment, capture_output=True, text=True, timeout=120, check=False
         )
-    assert "partial download is kept" in line and f"llamaship models pull {url}" in line, line
+        assert resumed.returncode == 0, resumed.stderr
+        assert (home / "models" / "slow.gguf").read_bytes() == model
+        assert server.requests[-1].range is not None, server.requests  # it resumed
 
 
 def test_ctrl_c_during_overlay_install_keeps_the_partial_download(
