@@ -250,7 +250,8 @@ def test_a_host_that_does_not_resolve_is_not_a_busy_port(home: Path) -> None:
 
 
 def test_an_invalid_port_option_names_the_flag(home: Path) -> None:
-    assert_one_line_error(run(home, "serve", "--port", "abc"), "--port 'abc'", "0 to 65535")
+    line = assert_one_line_error(run(home, "serve", "--port", "abc"), "from --port 'abc'")
+    assert "0 to 65535" in line
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory-without-index"])
@@ -290,7 +291,7 @@ def test_the_bundle_backend_still_serves_without_arguments(home: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert_one_line_error(result, "backend: error: --port 'abc'")  # it ran `serve`
+    assert_one_line_error(result, "backend: error:", "--port 'abc'")  # it ran `serve`
 
 
 # -- fit and serve agree on which model files are usable -----------------------------------------

@@ -20,6 +20,12 @@ def check_model(model: Path) -> None:
     try:
         with model.open("rb") as handle:
             magic = handle.read(len(GGUF_MAGIC))
+    except FileNotFoundError:
+        msg = (
+            f"The model file {model} does not exist: pass --model PATH.gguf or set "
+            "LLAMASHIP_MODEL (or leave both empty for `serve`)."
+        )
+        raise ConfigError(msg) from None
     except OSError as error:
         msg = (
             f"{SETTING} {str(model)!r} cannot be read ({error.strerror or error}): "

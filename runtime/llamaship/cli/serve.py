@@ -34,7 +34,7 @@ def check_flags(cli: dict[str, str | None]) -> None:
         try:
             BY_KEY[key].parse(value)
         except ValueError as accepted:
-            msg = f"{_FLAGS[key]} {value!r} is invalid: expected {accepted}."
+            msg = f"{key}={value!r} is invalid (from {_FLAGS[key]} {value!r}): expected {accepted}."
             raise ConfigError(msg) from None
 
 
