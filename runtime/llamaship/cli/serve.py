@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llamaship.cli.model_file import check_model
 from llamaship.errors import ConfigError, LlamashipError
@@ -58,6 +59,16 @@ def check_host(host: str) -> None:
         raise HostUnknown(msg) from None
 
 
+def _from_llama_cpp(error: ImportError) -> bool:
+    """Whether importing llama_cpp failed (not found, or its own import broke)."""
+    import traceback
+
+    if (error.name or "").split(".")[0] == "llama_cpp":
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    return any("llama_cpp" in Path(frame.filename).parts for frame in frames)
+
+
 class LlamaCppMissing(LlamashipError):
     """llama-cpp-python (the CPU build every launch falls back to) cannot be imported."""
 
@@ -96,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             state = boot(settings, trusted_keys=args.trusted_keys, tracker=tracker)
         except ImportError as error:
+            if not _from_llama_cpp(error):
+                raise
             raise LlamaCppMissing(error) from None
         return int(serve_app(state, on_listening=tracker.serving))
 
