@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
     cli = {"LLAMASHIP_HOST": args.host, "LLAMASHIP_PORT": args.port, "LLAMASHIP_MODEL": args.model}
     check_flags(cli)
     settings = load_settings(args.env_file, cli, bundle_dir=executable_dir())
-    check_host(settings.host)
     tracker = LaunchTracker(DataDirs(settings.home), log_file=launch_log.configure(settings.home))
 
     def boot_and_serve() -> int:
+        check_host(settings.host)
         if settings.model is not None:
             check_model(settings.model)
         try:
