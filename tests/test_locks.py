@@ -131,7 +131,7 @@ def _check(root: Path) -> subprocess.CompletedProcess[str]:
     path = os.pathsep.join(str(ROOT / part) for part in ("packaging", "contract", "runtime"))
     return subprocess.run(
         [sys.executable, "-c", _TOOLS_VENV_ONLY, "--check"],
-        env={**os.environ, "LLAMASHIP_ROOT": str(root), "PYTHONPATH": path},
+        env={**os.environ, "LLAMASHIP_BUILD_ROOT": str(root), "PYTHONPATH": path},
         capture_output=True,
         text=True,
         check=False,

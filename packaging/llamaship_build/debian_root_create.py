@@ -202,7 +202,7 @@ def ensure_debian_root(cache: Path) -> DebianRoot:
     if sys.platform != "linux" or os.geteuid() != 0:
         msg = (
             "the Linux build for glibc 2.31 runs in a Debian 11 root and needs root "
-            "(debootstrap, chroot); run it as root, or set LLAMASHIP_LINUX_TOOLCHAIN=host "
+            "(debootstrap, chroot); run it as root, or set LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host "
             "to build against this machine's glibc (the bundle then needs that glibc)"
         )
         raise BuildError(msg)

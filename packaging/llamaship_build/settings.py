@@ -16,12 +16,12 @@ TOOLCHAINS = ("debian11", "host")
 # Every variable the build reads (here, and the signing key in the signing step only); the
 # runtime's own settings are other LLAMASHIP_* names.
 VARIABLES = (
-    "LLAMASHIP_LINUX_TOOLCHAIN",
-    "LLAMASHIP_GLIBC_FLOOR",
-    "LLAMASHIP_GLIBCXX_FLOOR",
-    "LLAMASHIP_OVERLAY_SOURCE",
+    "LLAMASHIP_BUILD_LINUX_TOOLCHAIN",
+    "LLAMASHIP_BUILD_GLIBC_FLOOR",
+    "LLAMASHIP_BUILD_GLIBCXX_FLOOR",
+    "LLAMASHIP_BUILD_OVERLAY_SOURCE",
     "LLAMASHIP_BUILD_CACHE",
-    "LLAMASHIP_ROOT",
+    "LLAMASHIP_BUILD_ROOT",
     "LLAMASHIP_SIGNING_KEY",
 )
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
@@ -53,28 +53,28 @@ class BuildSettings:
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
-        """Settings from `env` (`LLAMASHIP_LINUX_TOOLCHAIN`, `LLAMASHIP_GLIBC_FLOOR`,
-        `LLAMASHIP_GLIBCXX_FLOOR`, `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
-        `LLAMASHIP_ROOT`); all problems are reported at once."""
+        """Settings from `env` (`LLAMASHIP_BUILD_LINUX_TOOLCHAIN`, `LLAMASHIP_BUILD_GLIBC_FLOOR`,
+        `LLAMASHIP_BUILD_GLIBCXX_FLOOR`, `LLAMASHIP_BUILD_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
+        `LLAMASHIP_BUILD_ROOT`); all problems are reported at once."""
         problems: list[str | None] = []
-        toolchain = env.get("LLAMASHIP_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
+        toolchain = env.get("LLAMASHIP_BUILD_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
         if toolchain not in TOOLCHAINS:
             problems.append(
-                f"LLAMASHIP_LINUX_TOOLCHAIN={toolchain!r} is invalid: expected "
+                f"LLAMASHIP_BUILD_LINUX_TOOLCHAIN={toolchain!r} is invalid: expected "
                 f"{' or '.join(TOOLCHAINS)}"
             )
-        glibc = env.get("LLAMASHIP_GLIBC_FLOOR", cls.glibc_floor).strip()
-        glibcxx = env.get("LLAMASHIP_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
-        problems.append(_version_problem("LLAMASHIP_GLIBC_FLOOR", glibc, cls.glibc_floor))
-        problems.append(_version_problem("LLAMASHIP_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
-        source = env.get("LLAMASHIP_OVERLAY_SOURCE", "").strip() or None
+        glibc = env.get("LLAMASHIP_BUILD_GLIBC_FLOOR", cls.glibc_floor).strip()
+        glibcxx = env.get("LLAMASHIP_BUILD_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
+        problems.append(_version_problem("LLAMASHIP_BUILD_GLIBC_FLOOR", glibc, cls.glibc_floor))
+        problems.append(_version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
+        source = env.get("LLAMASHIP_BUILD_OVERLAY_SOURCE", "").strip() or None
         if source is not None and source not in OVERLAY_SOURCES:
             problems.append(
-                f"LLAMASHIP_OVERLAY_SOURCE={source!r} is invalid: expected one of "
+                f"LLAMASHIP_BUILD_OVERLAY_SOURCE={source!r} is invalid: expected one of "
                 f"{', '.join(OVERLAY_SOURCES)}"
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
-        root = env.get("LLAMASHIP_ROOT")
+        root = env.get("LLAMASHIP_BUILD_ROOT")
         found = [problem for problem in problems if problem is not None]
         if found:
             raise BuildError("; ".join(found))
