@@ -140,13 +140,15 @@ def _fitted(
     n_ctx: int,
     margin_mb: int,
     tool: Path | None,
-    timeouts: tuple[float, float],
+    *,
+    timeout: float,
     library_path: tuple[Path, ...],
     tool_env: Mapping[str, str] | None,
+    free_timeout: float,
 ) -> FitPlan:
     """The tool's plan when it ran and saw the GPUs; else the estimate (the reason says why).
 
-    `timeouts`: for the tool, and for reading the free memory now (nvidia-smi).
+    `free_timeout` bounds reading the free memory now (nvidia-smi) for the estimate.
     """
     from llamaship.fit.free import read_free_now
 
@@ -154,7 +156,7 @@ def _fitted(
     if tool is not None:
         try:
             fit = run_tool(
-                tool, model_path, n_ctx, margin_mb, timeouts[0], library_path, extra_env=tool_env
+                tool, model_path, n_ctx, margin_mb, timeout, library_path, extra_env=tool_env
             )
         except FitError as error:
             why = str(error)
@@ -164,7 +166,7 @@ def _fitted(
             label = BACKEND_LABELS[devices[0].backend]
             why = f"llama-fit-params sees no {label} device (no usable driver?)"
     _log.debug("fit: %s; estimating from the GGUF metadata", why)
-    free = read_free_now(devices, timeouts[1])
+    free = read_free_now(devices, free_timeout)
     plan = estimate_plan(model_path, free.devices, n_ctx, margin_mb)
     return plan.model_copy(update={"reason": f"{plan.reason} ({why}; {free.note})"})
 
@@ -235,9 +237,10 @@ def plan_load(
                 n_ctx,
                 margin,
                 tool,
-                (timeout, settings.detection_timeout),
-                library_path,
-                tool_env,
+                timeout=timeout,
+                library_path=library_path,
+                tool_env=tool_env,
+                free_timeout=settings.detection_timeout,
             )
         except FitError as error:
             plan = FitPlan(
