@@ -75,9 +75,10 @@ def smi_free_mb(timeout: float) -> dict[str, int]:
     free: dict[str, int] = {}
     for line in stdout.decode("utf-8", "replace").splitlines():
         fields = [field.strip() for field in line.split(",")]
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2:
             raise FreeMemoryUnreadable(f"nvidia-smi: printed {line[:120]!r}, not uuid, MiB")
-        free[fields[0]] = int(fields[1])
+        if fields[1].isdigit():  # "[N/A]": this GPU keeps its detected value
+            free[fields[0]] = int(fields[1])
     return free
 
 
