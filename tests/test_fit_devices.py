@@ -220,6 +220,17 @@ def test_nvidia_smi_answers_when_nvml_cannot(stale_detection: FakeHardware, mode
     )
 
 
+def test_a_gpu_without_a_free_reading_now_keeps_its_detected_value(
+    stale_detection: FakeHardware, model_7b: Path
+) -> None:
+    stale_detection.nvml_fail = "nvmlInitWithFlags:9"
+    (card,) = stale_detection.gpus
+    no_reading = f"{card.name}|{card.uuid}|{card.total_mb}|[N/A]|{card.compute_capability}"
+    plan = fit_json(stale_detection, model_7b, FAKE_GPUS=no_reading)
+    assert plan["devices"][0]["free_bytes"] == 12288 * MIB
+    assert "through nvidia-smi; GPU 0: no reading now, free VRAM as detected" in plan["reason"]
+
+
 def test_the_detected_free_memory_is_used_only_when_nothing_answers_and_the_plan_says_so(
     stale_detection: FakeHardware, model_7b: Path
 ) -> None:

@@ -120,5 +120,5 @@ def read_free_now(devices: Sequence[FitDevice], timeout: float) -> FreeMemory:
     missing = [str(device.index) for device in cuda if device.uuid not in free]
     note = f"free VRAM read now through {source}"
     if missing:
-        note += f"; GPU {', '.join(missing)} not seen now: free VRAM as detected"
+        note += f"; GPU {', '.join(missing)}: no reading now, free VRAM as detected"
     return FreeMemory(fresh, note)
