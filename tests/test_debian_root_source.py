@@ -3,15 +3,20 @@ without debootstrap or the network; and what a fresh machine installs first."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
 import shutil
+import ssl
 import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -136,6 +141,61 @@ def test_the_default_mirror_needs_no_archive_exception(tmp_path: Path) -> None:
         in (tmp_path / "etc/apt/sources.list").read_text()
     )
     assert not (tmp_path / "etc/apt/apt.conf.d/99llamaship-archive").exists()
+
+
+@pytest.fixture
+def https_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+    """(directory, its https:// URL): served on loopback with a certificate trusted here only."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed to make a test certificate: apt-get install openssl")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"https://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_tarball_url_is_downloaded_and_checked(
+    tmp_path: Path, https_dir: tuple[Path, str]
+) -> None:
+    tarball, sha256 = _exported(tmp_path)
+    served, url = https_dir
+    shutil.copyfile(tarball, served / tarball.name)
+    settings = _settings(
+        LLAMASHIP_DEBIAN_ROOT_TARBALL=f"{url}/{tarball.name}",
+        LLAMASHIP_DEBIAN_ROOT_SHA256=sha256,
+    )
+    root = ensure_debian_root(
+        tmp_path / "cache", settings, facts=ROOT_FACTS, check=lambda root: None
+    )
+    assert (root.path / "usr/bin/tool").is_file()
+    assert sorted(path.name for path in (tmp_path / "cache/roots").iterdir()) == [
+        root.path.name  # the download was a scratch file, now gone
+    ]
+    wrong = _settings(
+        LLAMASHIP_DEBIAN_ROOT_TARBALL=f"{url}/{tarball.name}",
+        LLAMASHIP_DEBIAN_ROOT_SHA256="f" * 64,
+    )
+    with pytest.raises(BuildError, match=r"not the expected f{64}: refused"):
+        ensure_debian_root(tmp_path / "other", wrong, facts=ROOT_FACTS, check=pytest.fail)
 
 
 def _refused(tmp_path: Path, tarball: Path, **env: str) -> str:
