@@ -196,6 +196,11 @@ def test_a_tarball_url_is_downloaded_and_checked(
     )
     with pytest.raises(BuildError, match=r"not the expected f{64}: refused"):
         ensure_debian_root(tmp_path / "other", wrong, facts=ROOT_FACTS, check=pytest.fail)
+    missing = _settings(
+        LLAMASHIP_DEBIAN_ROOT_TARBALL=f"{url}/gone.tar.zst", LLAMASHIP_DEBIAN_ROOT_SHA256=sha256
+    )
+    with pytest.raises(BuildError, match=r"cannot download .*gone.tar.zst: HTTP Error 404"):
+        ensure_debian_root(tmp_path / "other", missing, facts=ROOT_FACTS, check=pytest.fail)
 
 
 def _refused(tmp_path: Path, tarball: Path, **env: str) -> str:
@@ -420,3 +425,13 @@ def test_the_exported_root_builds_without_the_network(tmp_path: Path) -> None:
         )
     finally:
         remove_root(cache / "roots" / root_name())
+
+
+def test_a_build_without_the_set_up_tools_stops_before_making_anything(tmp_path: Path) -> None:
+    facts = _facts(root=True, apt=False, debootstrap=False)
+    with pytest.raises(BuildError, match="debootstrap is missing and this system has no apt-get"):
+        ensure_debian_root(tmp_path / "cache", _settings(), facts=facts, check=pytest.fail)
+    assert not (tmp_path / "cache" / "roots" / f"{root_name()}.partial").exists()
+    not_root = _facts(root=False, apt=True, debootstrap=True)
+    with pytest.raises(BuildError, match="needs root"):
+        ensure_debian_root(tmp_path / "cache", _settings(), facts=not_root, check=pytest.fail)

@@ -84,13 +84,25 @@ def export_root(
 
     `mounts` are paths mounted inside the root now (a build using it): they are left out.
     """
-    import zstandard
-
     root = root.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / tarball_name(name)
     partial = target.with_name(target.name + ".partial")
     manifest = json.dumps({"format": FORMAT, "recipe": recipe, "name": name}).encode()
+    try:
+        _write(partial, root, mounts, manifest)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    sha256 = sha256_of(partial)
+    os.replace(partial, target)
+    target.with_name(target.name + ".sha256").write_text(f"{sha256}  {target.name}\n")
+    return target, sha256
+
+
+def _write(partial: Path, root: Path, mounts: frozenset[str], manifest: bytes) -> None:
+    import zstandard
+
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
     with (
         partial.open("wb") as raw,
@@ -113,10 +125,6 @@ def export_root(
                     tar.addfile(member, data)
             else:
                 tar.addfile(member)
-    sha256 = sha256_of(partial)
-    os.replace(partial, target)
-    target.with_name(target.name + ".sha256").write_text(f"{sha256}  {target.name}\n")
-    return target, sha256
 
 
 def fetch_tarball(source: str, into: Path) -> Path:
@@ -128,17 +136,21 @@ def fetch_tarball(source: str, into: Path) -> Path:
             msg += "`python -m llamaship_build root-export DIR` or name an existing one"
             raise BuildError(msg)
         return path
-    target = into / source.rsplit("/", 1)[1]
+    target = into / "root.tar.zst"
     deadline = time.monotonic() + DOWNLOAD_SECONDS
     _log.info("downloading the Debian 11 root from %s", source)
     done = 0
-    with urllib.request.urlopen(source, timeout=60) as response, target.open("wb") as out:
-        while chunk := response.read(_CHUNK):
-            done += len(chunk)
-            if done > MAX_DOWNLOAD or time.monotonic() > deadline:
-                msg = f"{source} is over {MAX_DOWNLOAD >> 30} GiB or took over 30 minutes"
-                raise BuildError(msg)
-            out.write(chunk)
+    try:
+        with urllib.request.urlopen(source, timeout=60) as response, target.open("wb") as out:
+            while chunk := response.read(_CHUNK):
+                done += len(chunk)
+                if done > MAX_DOWNLOAD or time.monotonic() > deadline:
+                    msg = f"{source} is over {MAX_DOWNLOAD >> 30} GiB or took over 30 minutes"
+                    raise BuildError(msg)
+                out.write(chunk)
+    except OSError as error:  # URLError, HTTPError, timeouts
+        msg = f"cannot download LLAMASHIP_DEBIAN_ROOT_TARBALL={source}: {error}"
+        raise BuildError(msg) from None
     return target
 
 
