@@ -41,7 +41,8 @@ def _version_problem(key: str, text: str, example: str) -> str | None:
 
 
 def _url_problem(key: str, text: str) -> str | None:
-    if text.startswith(("http://", "https://")) and len(text) > len("https://"):
+    spaced = any(char.isspace() for char in text)  # it is written into the root's sources.list
+    if text.startswith(("http://", "https://")) and len(text) > len("https://") and not spaced:
         return None
     return f"{key}={text!r} is invalid: expected an http:// or https:// URL such as {DEBIAN_MIRROR}"
 
