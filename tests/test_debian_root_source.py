@@ -304,7 +304,7 @@ def test_the_tarball_settings_are_checked_at_once() -> None:
     assert "also set LLAMASHIP_DEBIAN_ROOT_SHA256" in str(error.value)
     with pytest.raises(BuildError, match="expected a file path or an https:// URL"):
         _settings(LLAMASHIP_DEBIAN_ROOT_TARBALL="http://example.com/root.tar.zst")
-    with pytest.raises(BuildError, match="LLAMASHIP_DEBIAN_SECURITY_MIRROR=.* is invalid"):
+    with pytest.raises(BuildError, match=r"LLAMASHIP_DEBIAN_SECURITY_MIRROR=.* is invalid"):
         _settings(LLAMASHIP_DEBIAN_SECURITY_MIRROR="http://a bullseye main\ndeb http://b")
     with pytest.raises(BuildError, match="expected 64 hex digits"):
         _settings(LLAMASHIP_DEBIAN_ROOT_SHA256="abc")
