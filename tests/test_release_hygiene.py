@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llamaship_build import index_watch, output_pins, release_tag
+from llamaship_build import index_watch, macos_target, output_pins, release_tag
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_build import hash_checked_file
 from llamaship_build.publish import publish_commands
@@ -208,3 +209,44 @@ def test_the_watch_reads_the_live_index_and_names_its_state(
     (root / "new.json").write_bytes(_index(datetime.now(UTC) + timedelta(days=29), serial=5))
     args = [f"{url}/releases.json", "--wait-for", str(root / "new.json")]
     assert index_watch.main(args) == ExitStatus.INDEX_EXPIRED  # serial 7 >= 5: no waiting
+
+
+def _thin_macho(minos: tuple[int, int], legacy: bool = False) -> bytes:
+    """A 64-bit Mach-O header with one version load command (all a floor check reads)."""
+    packed = minos[0] << 16 | minos[1] << 8
+    command = (
+        struct.pack("<IIII", 0x24, 16, packed, packed)
+        if legacy
+        else struct.pack("<IIIIII", 0x32, 24, 1, packed, packed, 0)
+    )
+    header = struct.pack("<IIIIIIII", 0xFEEDFACF, 0x0100000C, 0, 6, 1, len(command), 0, 0)
+    return header + command
+
+
+def _fat_macho(*slices: bytes) -> bytes:
+    offset = 4096
+    table, body = b"", b""
+    for index, thin in enumerate(slices):
+        start = offset + index * 4096
+        table += struct.pack(">IIIII", 0x0100000C, 0, start, len(thin), 12)
+        body += thin.ljust(4096, b"\0")
+    head = struct.pack(">II", 0xCAFEBABE, len(slices)) + table
+    return head.ljust(offset, b"\0") + body
+
+
+def test_the_macos_floor_check_reads_thin_universal_and_legacy_mach_o(tmp_path: Path) -> None:
+    assert macos_target.minimum_macos(_thin_macho((11, 0))) == (11, 0)
+    assert macos_target.minimum_macos(_thin_macho((10, 9), legacy=True)) == (10, 9)
+    assert macos_target.minimum_macos(_fat_macho(_thin_macho((11, 0)), _thin_macho((14, 0)))) == (
+        14,
+        0,
+    )
+    assert macos_target.minimum_macos(b"#!/bin/sh\necho not a binary\n") is None
+    bundle = tmp_path / "backend"
+    (bundle / "_internal" / "numpy").mkdir(parents=True)
+    (bundle / "backend").write_bytes(_fat_macho(_thin_macho((10, 9)), _thin_macho((11, 0))))
+    (bundle / "_internal" / "numpy" / "_core.so").write_bytes(_thin_macho((14, 0)))
+    (bundle / "_internal" / "README").write_text("text")
+    assert macos_target.too_new(bundle, "14.0") == []
+    assert macos_target.too_new(bundle, "11.0") == ["_internal/numpy/_core.so: needs macOS 14.0"]
+    assert macos_target.main([str(bundle), "--oldest", "11.0"]) == ExitStatus.BUILD_FAILED

