@@ -124,7 +124,7 @@ def test_each_key_lives_in_its_own_environment_named_by_one_job() -> None:
     assert index_holders == [("resign-index.yml", "resign")]
     resign = _workflow("resign-index.yml")
     assert set(resign[True]) == {"schedule", "workflow_dispatch"}  # never a tag or a branch push
-    assert "default_branch" in resign["jobs"]["resign"]["if"]
+    assert resign["jobs"]["resign"]["if"].startswith("github.ref == 'refs/heads/main'")
 
 
 def test_no_job_holds_both_a_secret_and_a_write_permission() -> None:
@@ -283,9 +283,9 @@ def test_a_failed_or_disabled_re_sign_shows_in_ci() -> None:
     steps = _workflow("ci.yml")["jobs"]["live-index"]["steps"]
     runs = " ".join(step.get("run", "") for step in steps)
     assert "llamaship_build.index_watch" in runs and "--min-days" in runs
-    assert "gh workflow view resign-index.yml" in runs
+    assert 'actions/workflows/resign-index.yml" --jq .state' in runs
     resign = _workflow("resign-index.yml")["jobs"]
-    assert "gh workflow enable resign-index.yml" in resign["keepalive"]["steps"][0]["run"]
+    assert "resign-index.yml/enable" in resign["keepalive"]["steps"][0]["run"]
     assert resign["keepalive"]["if"] == "always()"
 
 
