@@ -376,3 +376,21 @@ def test_the_linter_wrapper_drops_only_the_newer_scope(tmp_path: Path) -> None:
     )
     messages = [str(problem["message"]) for problem in _actionlint(workflow)]
     assert len(messages) == 1 and '"attestation"' in messages[0]
+
+
+def test_sha256sums_and_the_attestation_cover_the_immutable_assets_only() -> None:
+    jobs = _release()["jobs"]
+    for name in ("sign", "sign-dry-run"):
+        runs = [step.get("run", "") for step in jobs[name]["steps"]]
+        split = next(i for i, run in enumerate(runs) if run.startswith("scripts/split-index"))
+        sums = next(i for i, run in enumerate(runs) if "release_sums" in run)
+        assert runs[split] == "scripts/split-index dist/release dist/index" and split < sums
+    attest = next(step for step in jobs["publish"]["steps"] if "attest" in step.get("uses", ""))
+    assert attest["with"] == {"subject-checksums": "dist/release/SHA256SUMS"}
+    downloads = [
+        step["with"]["name"]
+        for name in ("publish", "publish-index")
+        for step in jobs[name]["steps"]
+        if "download-artifact" in step.get("uses", "")
+    ]
+    assert downloads == ["release", "index"]
