@@ -127,7 +127,8 @@ def glslc_stub(unsupported: list[str]) -> str:
             "#!/bin/sh",
             "# llamaship: replays the feature tests of the glslc that generated the shaders.",
             *lines,
-            'echo "glslc stub: the shaders are pre-generated; nothing is compiled here" >&2',
+            # No semicolon anywhere: CMake splits the unquoted output it tests on them.
+            'echo "glslc stub: the shaders are pre-generated, nothing is compiled here" >&2',
             "exit 1",
             "",
         ]
