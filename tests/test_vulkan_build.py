@@ -227,7 +227,7 @@ def test_the_vulkan_layer_is_built_from_the_pinned_sdist_in_two_roots(tmp_path: 
     verify(data, manifest_path.with_name(manifest_path.name + ".sig").read_bytes(), [public])
     manifest = parse_manifest(data, origin=str(manifest_path))
     assert manifest.layer == "llama-vulkan" and manifest.vulkan_api == "1.2"
-    assert {"coopmat", "integer_dot"} <= set(manifest.shader_features)
+    assert {"coopmat", "integer_dot", "bfloat16"} <= set(manifest.shader_features)
     assert manifest.glibc_floor is not None
     assert tuple(map(int, manifest.glibc_floor.split("."))) <= (2, 31)
     assert [entry.path for entry in manifest.files] == [
