@@ -270,9 +270,9 @@ def generate_shaders(
     )
     (out / RECORD).write_text(json.dumps(shader_set.record(), indent=2, sort_keys=True) + "\n")
     _log.info(
-        "Vulkan shaders: %s compiled in, %s not (glslc %s)",
-        ", ".join(e for e, on in shader_set.extensions.items() if on) or "no extension",
-        ", ".join(e for e, on in shader_set.extensions.items() if not on) or "none left out",
+        "Vulkan shaders (glslc %s): compiled in: %s; left out: %s",
         tools.get("glslc", "?"),
+        ", ".join(e for e, on in shader_set.extensions.items() if on) or "none",
+        ", ".join(e for e, on in shader_set.extensions.items() if not on) or "none",
     )
     return shader_set
