@@ -55,7 +55,7 @@ VULKAN_FLAGS = (*PORTABLE.cmake_args, "-DGGML_VULKAN=ON")
 MODULE = "libggml-vulkan.so"
 BUILD_RECORD = "build.json"
 # Bump when how the module is compiled changes (not its inputs): older modules are not reused.
-RECIPE = 1
+RECIPE = 2
 _GENERATION_START = "    include(ExternalProject)\n"
 _GENERATION_END = '    source_group("Vulkan shaders"'
 _PREGENERATED = """\
@@ -173,7 +173,12 @@ def ensure_vulkan_module(
         python = build_env(pin, scratch, toolchain)
         sdist = download_sdist(pin, scratch, toolchain, python)
         started = time.monotonic()
-        shaders = generate_shaders(sdist, shader_root, VULKAN_FLAGS, scratch / "shaders", jobs)
+        # Inside the build tree: the link records the SDK folder (libvulkan.so) in the
+        # module's RUNPATH, relative to $ORIGIN there (CMAKE_BUILD_RPATH_USE_ORIGIN), so no
+        # scratch path reaches the module or its build ID.
+        shaders = generate_shaders(
+            sdist, shader_root, VULKAN_FLAGS, scratch / "build" / "llamaship-shaders", jobs
+        )
         shader_seconds = time.monotonic() - started
         started = time.monotonic()
         module = _compile(python, sdist, shaders, scratch, toolchain, jobs)
