@@ -202,8 +202,8 @@ def test_the_cache_key_covers_the_sdist_and_the_shader_tools(tmp_path: Path) -> 
 @pytest.mark.slow
 @pytest.mark.root
 def test_the_vulkan_layer_is_built_from_the_pinned_sdist_in_two_roots(tmp_path: Path) -> None:
-    """Cold: the Debian 13 root (3-4 min), the shaders (5-7 min) and the C++ (3-5 min) on 2
-    cores; then cached. The signed layer states what was compiled in, and stays small."""
+    """Cold: the Debian 13 root (about 4 min), the shaders (2.5-9 min) and the C++ (1-1.5
+    min) on 2 cores; then cached. The signed layer states what was compiled in, stays small."""
     from llamaship_contract.overlay import parse_manifest
     from llamaship_contract.signing import generate_keypair, verify
 

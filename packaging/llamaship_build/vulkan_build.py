@@ -160,8 +160,8 @@ def cached_module(cache: Path, key: str) -> BuiltModule | None:
 def ensure_vulkan_module(
     pin: Pin, cache: Path, toolchain: Toolchain, shader_root: DebianRoot, jobs: int = 2
 ) -> BuiltModule:
-    """The Vulkan backend module for `pin`, compiling it on a cache miss (about 15-25
-    minutes on 2 cores: shaders in `shader_root`, C++ with `toolchain`)."""
+    """The Vulkan backend module for `pin`, compiling it on a cache miss (about 4 minutes on
+    2 idle cores: shaders in `shader_root`, C++ with `toolchain`)."""
     tools = installed_versions(shader_root.path)
     key = module_key(pin, toolchain.name, tools)
     existing = cached_module(cache, key)
