@@ -108,7 +108,9 @@ class BuildSettings:
         glibc = env.get("LLAMASHIP_BUILD_GLIBC_FLOOR", cls.glibc_floor).strip()
         glibcxx = env.get("LLAMASHIP_BUILD_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
         problems.append(_version_problem("LLAMASHIP_BUILD_GLIBC_FLOOR", glibc, cls.glibc_floor))
-        problems.append(_version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
+        problems.append(
+            _version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor)
+        )
         source = env.get("LLAMASHIP_BUILD_OVERLAY_SOURCE", "").strip() or None
         if source is not None and source not in OVERLAY_SOURCES:
             problems.append(
@@ -117,7 +119,9 @@ class BuildSettings:
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
         root = env.get("LLAMASHIP_BUILD_ROOT")
-        mirror = env.get("LLAMASHIP_BUILD_DEBIAN_MIRROR", "").strip().rstrip("/") or cls.debian_mirror
+        mirror = (
+            env.get("LLAMASHIP_BUILD_DEBIAN_MIRROR", "").strip().rstrip("/") or cls.debian_mirror
+        )
         security = (
             env.get("LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR", "").strip().rstrip("/")
             or mirror + "-security"
