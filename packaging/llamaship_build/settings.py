@@ -58,8 +58,8 @@ def _tarball_problems(tarball: str | None, sha256: str | None) -> list[str | Non
             ]
         if sha256 is None:
             return [
-                "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 "
-                "to the tarball's sha256 (the one you recorded when it was exported)"
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set "
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 to the tarball's sha256 (the one you recorded when it was exported)"
             ]
     return []
 
@@ -93,10 +93,7 @@ class BuildSettings:
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
-        """Settings from `env` (`LLAMASHIP_BUILD_LINUX_TOOLCHAIN`, `LLAMASHIP_BUILD_GLIBC_FLOOR`,
-        `LLAMASHIP_BUILD_GLIBCXX_FLOOR`, `LLAMASHIP_BUILD_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
-        `LLAMASHIP_BUILD_ROOT`, `LLAMASHIP_BUILD_DEBIAN_MIRROR`, `LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR`,
-        `LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL`, `LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256`); all problems are
+        """Settings from `env` (the `LLAMASHIP_BUILD_*` names in `VARIABLES`); all problems are
         reported at once."""
         problems: list[str | None] = []
         toolchain = env.get("LLAMASHIP_BUILD_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
