@@ -59,7 +59,8 @@ def _tarball_problems(tarball: str | None, sha256: str | None) -> list[str | Non
         if sha256 is None:
             return [
                 "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set "
-                "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 to the tarball's sha256 (the one you recorded when it was exported)"
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 to the tarball's sha256 (the one you "
+                "recorded when it was exported)"
             ]
     return []
 
