@@ -25,6 +25,7 @@ _COMMANDS = {
     "status": "llamaship.cli.status",
     "fit": "llamaship.cli.fit",
     "models": "llamaship.cli.models",
+    "vulkan-devices": "llamaship.cli.vulkan_devices",
 }
 _DEFAULT_COMMAND = "serve"
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
