@@ -123,6 +123,11 @@ def _parse_restart_mode(value: str) -> str:
     return lowered
 
 
+def _parse_vulkan_device(value: str) -> str:
+    text = value.strip()
+    return text.lower() if text.lower() in {"auto", "none"} else (text or "auto")
+
+
 def _default_home() -> str:
     import platformdirs  # imported lazily: only needed when LLAMASHIP_HOME is unset
 
@@ -202,6 +207,14 @@ OPTIONS: tuple[Option, ...] = (
         "MiB the GPU fit leaves free on each GPU (for the desktop and other programs).",
     ),
     Option(
+        "LLAMASHIP_VULKAN_DEVICE",
+        "vulkan_device",
+        _parse_vulkan_device,
+        "auto",
+        "Vulkan device for llama.cpp: auto (a discrete GPU, else an integrated one; never a "
+        "software renderer), none, its index or (part of) its name, as `detect` lists them.",
+    ),
+    Option(
         "LLAMACPP_N_THREADS",
         "n_threads",
         _parse_threads,
@@ -227,7 +240,8 @@ OPTIONS: tuple[Option, ...] = (
         "detection_timeout",
         _parse_timeout,
         "5",
-        "Seconds nvidia-smi may take before it is killed and the launch goes on.",
+        "Seconds nvidia-smi (and the Vulkan device query) may take before it is killed and "
+        "the launch goes on.",
     ),
     Option(
         "LLAMASHIP_RESTART",
@@ -290,6 +304,7 @@ class Settings:
     restart: str
     port_file: Path | None
     vram_margin_mb: int = 1024
+    vulkan_device: str = "auto"
 
 
 def _unknown_key_error(key: str, origin: str) -> ConfigError:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from llamaship.detect.locate import find_executable, find_nvml_library
-from llamaship.detect.vulkan_files import find_loader, icd_manifests, vulkan_environment
+from llamaship.detect.vulkan_files import find_loader, icd_manifests, loader_environment
 
 Fingerprint = dict[str, object]
 
@@ -80,6 +80,6 @@ def compute_fingerprint(
         "dri_devices": _dri_devices() if sys.platform != "win32" else None,
         "vulkan_loader": file_identity(find_loader(environ)),
         "vulkan_drivers": _vulkan_drivers(environ),
-        "vulkan_environment": vulkan_environment(environ),
+        "vulkan_environment": loader_environment(environ),
         "versions": dict(sorted(versions.items())),
     }

@@ -148,6 +148,6 @@ def find_loader(env: Mapping[str, str]) -> Path | None:
     return find_library(LOADER_LIBRARY, env)
 
 
-def vulkan_environment(env: Mapping[str, str]) -> dict[str, str]:
+def loader_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The loader's environment variables (VK_*): they change which drivers and devices it lists."""
     return {key: value for key, value in sorted(env.items()) if key.startswith("VK_")}
