@@ -50,7 +50,7 @@ def settings(tmp_path: Path, value: str | None = None) -> Settings:
 def test_discrete_wins_over_integrated_whatever_the_order(tmp_path: Path) -> None:
     choice = vulkan_device_choice(report(INTEGRATED, DISCRETE, LLVMPIPE), settings(tmp_path))
 
-    assert choice.index == 1
+    assert choice.device_index == 1
     assert choice.reason == (
         "using Vulkan device 1 (AMD Radeon RX 6800 XT (RADV NAVI21), discrete GPU, 16384 MB), "
         "preferred over Vulkan device 0 (AMD Radeon Graphics (RADV RENOIR), integrated GPU, "
@@ -63,13 +63,13 @@ def test_among_equals_more_memory_then_the_first_listed_wins(tmp_path: Path) -> 
     small, large = device(0, "Small", "discrete", 4096), device(1, "Large", "discrete", 12288)
     twin = device(2, "Large twin", "discrete", 12288)
 
-    assert vulkan_device_choice(report(small, large, twin), settings(tmp_path)).index == 1
+    assert vulkan_device_choice(report(small, large, twin), settings(tmp_path)).device_index == 1
 
 
 def test_an_integrated_gpu_is_used_when_it_is_the_only_hardware(tmp_path: Path) -> None:
     choice = vulkan_device_choice(report(LLVMPIPE, INTEGRATED), settings(tmp_path))
 
-    assert choice.index == 0
+    assert choice.device_index == 0
     assert "integrated GPU" in choice.reason
 
 
@@ -91,7 +91,7 @@ def test_a_software_renderer_is_never_chosen_on_its_own(tmp_path: Path, value: s
 def test_naming_a_software_renderer_chooses_it(tmp_path: Path, value: str) -> None:
     choice = vulkan_device_choice(report(INTEGRATED, DISCRETE, LLVMPIPE), settings(tmp_path, value))
 
-    assert choice.index == 2
+    assert choice.device_index == 2
     assert choice.reason.startswith("using Vulkan device 2 (llvmpipe (LLVM 15.0.6, 256 bits), ")
     assert f"as LLAMASHIP_VULKAN_DEVICE={value!r} asks" in choice.reason
     assert vulkan_environment(choice) == {"GGML_VK_VISIBLE_DEVICES": "2"}
@@ -102,14 +102,14 @@ def test_the_setting_chooses_another_gpu(tmp_path: Path, value: str, index: int)
     """A name matching several devices takes the best of them (RADV: the discrete one)."""
     choice = vulkan_device_choice(report(INTEGRATED, DISCRETE), settings(tmp_path, value))
 
-    assert choice.index == index
+    assert choice.device_index == index
 
 
 @pytest.mark.parametrize("value", ["7", "GeForce"])
 def test_a_setting_naming_no_device_uses_none_and_lists_them(tmp_path: Path, value: str) -> None:
     choice = vulkan_device_choice(report(INTEGRATED, DISCRETE), settings(tmp_path, value))
 
-    assert choice.index is None
+    assert choice.device_index is None
     assert choice.reason == (
         f"LLAMASHIP_VULKAN_DEVICE={value!r} names no Vulkan device (the devices are "
         "0: AMD Radeon Graphics (RADV RENOIR); 1: AMD Radeon RX 6800 XT (RADV NAVI21)); "

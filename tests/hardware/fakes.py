@@ -155,10 +155,18 @@ class FakeVulkanDevice:
 
 
 VK_RTX_3060 = FakeVulkanDevice(
-    "NVIDIA GeForce RTX 3060", 0x10DE, 2, 12288, 11264, 0x2504, "1.3.242",
+    "NVIDIA GeForce RTX 3060",
+    0x10DE,
+    2,
+    12288,
+    11264,
+    0x2504,
+    "1.3.242",
     nvidia_driver_version(535, 104, 5),
 )
-VK_IRIS_XE = FakeVulkanDevice("Intel(R) Iris(R) Xe Graphics (TGL GT2)", 0x8086, 1, 3072, None, 0x9A49)
+VK_IRIS_XE = FakeVulkanDevice(
+    "Intel(R) Iris(R) Xe Graphics (TGL GT2)", 0x8086, 1, 3072, None, 0x9A49
+)
 
 
 def write_fake_smi(bin_dir: Path) -> Path:

@@ -1,7 +1,8 @@
 """`vulkan-devices`: the child process of `llamaship.detect.vulkan` (hidden, not for use by hand).
 
 It asks the system's Vulkan loader for its devices and prints one JSON line: {"report": {...}}
-(the `VulkanReport` fields), or {"missing": "why"} / {"failed": "why"}. A driver that hangs
+(the `VulkanReport` fields), or {"missing": "why"} (no loader), {"no_driver": "why"} or
+{"failed": "why"}. A driver that hangs
 or crashes here takes only this process with it.
 """
 
@@ -18,12 +19,14 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.detect.errors import SourceFailed, SourceMissing
+    from llamaship.detect.errors import NoDriver, SourceFailed, SourceMissing
     from llamaship.detect.vulkan_query import query_vulkan
 
     answer: dict[str, Any]
     try:
         answer = {"report": query_vulkan()}
+    except NoDriver as error:
+        answer = {"no_driver": str(error)}
     except SourceMissing as error:
         answer = {"missing": str(error)}
     except SourceFailed as error:

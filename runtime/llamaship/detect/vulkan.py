@@ -14,7 +14,13 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-from llamaship.detect.errors import DetectionError, SourceFailed, SourceMissing
+from llamaship.detect.errors import (
+    DetectionError,
+    LoaderError,
+    NoDriver,
+    SourceFailed,
+    SourceMissing,
+)
 from llamaship.detect.vulkan_files import icd_manifests, manifest_problems
 from llamaship.io.group_run import run_in_group
 from llamaship_contract.detection import VulkanReport
@@ -66,8 +72,10 @@ def _ask(command: Sequence[str], timeout: float, env: Mapping[str, str] | None) 
         answer = json.loads(last_line)
         if "missing" in answer:
             raise SourceMissing(str(answer["missing"]))
+        if "no_driver" in answer:
+            raise NoDriver(str(answer["no_driver"]))
         if "failed" in answer:
-            raise SourceFailed(str(answer["failed"]))
+            raise LoaderError(str(answer["failed"]))
         return parse_document(VulkanReport, answer["report"], "the Vulkan device query's answer")
     except (ValueError, TypeError, KeyError, ContractError) as error:
         msg = f"Vulkan: the device query printed no answer ({str(error)[:200]})"
@@ -81,15 +89,20 @@ def detect_vulkan(
 ) -> tuple[VulkanReport, bool]:
     """The Vulkan devices, and whether the answer is worth caching.
 
-    An answer is worth caching when the loader answered, or when there is no loader or no
-    driver: the fingerprint notices when one is installed. A hang, a crash or a loader that
-    lists no device is tried again at the next launch. `command` starts the child (default:
+    An answer is worth caching when the loader answered, or when there is no loader, no
+    driver or a broken driver manifest: the fingerprint notices when one is installed or
+    fixed. A hang, a crash, another error or a loader that lists no device is tried again at
+    the next launch. `command` starts the child (default:
     this program's `vulkan-devices`); `env` is its environment (default: this process's).
     """
     environ = os.environ if env is None else env
     problems = manifest_problems(icd_manifests(environ))
     try:
         report = _ask([*(command or self_command()), COMMAND], timeout, env)
+    except (NoDriver, LoaderError) as error:
+        if problems:  # the loader skips a broken manifest, or (some versions) fails on it
+            return VulkanReport(errors=tuple(problems)), True
+        return VulkanReport(errors=(str(error),)), isinstance(error, NoDriver)
     except DetectionError as error:
         conclusive = isinstance(error, SourceMissing)
         return VulkanReport(errors=(*problems, str(error))), conclusive

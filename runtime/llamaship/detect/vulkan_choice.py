@@ -20,9 +20,9 @@ _PREFERENCE = {"discrete": 0, "integrated": 1, "virtual": 2, "other": 3, "cpu": 
 
 
 class VulkanChoice(NamedTuple):
-    """The device's index in the loader's list (None: no Vulkan device) and why, for people."""
+    """The device's index in the loader's list (None: use no Vulkan device) and why, for people."""
 
-    index: int | None
+    device_index: int | None
     reason: str
 
 
@@ -90,4 +90,4 @@ def vulkan_environment(choice: VulkanChoice) -> dict[str, str]:
     Without a device the list is empty, so a llama.cpp that loads its Vulkan backend uses no
     Vulkan device, rather than ggml's own default (every discrete and integrated GPU).
     """
-    return {VISIBLE_DEVICES: "" if choice.index is None else str(choice.index)}
+    return {VISIBLE_DEVICES: "" if choice.device_index is None else str(choice.device_index)}

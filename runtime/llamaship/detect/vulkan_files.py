@@ -58,16 +58,17 @@ def _linux_search_dirs(env: Mapping[str, str]) -> list[Path]:
 
 def _windows_registry_manifests() -> list[Path]:
     """The manifests the Khronos registry key lists (the value names are their paths)."""
-    if sys.platform != "win32":
-        return []
-    import winreg
+    manifests: list[Path] = []
+    if sys.platform == "win32":
+        import winreg
 
-    try:
-        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, _WINDOWS_DRIVERS_KEY) as key:
-            count = winreg.QueryInfoKey(key)[1]
-            return [Path(winreg.EnumValue(key, index)[0]) for index in range(count)]
-    except OSError:
-        return []
+        try:
+            with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, _WINDOWS_DRIVERS_KEY) as key:
+                count = winreg.QueryInfoKey(key)[1]
+                manifests = [Path(winreg.EnumValue(key, index)[0]) for index in range(count)]
+        except OSError:
+            pass  # no key: no driver registered a Vulkan ICD there
+    return manifests
 
 
 def _manifests_in(entry: Path, named: bool) -> list[Path]:
@@ -125,7 +126,10 @@ def read_manifest(path: Path, env: Mapping[str, str]) -> IcdManifest:
     library_path = icd.get("library_path") if isinstance(icd, dict) else None
     if not isinstance(library_path, str) or not library_path:
         return IcdManifest(path, problem='has no "ICD": {"library_path": ...}')
-    return IcdManifest(path, library=_library_of(path, library_path, env))
+    library = _library_of(path, library_path, env)
+    if library is not None and not library.exists():
+        return IcdManifest(path, library, f"names the driver library {library}, which is missing")
+    return IcdManifest(path, library=library)
 
 
 def icd_manifests(env: Mapping[str, str]) -> list[IcdManifest]:
@@ -136,8 +140,8 @@ def icd_manifests(env: Mapping[str, str]) -> list[IcdManifest]:
 def manifest_problems(manifests: list[IcdManifest]) -> list[str]:
     """One line per manifest the loader will skip, saying which and what to do."""
     return [
-        f"Vulkan: the driver manifest {manifest.path} {manifest.problem}; the loader skips it: "
-        "reinstall the driver that installed it, or remove the file"
+        f"Vulkan: the driver manifest {manifest.path} {manifest.problem}: reinstall the driver "
+        "that installed it, or remove the file (the Vulkan loader skips it, or fails)"
         for manifest in manifests
         if manifest.problem is not None
     ]

@@ -10,7 +10,7 @@ import ctypes
 import sys
 from typing import Any
 
-from llamaship.detect.errors import SourceFailed, SourceMissing
+from llamaship.detect.errors import NoDriver, SourceFailed, SourceMissing
 
 LOADER_NAMES = {"win32": "vulkan-1.dll", "darwin": "libvulkan.1.dylib"}
 LINUX_LOADER = "libvulkan.so.1"
@@ -191,7 +191,9 @@ class _Loader:
         enumerate_version.argtypes = [ctypes.POINTER(_u32)]
         enumerate_version.restype = _i32
         version = _u32(_API_1_0)
-        return version.value if enumerate_version(ctypes.byref(version)) == _VK_SUCCESS else _API_1_0
+        return (
+            version.value if enumerate_version(ctypes.byref(version)) == _VK_SUCCESS else _API_1_0
+        )
 
 
 def _open_loader(name: str) -> _Loader:
@@ -228,7 +230,7 @@ def _create_instance(loader: _Loader, api_version: int) -> int:
             "install your GPU's Vulkan driver (Debian/Ubuntu: mesa-vulkan-drivers for AMD "
             "and Intel, the NVIDIA driver for NVIDIA)"
         )
-        raise SourceMissing(msg)
+        raise NoDriver(msg)
     if result != _VK_SUCCESS or not instance.value:
         raise SourceFailed(f"Vulkan: vkCreateInstance failed ({_result_name(result)})")
     return instance.value
@@ -265,7 +267,11 @@ def _memory(
 ) -> tuple[int, int | None]:
     """Device-local memory and, with VK_EXT_memory_budget, how much of it is free (bytes)."""
     get_properties_2 = loader.get_instance_proc(instance, b"vkGetPhysicalDeviceMemoryProperties2")
-    if budget_possible and get_properties_2 and _has_extension(loader, device, b"VK_EXT_memory_budget"):
+    if (
+        budget_possible
+        and get_properties_2
+        and _has_extension(loader, device, b"VK_EXT_memory_budget")
+    ):
         budget = _MemoryBudget(sType=_STRUCTURE_MEMORY_BUDGET)
         properties_2 = _MemoryProperties2(
             sType=_STRUCTURE_MEMORY_PROPERTIES_2, pNext=ctypes.addressof(budget)
@@ -311,7 +317,7 @@ def _describe(loader: _Loader, instance: int, index: int, device: int, api: int)
 def query_vulkan(name: str | None = None) -> dict[str, Any]:
     """The loader's version and every physical device (`VulkanReport` fields, plain data).
 
-    Raises `SourceMissing` (no loader, no driver) or `SourceFailed`.
+    Raises `SourceMissing` (no loader), `NoDriver` or `SourceFailed`.
     """
     loader = _open_loader(name or loader_name())
     loader_version = loader.version()
