@@ -4,7 +4,6 @@ loader). Every fault ends in a CPU decision with one line saying why."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -174,9 +173,9 @@ def test_without_a_loader_the_launch_runs_on_cpu(hardware: FakeHardware) -> None
     original, farm = hardware.root / "original-libs", hardware.root / "libs-without-vulkan"
     original.mkdir()
     farm.mkdir()
-    for entry in os.listdir(real):
-        if not entry.startswith("libvulkan.so"):
-            (farm / entry).symlink_to(original / entry)
+    for entry in real.iterdir():
+        if not entry.name.startswith("libvulkan.so"):
+            (farm / entry.name).symlink_to(original / entry.name)
     mount, unshare = shutil.which("mount"), shutil.which("unshare")
     assert mount and unshare, "util-linux's mount and unshare are needed"
     script = f'{mount} --bind "$1" "$2" && {mount} --bind "$3" "$1" && shift 3 && exec "$@"'
