@@ -11,29 +11,16 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from llamaship.detect.cache import read_cache, write_cache
 from llamaship.detect.errors import DetectionError, SourceMissing
-from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship_contract.detection import (
-    DetectionReport,
-    GpuInfo,
-    VulkanDevice,
-    VulkanReport,
-    none_report,
-)
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
     from llamaship.paths import DataDirs
+    from llamaship_contract.detection import DetectionReport, VulkanReport
 
-__all__ = [
-    "DetectionReport",
-    "GpuInfo",
-    "VulkanDevice",
-    "VulkanReport",
-    "detect_gpus",
-    "load_or_detect",
-]
+# The report's contract (pydantic) is imported when detection runs, not with this package:
+# the `vulkan-devices` child imports `llamaship.detect.errors` and nothing heavy.
+__all__ = ["detect_gpus", "load_or_detect"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +33,7 @@ def _detect_nvidia(timeout: float) -> tuple[DetectionReport, bool]:
     """
     from llamaship.detect.nvml import read_nvml
     from llamaship.detect.smi import read_nvidia_smi
+    from llamaship_contract.detection import none_report
 
     errors: list[str] = []
     conclusive = True
@@ -99,6 +87,9 @@ def load_or_detect(
     overlay detects again. `refresh` skips reading the cache; GPU_DETECTION_CACHE=false skips
     reading and writing it.
     """
+    from llamaship.detect.cache import read_cache, write_cache
+    from llamaship.detect.fingerprint import compute_fingerprint
+
     fingerprint = compute_fingerprint(versions)
     if settings.detection_cache and not refresh:
         cached = read_cache(dirs.detection_cache, fingerprint)
