@@ -4,7 +4,6 @@ loader). Every fault ends in a CPU decision with one line saying why."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from hardware.fakes import (
     FakeHardware,
     FakeVulkanDevice,
     nvidia_driver_version,
+    without_vulkan_loader,
 )
 from llamaship.detect.vulkan import detect_vulkan
 from llamaship.detect.vulkan_files import find_loader
@@ -169,19 +169,7 @@ def test_without_a_loader_the_launch_runs_on_cpu(hardware: FakeHardware) -> None
     """The loader is hidden in a private mount namespace, as on a machine without one."""
     loader = find_loader({})
     assert loader is not None, "the Vulkan loader (libvulkan1) is not installed here"
-    real = loader.parent
-    original, farm = hardware.root / "original-libs", hardware.root / "libs-without-vulkan"
-    original.mkdir()
-    farm.mkdir()
-    for entry in real.iterdir():
-        if not entry.name.startswith("libvulkan.so"):
-            (farm / entry.name).symlink_to(original / entry.name)
-    mount, unshare = shutil.which("mount"), shutil.which("unshare")
-    assert mount and unshare, "util-linux's mount and unshare are needed"
-    script = f'{mount} --bind "$1" "$2" && {mount} --bind "$3" "$1" && shift 3 && exec "$@"'
-    command = [unshare, "--mount", "/bin/sh", "-c", script, "sh", str(real), str(original)]
-    command.append(str(farm))
-    command.append(sys.executable)
+    command = [*without_vulkan_loader(hardware.root, loader), sys.executable]
     result = subprocess.run(
         [*command, "-m", "llamaship_backend", "detect"],
         env=hardware.env(),

@@ -169,6 +169,23 @@ VK_IRIS_XE = FakeVulkanDevice(
 )
 
 
+def without_vulkan_loader(root: Path, loader: Path) -> list[str]:
+    """A command prefix that runs its command where `loader` (the system's Vulkan loader) does
+    not exist: a private mount namespace (root only) whose copy of the loader's directory
+    holds links to everything else in it."""
+    real = loader.parent
+    original, farm = root / "original-libs", root / "libs-without-vulkan"
+    original.mkdir(exist_ok=True)
+    farm.mkdir(exist_ok=True)
+    for entry in real.iterdir():
+        if not entry.name.startswith("libvulkan.so") and not (farm / entry.name).is_symlink():
+            (farm / entry.name).symlink_to(original / entry.name)
+    mount, unshare = shutil.which("mount"), shutil.which("unshare")
+    assert mount and unshare, "util-linux's mount and unshare are needed"
+    script = f'{mount} --bind "$1" "$2" && {mount} --bind "$3" "$1" && shift 3 && exec "$@"'
+    return [unshare, "--mount", "/bin/sh", "-c", script, "sh", str(real), str(original), str(farm)]
+
+
 def write_fake_smi(bin_dir: Path) -> Path:
     """Write the fake `nvidia-smi` (run by this Python) into `bin_dir`; return its path."""
     bin_dir.mkdir(parents=True, exist_ok=True)
