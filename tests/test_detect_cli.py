@@ -33,6 +33,11 @@ def test_summary_lists_every_gpu(hardware: FakeHardware) -> None:
             "Vulkan 1.3.260, driver 23.2.1"
         ),
         (
+            "Vulkan device choice: using Vulkan device 0 (NVIDIA GeForce RTX 3060, discrete GPU, "
+            "12288 MB), preferred over Vulkan device 1 (Intel(R) Iris(R) Xe Graphics (TGL GT2), "
+            "integrated GPU, 3072 MB)"
+        ),
+        (
             "Decision: cpu (no CUDA overlay is installed and no release offers one for this "
             "bundle; running on CPU)"
         ),
@@ -55,6 +60,19 @@ def test_summary_without_gpu_says_why_and_exits_zero(hardware: FakeHardware) -> 
         "install your GPU's Vulkan driver (Debian/Ubuntu: mesa-vulkan-drivers for AMD and "
         "Intel, the NVIDIA driver for NVIDIA)",
     ]
+
+
+def test_the_vulkan_device_setting_is_shown_as_it_resolves(hardware: FakeHardware) -> None:
+    hardware.install_icd()
+    hardware.vulkan_devices = [VK_IRIS_XE, VK_RTX_3060]
+
+    result = hardware.run_cli("detect", LLAMASHIP_VULKAN_DEVICE="iris")
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Vulkan device choice: using Vulkan device 1 (Intel(R) Iris(R) Xe Graphics (TGL GT2), "
+        "integrated GPU, 3072 MB), as LLAMASHIP_VULKAN_DEVICE='iris' asks"
+    ) in result.stdout.splitlines()
 
 
 def test_json_output_is_only_the_report(hardware: FakeHardware) -> None:

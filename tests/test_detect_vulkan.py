@@ -50,6 +50,11 @@ def test_lavapipe_is_reported_as_a_software_device(hardware: FakeHardware) -> No
     assert lavapipe["memory_mb"] > 0
     assert report["cached"] is False
     assert hardware.detect()["vulkan"] == vulkan
+    shown = hardware.run_cli("detect", LLAMASHIP_VULKAN_DEVICE="llvmpipe").stdout.splitlines()
+    assert any(
+        line.startswith(f"Vulkan device choice: using Vulkan device {lavapipe['index']} (llvmpipe")
+        for line in shown
+    ), shown
 
 
 def test_the_real_loader_lists_the_fake_drivers_devices(hardware: FakeHardware) -> None:

@@ -81,8 +81,8 @@ def test_a_software_renderer_is_never_chosen_on_its_own(tmp_path: Path, value: s
 
     assert choice == VulkanChoice(
         None,
-        "the only Vulkan devices are software renderers (0: llvmpipe (LLVM 15.0.6, 256 bits)), "
-        "which are never chosen on their own; LLAMASHIP_VULKAN_DEVICE=0 uses one anyway",
+        "the only Vulkan device (0: llvmpipe (LLVM 15.0.6, 256 bits)) is a software renderer, "
+        "which is never chosen on its own; LLAMASHIP_VULKAN_DEVICE=0 uses it anyway",
     )
     assert vulkan_environment(choice) == {"GGML_VK_VISIBLE_DEVICES": ""}
 

@@ -80,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.model_dump(mode="json", by_alias=True), indent=2))
     else:
+        from llamaship.detect.vulkan_choice import vulkan_device_choice
+
+        vulkan = vulkan_device_choice(report, settings)
         decision = offline_decision(report, store)
-        print(f"{format_report(report)}\nDecision: {decision.variant} ({decision.reason})")
+        print(format_report(report))
+        print(f"Vulkan device choice: {vulkan.reason}")
+        print(f"Decision: {decision.variant} ({decision.reason})")
     return 0

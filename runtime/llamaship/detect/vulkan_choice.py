@@ -42,11 +42,14 @@ def _listing(devices: tuple[VulkanDevice, ...]) -> str:
 def _automatic(devices: tuple[VulkanDevice, ...]) -> VulkanChoice:
     hardware = sorted((device for device in devices if device.device_type != "cpu"), key=_rank)
     if not hardware:
-        software = devices[0]
+        index = devices[0].index
+        what = (
+            f"the only Vulkan device ({_listing(devices)}) is a software renderer, which is"
+            if len(devices) == 1
+            else f"the only Vulkan devices ({_listing(devices)}) are software renderers, which are"
+        )
         return VulkanChoice(
-            None,
-            f"the only Vulkan devices are software renderers ({_listing(devices)}), which are "
-            f"never chosen on their own; {SETTING}={software.index} uses one anyway",
+            None, f"{what} never chosen on its own; {SETTING}={index} uses it anyway"
         )
     best = hardware[0]
     others = [device for device in hardware[1:] if _rank(device)[0] > _rank(best)[0]]
