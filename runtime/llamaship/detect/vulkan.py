@@ -47,7 +47,8 @@ def _crash_name(returncode: int) -> str:
 
 
 def _ask(command: Sequence[str], timeout: float, env: Mapping[str, str] | None) -> VulkanReport:
-    """Run the child; its report, or `SourceMissing` / `SourceFailed` saying why none."""
+    """Run the child; its report, or a `DetectionError` saying why none: `SourceMissing` (no
+    loader), `NoDriver`, `LoaderError` (the loader answered with an error) or `SourceFailed`."""
     try:
         returncode, stdout, stderr = run_in_group(command, timeout, env=env)
     except OSError as error:
@@ -92,8 +93,8 @@ def detect_vulkan(
     An answer is worth caching when the loader answered, or when there is no loader, no
     driver or a broken driver manifest: the fingerprint notices when one is installed or
     fixed. A hang, a crash, another error or a loader that lists no device is tried again at
-    the next launch. `command` starts the child (default:
-    this program's `vulkan-devices`); `env` is its environment (default: this process's).
+    the next launch. `command` starts the child (default: this program, which runs its
+    `vulkan-devices` command); `env` is the child's environment (default: this process's).
     """
     environ = os.environ if env is None else env
     problems = manifest_problems(icd_manifests(environ))
