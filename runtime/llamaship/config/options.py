@@ -21,6 +21,7 @@ from llamaship.config.values import (
     parse_text,
     parse_threads,
     parse_timeout,
+    parse_vulkan_device,
 )
 
 
@@ -103,6 +104,14 @@ OPTIONS: tuple[Option, ...] = (
         "MiB the GPU fit leaves free on each GPU (for the desktop and other programs).",
     ),
     Option(
+        "LLAMASHIP_VULKAN_DEVICE",
+        "vulkan_device",
+        parse_vulkan_device,
+        "auto",
+        "Vulkan device for llama.cpp: auto (a discrete GPU, else an integrated one; never a "
+        "software renderer), none, its index or (part of) its name, as `detect` lists them.",
+    ),
+    Option(
         "LLAMACPP_N_THREADS",
         "n_threads",
         parse_threads,
@@ -128,7 +137,8 @@ OPTIONS: tuple[Option, ...] = (
         "detection_timeout",
         parse_timeout,
         "5",
-        "Seconds nvidia-smi may take before it is killed and the launch goes on.",
+        "Seconds nvidia-smi (and the Vulkan device query) may take before it is killed and "
+        "the launch goes on.",
     ),
     Option(
         "LLAMASHIP_RESTART",
@@ -167,6 +177,7 @@ class Settings:
     restart: str
     port_file: Path | None
     vram_margin_mb: int = 1024
+    vulkan_device: str = "auto"
 
 
 BY_KEY = {option.key: option for option in OPTIONS}

@@ -109,3 +109,8 @@ def parse_restart_mode(value: str) -> str:
     if lowered not in {"exec", "exit"}:
         raise ValueError("'exec' (the backend re-executes itself) or 'exit' (exit code 75)")
     return lowered
+
+
+def parse_vulkan_device(value: str) -> str:
+    text = value.strip()
+    return text.lower() if text.lower() in {"auto", "none"} else (text or "auto")
