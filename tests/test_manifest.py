@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from llamaship.launch.decide import OverlayRequirements
-from llamaship.overlay.manifest import (
+from llamaship_contract.overlay import (
     ManifestError,
+    OverlayRequirements,
     dump_index,
     dump_manifest,
     layer_id,
     parse_index,
     parse_manifest,
-    to_requirements,
+    requirements_for,
 )
 
 RUNTIME_SHA = hashlib.sha256(b"runtime archive").hexdigest()
@@ -262,7 +262,7 @@ def test_not_an_object_is_refused(data: bytes) -> None:
 
 def test_to_requirements_picks_the_os_driver() -> None:
     manifest = parse_manifest(encode(manifest_doc()))
-    assert to_requirements(manifest, "linux") == OverlayRequirements(
+    assert requirements_for(manifest, "linux") == OverlayRequirements(
         overlay_version="0.3.36-cu13.0-1",
         serial=7,
         cuda_version="13.0",
@@ -271,11 +271,11 @@ def test_to_requirements_picks_the_os_driver() -> None:
         ptx_archs=(),
         min_vram_mb=1024,
     )
-    assert to_requirements(manifest, "windows").min_driver == "580.88"
+    assert requirements_for(manifest, "windows").min_driver == "580.88"
     document = manifest_doc()
     document["min_driver"] = {"linux": "580.65.06"}
     with pytest.raises(ManifestError, match="no minimum driver for windows"):
-        to_requirements(parse_manifest(encode(document)), "windows")
+        requirements_for(parse_manifest(encode(document)), "windows")
 
 
 def test_valid_index_round_trips() -> None:

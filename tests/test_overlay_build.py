@@ -21,12 +21,12 @@ from fixtures_overlay import (
     KeyPair,
     python_with_path,
 )
-from llamaship.overlay.manifest import LayerManifest, layer_id, parse_index, parse_manifest
 from llamaship_build.elf import Patchelf, find_patchelf, is_elf
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_archive import MTIME
 from llamaship_build.overlay_build import build_overlay, runtime_requirements
 from llamaship_build.release_index import write_release_index
+from llamaship_contract.overlay import LayerManifest, layer_id, parse_index, parse_manifest
 from llamaship_contract.signing import SigningKeyError, verify
 
 CPU_VARIANTS = 14  # the fixture's GGML_CPU_ALL_VARIANTS backends

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fixtures_overlay import BuiltOverlay
-from llamaship.overlay.manifest import parse_index
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_release import release
+from llamaship_contract.overlay import parse_index
 from llamaship_contract.signing import verify
 
 ROOT = Path(__file__).resolve().parents[1]

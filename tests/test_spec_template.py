@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.errors import LlamashipError
 from llamaship_build.platforms import PLATFORMS
 from llamaship_build.project import Project
 from llamaship_build.spec import build_context, render_spec
+from llamaship_contract.errors import LlamashipError
 
 GOLDEN = Path(__file__).parent / "golden" / "backend-linux.spec"
 KEYS = ["b64-key-two", "b64-key-one"]

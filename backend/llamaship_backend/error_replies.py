@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from llamaship.errors import LlamashipError
 from llamaship_backend.errors import BackendError
+from llamaship_contract.errors import LlamashipError
 
 logger = logging.getLogger(__name__)
 

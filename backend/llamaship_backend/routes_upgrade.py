@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 
-from llamaship.errors import LlamashipError
 from llamaship.launch.outcome import BootState
 from llamaship.overlay.install import Installer, InstallResult, ProgressFn
 from llamaship.overlay.jobs import UpgradeJobs
@@ -22,6 +21,7 @@ from llamaship.overlay.select import NoMatchingOverlay, Target
 from llamaship_backend.dependencies import get_boot_state
 from llamaship_backend.errors import BackendError
 from llamaship_backend.security import require_admin
+from llamaship_contract.errors import LlamashipError
 
 router = APIRouter(dependencies=[Depends(require_admin)])
 _jobs_lock = threading.Lock()

@@ -21,13 +21,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from llamaship.admin_token import token_path
-from llamaship.errors import LlamashipError
 from llamaship.launch.outcome import BootState
 from llamaship_backend.app import create_app
 from llamaship_backend.dependencies import restart_of
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RESTART_EXIT_CODE, exec_restart
 from llamaship_backend.security import is_loopback
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 logger = logging.getLogger(__name__)

@@ -109,10 +109,10 @@ def _main(args: dict[str, Any]) -> int:
     import httpx  # noqa: F401
     import zstandard  # noqa: F401
 
-    from llamaship.errors import LlamashipError
     from llamaship.overlay.checkpoints import set_checkpoint
     from llamaship.overlay.install import Installer
     from llamaship.paths import DataDirs
+    from llamaship_contract.errors import LlamashipError
     from overlay_kit.probe import import_probe
     from overlay_kit.releases import FAST_OPTIONS, TARGET
 

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
 from llamaship.overlay.install import Installer
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from overlay_kit.releases import FAST_OPTIONS, TARGET, Keys
 
 

@@ -16,7 +16,11 @@ import zstandard
 
 from llamaship.io.fetch import DownloadLimits
 from llamaship.overlay.install import InstallOptions
-from llamaship.overlay.manifest import (
+from llamaship.overlay.select import Target
+from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
+from llamaship_build.release_index import write_release_index
+from llamaship_contract.detection import DetectionReport, GpuInfo
+from llamaship_contract.overlay import (
     FORMAT,
     ArchiveRef,
     FileEntry,
@@ -27,10 +31,6 @@ from llamaship.overlay.manifest import (
     layer_id,
     parse_index,
 )
-from llamaship.overlay.select import Target
-from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
-from llamaship_build.release_index import write_release_index
-from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.signing import sign
 
 LLAMA_CPP_VERSION = "0.3.36"

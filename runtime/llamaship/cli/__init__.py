@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from llamaship import __version__
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 # Each command module exposes `add_parser(subparsers)` and `run(args) -> int`;
 # they are imported only when chosen, so `backend detect` never imports the web stack.

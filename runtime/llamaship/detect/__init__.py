@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING
 from llamaship.detect.cache import read_cache, write_cache
 from llamaship.detect.errors import DetectionError, SourceMissing
 from llamaship.detect.fingerprint import compute_fingerprint
-from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
+from llamaship_contract.detection import DetectionReport, none_report
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
     from llamaship.paths import DataDirs
-
-__all__ = ["DetectionReport", "GpuInfo", "detect_gpus", "load_or_detect"]
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self, TypeVar
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import (
     STORAGE_FULL_ERRNOS,
     DiskSpaceError,
@@ -41,6 +40,7 @@ from llamaship.io.fs import (
     fsync_dir,
 )
 from llamaship.overlay.checkpoints import checkpoint
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.textsafe import printable

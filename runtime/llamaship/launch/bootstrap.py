@@ -23,10 +23,9 @@ from typing import Any
 from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
-from llamaship.errors import LlamashipError
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
-from llamaship.launch.decide import Decision, OverlayRequirements, decide, recommend
+from llamaship.launch.decide import Decision, decide, recommend
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
@@ -36,7 +35,9 @@ from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import InstalledOverlay, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.overlay import OverlayRequirements
 
 _log = logging.getLogger(__name__)
 # A second launch waits this long for the first to finish its decision, then boots on CPU.

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
 from llamaship_contract.detection import GpuInfo
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import ProbeResult as ProbeRecordResult
 
 _DEVICE_TYPES = {1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type; 0 is the CPU

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import (
     STORAGE_FULL_ERRNOS,
     DiskSpaceError,
@@ -28,8 +27,9 @@ from llamaship.io.fs import (
     fsync_dir,
 )
 from llamaship.overlay.checkpoints import checkpoint
-from llamaship.overlay.manifest import FileEntry, LayerManifest, safe_relative_path
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
+from llamaship_contract.overlay import FileEntry, LayerManifest, safe_relative_path
 
 if TYPE_CHECKING:
     import tarfile

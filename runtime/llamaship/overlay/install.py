@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fetch import DownloadLimits, FetchedFile, Fetcher
 from llamaship.io.fs import ensure_free_space
 from llamaship.overlay.checkpoints import checkpoint
@@ -42,6 +41,7 @@ from llamaship.overlay.store import (
 )
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import INDEX_NAME
 
 if TYPE_CHECKING:

@@ -18,17 +18,20 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
-from llamaship.errors import LlamashipError
 from llamaship.io.fetch import DownloadError, Fetcher, resolve_location
 from llamaship.overlay.freshness import ensure_unexpired
-from llamaship.overlay.manifest import (
+from llamaship.overlay.store import LLAMA_LAYER, RUNTIME_LAYER, OverlayRecord, OverlayStore
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
+from llamaship_contract.overlay import (
     LAYER_NAMES,
     LayerManifest,
     LayerRef,
     ManifestError,
+    OverlayRequirements,
     ReleaseEntry,
     ReleaseIndex,
     layer_id,
@@ -36,13 +39,7 @@ from llamaship.overlay.manifest import (
     parse_manifest,
     requirements_for,
 )
-from llamaship.overlay.store import LLAMA_LAYER, RUNTIME_LAYER, OverlayRecord, OverlayStore
-from llamaship_contract.detection import DetectionReport
-from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
 from llamaship_contract.signing import SignatureError, verify
-
-if TYPE_CHECKING:
-    from llamaship.launch.decide import OverlayRequirements
 
 _log = logging.getLogger(__name__)
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
 from llamaship.paths import DataDirs
 from llamaship_contract.document import (
@@ -38,7 +37,7 @@ from llamaship_contract.document import (
     dump_document_pretty,
     parse_document,
 )
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.state import (
