@@ -42,16 +42,16 @@ from llamaship.overlay.store import (
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
+from llamaship_contract.launch import ProbeResult
 from llamaship_contract.names import INDEX_NAME
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
-    from llamaship.launch.probe import ProbeResult
 
 _log = logging.getLogger(__name__)
 
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
-ProbeFn = Callable[[Path, Path, float], "ProbeResult | None"]
+ProbeFn = Callable[[Path, Path, float], ProbeResult | None]
 """`(llama_dir, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
 
 
