@@ -64,6 +64,25 @@ def public_key_valid(public_b64: str) -> bool:
     return True
 
 
+def parse_trusted_keys(data: bytes, origin: str) -> tuple[str, ...]:
+    """The release public keys in a `trusted_keys.json` (`origin` names it in errors).
+
+    The one reader of that file's format, for the runtime (the bundled copy) and the build (the
+    source tree's): a JSON list of base64 ed25519 public keys, several while a key rotates.
+    """
+    try:
+        keys = json.loads(data)
+    except ValueError as error:
+        msg = f"{origin} is not JSON ({error})"
+        raise SigningKeyError(msg) from None
+    if not isinstance(keys, list) or not all(
+        isinstance(key, str) and public_key_valid(key) for key in keys
+    ):
+        msg = f"{origin} must be a JSON list of base64 ed25519 public keys"
+        raise SigningKeyError(msg)
+    return tuple(keys)
+
+
 def generate_keypair() -> tuple[str, str]:
     """A new ed25519 key pair as (private seed, public key), both base64."""
     from nacl.signing import SigningKey

@@ -14,11 +14,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.project import TRUSTED_KEYS_FILE
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import ManifestError, parse_manifest
 from llamaship_contract.signing import key_id, load_signing_key, public_key_of, sign
-
-TRUSTED_KEYS_FILE = "runtime/llamaship/trusted_keys.json"
 
 
 class UntrustedSigningKey(BuildError):

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.project import TRUSTED_KEYS_FILE
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
 from llamaship_contract.overlay import ManifestError, ReleaseIndex, dump_index, parse_index
 from llamaship_contract.signing import (
@@ -100,7 +101,7 @@ def resign_index(
     signer = public_key_of(private)
     if signer not in trusted_keys:
         msg = (
-            f"the signing key {key_id(signer)} is not in runtime/llamaship/trusted_keys.json: "
+            f"the signing key {key_id(signer)} is not in {TRUSTED_KEYS_FILE}: "
             "no released bundle would accept the index; sign with a trusted key"
         )
         raise BuildError(msg)

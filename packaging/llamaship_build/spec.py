@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES
 from llamaship_build.platforms import TargetPlatform
 from llamaship_build.project import Project
+from llamaship_contract.signing import SigningKeyError, parse_trusted_keys
 
 TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
@@ -45,16 +45,14 @@ METADATA_OF = ("llama_cpp_python", "llamaship")
 
 def trusted_keys(project: Project) -> list[str]:
     """The release public keys shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
-    path = project.root / "runtime" / "llamaship" / "trusted_keys.json"
+    path = project.trusted_keys_file
     try:
-        keys = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
+        return sorted(parse_trusted_keys(path.read_bytes(), str(path)))
+    except OSError as error:
         msg = f"cannot read the release public keys from {path}: {error}"
         raise BuildError(msg) from None
-    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-        msg = f"{path} must hold a JSON list of base64 public keys"
-        raise BuildError(msg)
-    return sorted(keys)
+    except SigningKeyError as error:
+        raise BuildError(str(error)) from None
 
 
 def build_context(project: Project, target: TargetPlatform, keys: list[str]) -> dict[str, Any]:

@@ -6,35 +6,29 @@ The signature primitives (sign, verify, key ids) are the contract's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from importlib import resources
 
-from llamaship_contract.signing import SigningKeyError, public_key_valid
-
-TRUSTED_KEYS_RESOURCE = "trusted_keys.json"
+from llamaship_contract.names import TRUSTED_KEYS_NAME
+from llamaship_contract.signing import SigningKeyError, parse_trusted_keys
 
 
 def bundled_trusted_keys() -> tuple[str, ...]:
     """The release public keys shipped inside the application (`llamaship/trusted_keys.json`)."""
-    resource = resources.files("llamaship").joinpath(TRUSTED_KEYS_RESOURCE)
+    resource = resources.files("llamaship").joinpath(TRUSTED_KEYS_NAME)
     try:
-        keys = json.loads(resource.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+        data = resource.read_bytes()
+    except OSError as error:
         msg = (
-            f"cannot read the bundled trusted keys {TRUSTED_KEYS_RESOURCE} ({error}); "
+            f"cannot read the bundled trusted keys {TRUSTED_KEYS_NAME} ({error}); "
             "reinstall the application"
         )
         raise SigningKeyError(msg) from None
-    if not isinstance(keys, list) or not all(
-        isinstance(key, str) and public_key_valid(key) for key in keys
-    ):
-        msg = (
-            f"the bundled {TRUSTED_KEYS_RESOURCE} must be a JSON list of base64 ed25519 "
-            "public keys; reinstall the application"
-        )
-        raise SigningKeyError(msg)
-    return tuple(keys)
+    try:
+        return parse_trusted_keys(data, f"the bundled {TRUSTED_KEYS_NAME}")
+    except SigningKeyError as error:
+        msg = f"{error}; reinstall the application"
+        raise SigningKeyError(msg) from None
 
 
 def trusted_keys(given: Sequence[str] | None = None) -> tuple[str, ...]:
