@@ -39,7 +39,6 @@ from llamaship.io.fs import (
     ensure_free_space,
     fsync_dir,
 )
-from llamaship.overlay.checkpoints import checkpoint
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
@@ -610,11 +609,10 @@ class Fetcher:
             digest.update(chunk)
             done += len(chunk)
             self._received = done
+            if done == len(chunk) + offset:
+                handle.flush()  # the first chunk is on disk when progress first reports
             if progress is not None:
                 progress(done, size)
-            if done == len(chunk) + offset:
-                handle.flush()
-                checkpoint("download")
         return done
 
 

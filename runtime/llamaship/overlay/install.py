@@ -11,7 +11,8 @@ Pipeline (one installer at a time: the store's install lock; a second one waits
    the version;
 5. switch `active.json` atomically, keeping the old one as `previous.json`.
 Anything that fails leaves the previous overlay (or none: CPU) active and removes what it
-created. The steps a caller may observe are listed in `llamaship.overlay.checkpoints`.
+created. The steps a caller may observe (`Installer(observer=...)`) are listed in
+`llamaship.overlay.checkpoints`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from llamaship.io.fetch import DownloadLimits, FetchedFile, Fetcher
 from llamaship.io.fs import ensure_free_space
-from llamaship.overlay.checkpoints import checkpoint
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
 from llamaship.overlay.select import (
     AvailableOverlay,
@@ -113,13 +114,16 @@ class Installer:
         probe: ProbeFn | None = None,
         progress: ProgressFn | None = None,
         options: InstallOptions | None = None,
+        observer: InstallObserver = ignore_step,
     ) -> None:
+        """`observer` is told each step the install reaches (`llamaship.overlay.checkpoints`)."""
         self.dirs = dirs
         self.store = OverlayStore(dirs)
         self.trusted_keys = tuple(trusted_keys)
         self.probe = probe or _default_probe
         self.options = options or InstallOptions()
         self._progress = progress
+        self._observer = observer
         self._last = InstallProgress("index", 0, 0, "")
 
     def report(
@@ -155,7 +159,7 @@ class Installer:
                 available = find_overlay(
                     index_location, self.store, target, self.trusted_keys, fetcher
                 )
-                checkpoint("index")
+                self._observer("index")
                 version = available.entry.overlay_version
                 reason = self.store.quarantine_reason(version)
                 if skip_quarantined and reason is not None:
@@ -186,11 +190,11 @@ class Installer:
             self._fetch(missing, fetcher, fetched)
             for layer in missing:
                 self._unpack(layer, fetched.pop(layer.id))
-            checkpoint("renamed")
+            self._observer("renamed")
             self._probe(record)
-            checkpoint("probed")
+            self._observer("probed")
             self.report("activate", message=f"activating overlay {record.overlay_version}")
-            installed = self.store.activate(record)
+            installed = self.store.activate(record, self._observer)
             activated = True
         finally:
             for leftover in fetched.values():
@@ -234,19 +238,30 @@ class Installer:
                 message=f"fetching {archive.name} ({archive.size} bytes)",
             )
 
-            def progress(done: int, _total: int, base: int = finished) -> None:
-                self.report(done=base + done)
-
             fetched[layer.id] = fetcher.fetch(
                 layer.archive_location,
                 self.dirs.downloads,
                 archive.name,
                 size=archive.size,
                 sha256=archive.sha256,
-                progress=progress,
+                progress=self._archive_progress(finished),
             )
             finished += archive.size
             self.report("verify", done=finished, message=f"{archive.name}: size and sha256 match")
+
+    def _archive_progress(self, base: int) -> Callable[[int, int], None]:
+        """Progress of one archive's download, counted from `base`; the first report (its first
+        chunk is on disk) tells the observer `download`."""
+        started = False
+
+        def progress(done: int, _total: int) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                self._observer("download")
+            self.report(done=base + done)
+
+        return progress
 
     def _unpack(self, layer: VerifiedLayer, archive: FetchedFile) -> None:
         self.report("extract", message=f"unpacking {layer.manifest.archive.name}")
@@ -257,6 +272,7 @@ class Installer:
                 staging,
                 layer.manifest,
                 max_unpacked_bytes=self.options.max_unpacked_bytes,
+                observer=self._observer,
             )
             self.store.commit_layer(staging, layer.id)
         except BaseException:
