@@ -212,6 +212,24 @@ def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: tuple[s
     plan.note(f"AUTO_UPGRADE_GPU: {outcome.message}")
 
 
+def _fall_back_to_cpu(
+    plan: _Plan,
+    tracker: LaunchTracker,
+    reason: str,
+    *,
+    quarantine: tuple[OverlayStore, str] | None = None,
+) -> None:
+    """Run this launch on the CPU build: it no longer counts against an overlay, and `reason`
+    becomes the decision's (logged, one of the launch's events). `quarantine=(store, problem)`
+    first quarantines the planned overlay for `problem`."""
+    tracker.counting(None)
+    if quarantine is not None and plan.installed is not None:
+        store, problem = quarantine
+        store.quarantine(plan.installed.overlay_version, problem)
+    plan.decision = Decision("cpu", reason, False)
+    plan.note(reason)
+
+
 def _prepare_overlay(
     plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
@@ -225,19 +243,15 @@ def _prepare_overlay(
         tracker.counting(installed.overlay_version)
         activate(installed.llama_dir, installed.runtime_lib_dir)
     except NoCudaDevice as error:  # the driver's fault, not the overlay's: no quarantine
-        tracker.counting(None)
-        plan.decision = Decision("cpu", str(error), False)
-        plan.note(plan.decision.reason)
+        _fall_back_to_cpu(plan, tracker, str(error))
     except LlamashipError as error:
-        tracker.counting(None)
-        store.quarantine(installed.overlay_version, str(error))
-        plan.decision = Decision(
-            "cpu",
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             f"overlay {installed.overlay_version} was quarantined: {error}; running on "
             "CPU. `llamaship overlay remove` deletes it",
-            False,
+            quarantine=(store, str(error)),
         )
-        plan.note(plan.decision.reason)
 
 
 def _import_llama(
@@ -253,15 +267,13 @@ def _import_llama(
         if plan.decision.variant != "cuda" or installed is None:
             raise
         deactivate(installed.llama_dir)
-        tracker.counting(None)
-        reason = f"its llama_cpp failed to load: {error}"
-        store.quarantine(installed.overlay_version, reason)
-        plan.decision = Decision(
-            "cpu",
-            f"overlay {installed.overlay_version} was quarantined: {reason}; running on CPU",
-            False,
+        problem = f"its llama_cpp failed to load: {error}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"overlay {installed.overlay_version} was quarantined: {problem}; running on CPU",
+            quarantine=(store, problem),
         )
-        plan.note(plan.decision.reason)
         import llama_cpp
 
         loaded = load_ggml_backends()
@@ -309,18 +321,14 @@ def _choose(
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
     except Timeout:
-        tracker.counting(None)
-        reason = (
+        report = load_or_detect(settings, dirs, detection_versions(None))
+        plan = _Plan(report, Decision("cpu", "", False), None, events)
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             "another launch held the launch lock for too long (an overlay install?); "
-            "running on CPU this time"
+            "running on CPU this time",
         )
-        plan = _Plan(
-            load_or_detect(settings, dirs, detection_versions(None)),
-            Decision("cpu", reason, False),
-            None,
-            events,
-        )
-        plan.note(reason)
     return plan
 
 
