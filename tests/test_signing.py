@@ -13,12 +13,16 @@ from llamaship.cli import keys as cli_keys
 from llamaship.config import resolve_settings
 from llamaship.errors import ConfigError
 from llamaship.io.trusted_keys import bundled_trusted_keys, trusted_keys
+from llamaship_build.errors import BuildError
+from llamaship_build.project import Project
+from llamaship_build.spec import trusted_keys as source_trusted_keys
 from llamaship_contract.signing import (
     SignatureError,
     SigningKeyError,
     generate_keypair,
     key_id,
     load_signing_key,
+    parse_trusted_keys,
     sign,
     verify,
 )
@@ -112,6 +116,41 @@ def test_trusted_keys_are_the_bundled_ones_unless_the_caller_passes_others() -> 
     assert trusted_keys() == bundled
     assert trusted_keys([extra]) == (extra,)
     assert trusted_keys(()) == ()
+
+
+def test_the_bundled_keys_and_the_source_trees_are_read_alike() -> None:
+    """The runtime's and the build's readers share the contract's parser: same keys."""
+    root = Path(__file__).resolve().parent.parent
+    assert source_trusted_keys(Project(root)) == sorted(bundled_trusted_keys())
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"not json", "is not JSON"),
+        (b'{"release": []}', "must be a JSON list of base64 ed25519 public keys"),
+        (b'["c2hvcnQ="]', "must be a JSON list of base64 ed25519 public keys"),
+        (b"[7]", "must be a JSON list of base64 ed25519 public keys"),
+    ],
+)
+def test_a_malformed_trusted_keys_file_is_refused_by_the_runtime_and_the_build(
+    data: bytes, problem: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SigningKeyError, match=f"^keys.json {problem}"):
+        parse_trusted_keys(data, "keys.json")
+    source = tmp_path / "runtime" / "llamaship" / "trusted_keys.json"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(data)
+    with pytest.raises(BuildError, match=problem):
+        source_trusted_keys(Project(tmp_path))
+
+
+def test_a_trusted_keys_file_lists_keys_in_its_order() -> None:
+    _, first = generate_keypair()
+    _, second = generate_keypair()
+    data = json.dumps([second, first]).encode()
+    assert parse_trusted_keys(data, "keys.json") == (second, first)
+    assert parse_trusted_keys(b"[]", "keys.json") == ()
 
 
 @pytest.mark.parametrize("origin", ["environment", "env_file"])

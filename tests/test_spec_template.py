@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.errors import LlamashipError
 from llamaship_build.platforms import PLATFORMS
 from llamaship_build.project import Project
 from llamaship_build.spec import build_context, render_spec
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.trust import TrustedKeys
 
 GOLDEN = Path(__file__).parent / "golden" / "backend-linux.spec"

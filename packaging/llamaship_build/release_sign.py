@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.project import TRUSTED_KEYS_FILE
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import parse_manifest
 from llamaship_contract.overlay_fields import ManifestError
@@ -26,7 +27,6 @@ from llamaship_contract.signing import (
 )
 from llamaship_contract.trust import TrustedKeys
 
-TRUSTED_KEYS_FILE = "runtime/llamaship/trusted_keys.json"
 DRY_RUN_NOTE = "no bundle trusts it: nothing it signed can be installed"
 _log = logging.getLogger(__name__)
 

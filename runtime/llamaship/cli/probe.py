@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import asdict
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from llamaship.launch.probe import backend_devices, cuda_failure
     from llamaship.native import _ggml_library, load_ggml_backends, mapped_llama_libraries
+    from llamaship_contract.document import dump_document
+    from llamaship_contract.launch import ProbeResult
 
     activate(args.llama_dir, args.runtime_lib_dir)
     import llama_cpp
@@ -47,17 +48,16 @@ def run(args: argparse.Namespace) -> int:
     if foreign:
         msg = f"the overlay's llama_cpp also loaded libraries from outside it: {foreign}"
         raise ActivationError(msg)
-    print(
-        json.dumps(
-            {
-                "llama_cpp_version": llama_cpp.__version__,
-                "llama_cpp_path": llama_cpp.__file__,
-                "backends": loaded.backends,
-                "devices": loaded.devices,
-                "gpu_devices": [asdict(device) for device in gpu_devices],
-                "cuda_error": cuda_error,
-                "libraries": sorted(map(str, mapped_llama_libraries())),
-            }
-        )
+    result = ProbeResult(
+        llama_cpp_version=llama_cpp.__version__,
+        llama_cpp_path=llama_cpp.__file__,
+        backends=loaded.backends,
+        devices=loaded.devices,
+        gpu_devices=gpu_devices,
+        cuda_error=cuda_error,
+        libraries=tuple(sorted(map(str, mapped_llama_libraries()))),
     )
+    sys.stdout.flush()
+    sys.stdout.buffer.write(dump_document(result) + b"\n")  # the last line, parsed by `run_probe`
+    sys.stdout.buffer.flush()
     return 0

@@ -1,6 +1,6 @@
 """Why one detection source gave no answer; `detect_gpus` records these in the report."""
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 
 class DetectionError(LlamashipError):

@@ -23,11 +23,10 @@ from typing import Any
 from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
-from llamaship.errors import LlamashipError
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
-from llamaship.launch.decide import Decision, OverlayRequirements, decide, recommend
+from llamaship.launch.decide import Decision, decide, recommend
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
@@ -37,7 +36,9 @@ from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import InstalledOverlay, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger(__name__)
@@ -214,6 +215,24 @@ def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: Trusted
     plan.note(f"AUTO_UPGRADE_GPU: {outcome.message}")
 
 
+def _fall_back_to_cpu(
+    plan: _Plan,
+    tracker: LaunchTracker,
+    reason: str,
+    *,
+    quarantine: tuple[OverlayStore, str] | None = None,
+) -> None:
+    """Run this launch on the CPU build: it no longer counts against an overlay, and `reason`
+    becomes the decision's (logged, one of the launch's events). `quarantine=(store, problem)`
+    first quarantines the planned overlay for `problem`."""
+    tracker.counting(None)
+    if quarantine is not None and plan.installed is not None:
+        store, problem = quarantine
+        store.quarantine(plan.installed.overlay_version, problem)
+    plan.decision = Decision("cpu", reason, False)
+    plan.note(reason)
+
+
 def _prepare_overlay(
     plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
@@ -227,19 +246,15 @@ def _prepare_overlay(
         tracker.counting(installed.overlay_version)
         activate(installed.llama_dir, installed.runtime_lib_dir)
     except NoCudaDevice as error:  # the driver's fault, not the overlay's: no quarantine
-        tracker.counting(None)
-        plan.decision = Decision("cpu", str(error), False)
-        plan.note(plan.decision.reason)
+        _fall_back_to_cpu(plan, tracker, str(error))
     except LlamashipError as error:
-        tracker.counting(None)
-        store.quarantine(installed.overlay_version, str(error))
-        plan.decision = Decision(
-            "cpu",
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             f"overlay {installed.overlay_version} was quarantined: {error}; running on "
             "CPU. `llamaship overlay remove` deletes it",
-            False,
+            quarantine=(store, str(error)),
         )
-        plan.note(plan.decision.reason)
 
 
 def _import_llama(
@@ -255,15 +270,13 @@ def _import_llama(
         if plan.decision.variant != "cuda" or installed is None:
             raise
         deactivate(installed.llama_dir)
-        tracker.counting(None)
-        reason = f"its llama_cpp failed to load: {error}"
-        store.quarantine(installed.overlay_version, reason)
-        plan.decision = Decision(
-            "cpu",
-            f"overlay {installed.overlay_version} was quarantined: {reason}; running on CPU",
-            False,
+        problem = f"its llama_cpp failed to load: {error}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"overlay {installed.overlay_version} was quarantined: {problem}; running on CPU",
+            quarantine=(store, problem),
         )
-        plan.note(plan.decision.reason)
         import llama_cpp
 
         loaded = load_ggml_backends()
@@ -311,18 +324,14 @@ def _choose(
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
     except Timeout:
-        tracker.counting(None)
-        reason = (
+        report = load_or_detect(settings, dirs, detection_versions(None))
+        plan = _Plan(report, Decision("cpu", "", False), None, events)
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             "another launch held the launch lock for too long (an overlay install?); "
-            "running on CPU this time"
+            "running on CPU this time",
         )
-        plan = _Plan(
-            load_or_detect(settings, dirs, detection_versions(None)),
-            Decision("cpu", reason, False),
-            None,
-            events,
-        )
-        plan.note(reason)
     return plan
 
 

@@ -11,8 +11,6 @@ from llamaship.launch.outcome import Variant
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.overlay import OverlayRequirements
 
-__all__ = ["Decision", "OverlayRequirements", "decide", "default_threads", "recommend"]
-
 UPGRADE_HINT = "POST /api/admin/upgrade-gpu or `llamaship overlay install`"
 
 

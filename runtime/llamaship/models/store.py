@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import fsync_dir
 from llamaship.io.http_session import DownloadLimits
@@ -30,6 +30,7 @@ from llamaship.io.transfer import IntegrityError, ProgressFn
 from llamaship.models.catalogue import bundled_catalogue
 from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.textsafe import printable

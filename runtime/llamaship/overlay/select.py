@@ -18,7 +18,6 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llamaship.compat import (
     Unusable,
@@ -30,19 +29,20 @@ from llamaship.compat import (
     version_key,
 )
 from llamaship.detect.libc import SystemLibraries
-from llamaship.errors import LlamashipError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.local_files import resolve_location
 from llamaship.io.transfer import DownloadError
 from llamaship.overlay.freshness import ensure_unexpired
 from llamaship.overlay.store import OverlayRecord, OverlayStore
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
 from llamaship_contract.overlay import (
     KIND_LAYERS,
     REQUIRED_LAYER,
     LayerKind,
     LayerManifest,
+    OverlayRequirements,
     parse_manifest,
     requirements_for,
 )
@@ -57,9 +57,6 @@ from llamaship_contract.release_index import (
 )
 from llamaship_contract.signing import SignatureError, verify
 from llamaship_contract.trust import TrustedKeys, trusted
-
-if TYPE_CHECKING:
-    from llamaship.launch.decide import OverlayRequirements
 
 _log = logging.getLogger(__name__)
 

@@ -30,15 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship.paths import DataDirs
 from llamaship_contract.document import (
     Document,
     dump_document_pretty,
     parse_document,
 )
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.state import (
@@ -303,16 +303,17 @@ class OverlayStore:
             if entries.pop(version, None) is not None:
                 _write(self.root / QUARANTINE_FILE, QuarantineList(overlays=entries))
 
-    def activate(self, record: OverlayRecord) -> InstalledOverlay:
-        """Make `record` active, keeping the current active overlay as the previous one."""
-        from llamaship.overlay.checkpoints import checkpoint
-
+    def activate(
+        self, record: OverlayRecord, observer: InstallObserver = ignore_step
+    ) -> InstalledOverlay:
+        """Make `record` active, keeping the current active overlay as the previous one
+        (`observer` is told `switch` between the two writes)."""
         with self.install_lock():
             installed = self.installed(record)
             current = self._read_record(ACTIVE_FILE)
             if current is not None and current != record:
                 _write(self.root / PREVIOUS_FILE, current)
-            checkpoint("switch")
+            observer("switch")
             _write(self.root / ACTIVE_FILE, record)
             self.collect_garbage()
         _log.info("overlay %s is active", record.overlay_version)
