@@ -15,7 +15,7 @@ from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.document import Document
 from llamaship_contract.fit import FitPlan
 
-Variant = Literal["cpu", "cuda"]
+Variant = Literal["cpu", "cuda", "vulkan"]
 
 
 class DecisionInfo(Document):

@@ -210,6 +210,20 @@ class OverlayRequirements(StrictDocument):
     min_vram_mb: Count
 
 
+class VulkanRequirements(StrictDocument):
+    """What a Vulkan overlay needs from the machine: its llama-vulkan manifest's facts.
+
+    The compatibility rule judges a detection report's Vulkan devices against it; the store's
+    `vulkan.json` keeps it beside the layer.
+    """
+
+    overlay_version: Text
+    serial: Count
+    vulkan_api: VulkanApi
+    shader_features: tuple[ShaderFeature, ...]
+    min_vram_mb: Count
+
+
 def _file_problems(
     files: tuple[FileEntry, ...], unpacked_size: int, roots: tuple[str, ...]
 ) -> list[str]:
@@ -372,6 +386,25 @@ class _CudaFacts(Protocol):
     def min_vram_mb(self) -> int: ...
 
 
+class _VulkanFacts(Protocol):
+    """What `vulkan_requirements` reads: a vulkan manifest's or index entry's fields."""
+
+    @property
+    def overlay_version(self) -> str: ...
+
+    @property
+    def serial(self) -> int: ...
+
+    @property
+    def vulkan_api(self) -> str | None: ...
+
+    @property
+    def shader_features(self) -> tuple[str, ...]: ...
+
+    @property
+    def min_vram_mb(self) -> int: ...
+
+
 def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
     """What the release of `source` needs from a machine running `os_name` ('linux', 'windows').
 
@@ -397,6 +430,20 @@ def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
         min_driver=min_driver,
         cuda_archs=source.cuda_archs,
         ptx_archs=source.ptx_archs,
+        min_vram_mb=source.min_vram_mb,
+    )
+
+
+def vulkan_requirements(source: _VulkanFacts) -> VulkanRequirements:
+    """What the Vulkan release of `source` (its manifest or index entry) needs from a machine."""
+    if source.vulkan_api is None:
+        msg = f"overlay {source.overlay_version} is not a Vulkan overlay (it names no Vulkan API)"
+        raise ManifestError(msg)
+    return VulkanRequirements(
+        overlay_version=source.overlay_version,
+        serial=source.serial,
+        vulkan_api=source.vulkan_api,
+        shader_features=source.shader_features,
         min_vram_mb=source.min_vram_mb,
     )
 

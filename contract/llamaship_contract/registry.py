@@ -23,6 +23,7 @@ from llamaship_contract.state import (
     DetectionCache,
     OverlayPointer,
     QuarantineList,
+    VulkanPointer,
 )
 
 DOCUMENTS: dict[str, type[Document]] = {
@@ -37,6 +38,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "bundle-manifest": BundleManifest,
     "capabilities": Capabilities,
     "overlay-pointer": OverlayPointer,
+    "vulkan-pointer": VulkanPointer,
     "quarantine": QuarantineList,
     "accepted-serials": AcceptedSerialsFile,
     "detection-cache": DetectionCache,

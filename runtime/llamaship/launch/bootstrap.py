@@ -13,6 +13,7 @@ at INFO and written to the launch status (`llamaship status`).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,17 +24,21 @@ from typing import Any
 from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
+from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
 from llamaship.launch.decide import Decision, decide, recommend
+from llamaship.launch.decide_vulkan import decide_vulkan
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
 from llamaship.launch.probe_record import ensure_probed
 from llamaship.launch.status import LaunchTracker
 from llamaship.native import LoadedBackends, load_ggml_backends
-from llamaship.overlay.store import InstalledOverlay, OverlayStore
+from llamaship.overlay.installed import InstalledOverlay
+from llamaship.overlay.store import OverlayStore
+from llamaship.overlay.vulkan import VulkanOverlay, installed_vulkan, vulkan_environment
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
@@ -56,6 +61,7 @@ class _Plan:
     installed: InstalledOverlay | None
     events: list[str]
     available: OverlayRequirements | None = None
+    vulkan: VulkanOverlay | None = None
     install: bool = False
     tries_left: int | None = None
     last_failure: LaunchProcess | None = None
@@ -233,6 +239,30 @@ def _fall_back_to_cpu(
     plan.note(reason)
 
 
+def _prepare_vulkan(
+    plan: _Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
+) -> None:
+    """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
+    device go into the environment every llama.cpp process of this launch inherits)."""
+    overlay = installed_vulkan(store)
+    if overlay is None:
+        return
+    choice = vulkan_device_choice(plan.report, settings)
+    verdict = decide_vulkan(
+        plan.report,
+        overlay.pointer,
+        choice,
+        store.quarantine_reason(overlay.overlay_version),
+    )
+    if not verdict.use:
+        plan.note(verdict.reason)
+        return
+    os.environ.update(vulkan_environment(overlay, choice))
+    tracker.counting(overlay.overlay_version)
+    plan.vulkan = overlay
+    plan.decision = Decision("vulkan", verdict.reason, plan.decision.upgrade_available)
+
+
 def _prepare_overlay(
     plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
@@ -308,6 +338,8 @@ def _choose(
             plan = _plan(settings, dirs, store, keys, tracker, events)
             if not plan.install and plan.decision.variant == "cuda":
                 _prepare_overlay(plan, dirs, store, tracker)
+            if not plan.install and plan.decision.variant == "cpu":
+                _prepare_vulkan(plan, settings, store, tracker)
         if plan.install:
             _auto_upgrade(settings, dirs, plan, keys)
             with _launch_lock(dirs):  # adopt what is active now (this or another install)
@@ -323,6 +355,8 @@ def _choose(
                 )
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
+                if plan.decision.variant == "cpu":
+                    _prepare_vulkan(plan, settings, store, tracker)
     except Timeout:
         report = load_or_detect(settings, dirs, detection_versions(None))
         plan = _Plan(report, Decision("cpu", "", False), None, events)
@@ -367,19 +401,9 @@ def boot(
             tries_left=plan.tries_left,
         )
 
-    explain(
-        None,
-        plan.installed.overlay_version
-        if plan.decision.variant == "cuda" and plan.installed
-        else None,
-        None,
-    )
+    explain(None, _planned_overlay(plan), None)
     llama_cpp, loaded = _import_llama(plan, store, tracker)
-    overlay_active = plan.installed is not None and imported_from(plan.installed.llama_dir)
-    if not overlay_active:
-        tracker.counting(None)
-    variant: Variant = "cuda" if overlay_active else "cpu"
-    overlay_version = plan.installed.overlay_version if overlay_active and plan.installed else None
+    variant, overlay_version = _running(plan, loaded, store, tracker)
     _log.info(
         "running llama.cpp %s (%s) from %s",
         llama_cpp.__version__,
@@ -408,8 +432,38 @@ def boot(
         cpu_backend=loaded.cpu_library,
         trusted_keys=keys,
         health=tracker,
-        last_failure=plan.last_failure if overlay_active else None,
+        last_failure=plan.last_failure if variant == "cuda" else None,
     )
+
+
+def _planned_overlay(plan: _Plan) -> str | None:
+    if plan.decision.variant == "cuda" and plan.installed:
+        return plan.installed.overlay_version
+    return (
+        plan.vulkan.overlay_version if plan.decision.variant == "vulkan" and plan.vulkan else None
+    )
+
+
+def _running(
+    plan: _Plan, loaded: LoadedBackends, store: OverlayStore, tracker: LaunchTracker
+) -> tuple[Variant, str | None]:
+    """The variant this process runs on now, and its overlay; a Vulkan module that ggml did not
+    load quarantines its overlay (the launch goes on, on the CPU build)."""
+    if plan.installed is not None and imported_from(plan.installed.llama_dir):
+        return "cuda", plan.installed.overlay_version
+    if plan.vulkan is not None:
+        if "Vulkan" in loaded.backends:
+            return "vulkan", plan.vulkan.overlay_version
+        problem = f"llama.cpp did not load its backend module {plan.vulkan.module.name}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"Vulkan overlay {plan.vulkan.overlay_version} was quarantined: {problem}; "
+            "running on CPU",
+        )
+        store.quarantine(plan.vulkan.overlay_version, problem)
+    tracker.counting(None)
+    return "cpu", None
 
 
 def mark_healthy(state: BootState) -> None:

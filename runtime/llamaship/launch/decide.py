@@ -159,9 +159,9 @@ def recommend(
 ) -> tuple[int, int]:
     """(n_gpu_layers, n_threads): the user's settings where given, else sensible defaults.
 
-    The CPU variant offloads nothing; the cuda variant offloads every layer (-1) by default.
+    The CPU variant offloads nothing; a GPU variant offloads every layer (-1) by default.
     """
-    if variant == "cuda" and report.gpus:
+    if (variant == "cuda" and report.gpus) or variant == "vulkan":
         layers = -1 if n_gpu_layers_setting is None else n_gpu_layers_setting
     else:
         layers = 0

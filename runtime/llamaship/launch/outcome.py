@@ -22,7 +22,7 @@ from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
 from llamaship_contract.trust import TrustedKeys
 
-Variant = Literal["cpu", "cuda"]
+Variant = Literal["cpu", "cuda", "vulkan"]
 
 
 class LaunchHealth(Protocol):

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llamaship_contract.detection import GpuInfo
@@ -44,14 +44,27 @@ def _self_command() -> list[str]:
 
 def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
     """Import the overlay's llama_cpp and load its backends in a subprocess."""
-    command = [
-        *_self_command(),
-        "probe",
+    arguments = [
         "--llama-dir",
         os.fspath(llama_dir),
         "--runtime-lib-dir",
         os.fspath(runtime_lib_dir),
     ]
+    return _run_child(arguments, timeout, None)
+
+
+def run_module_probe(module: Path, environment: Mapping[str, str], timeout: float) -> ProbeResult:
+    """Load the bundle's llama.cpp plus the backend module `module` (a Vulkan overlay) in a
+    subprocess whose environment adds `environment` (GGML_BACKEND_PATH, the device list)."""
+    return _run_child(
+        ["--backend-module", os.fspath(module)], timeout, {**os.environ, **environment}
+    )
+
+
+def _run_child(
+    arguments: Sequence[str], timeout: float, environment: Mapping[str, str] | None
+) -> ProbeResult:
+    command = [*_self_command(), "probe", *arguments]
     try:
         result = subprocess.run(
             command,
@@ -59,6 +72,7 @@ def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeRe
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=None if environment is None else dict(environment),
         )
     except subprocess.TimeoutExpired:
         msg = f"the overlay probe did not finish within {timeout:g} s (hung while loading)"

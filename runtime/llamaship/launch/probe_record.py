@@ -17,7 +17,7 @@ from typing import Literal
 from llamaship.detect.fingerprint import compute_fingerprint
 from llamaship.io.fs import atomic_write_bytes
 from llamaship.launch import probe
-from llamaship.overlay.store import InstalledOverlay
+from llamaship.overlay.installed import InstalledOverlay
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError

@@ -29,6 +29,7 @@ from llamaship.io.http_session import DownloadLimits
 from llamaship.io.transfer import FetchedFile
 from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
+from llamaship.overlay.installed import InstalledOverlay, OverlayRecord
 from llamaship.overlay.select import (
     AvailableOverlay,
     InstallError,
@@ -36,12 +37,7 @@ from llamaship.overlay.select import (
     VerifiedLayer,
     find_overlay,
 )
-from llamaship.overlay.store import (
-    INSTALL_LOCK_TIMEOUT_S,
-    InstalledOverlay,
-    OverlayRecord,
-    OverlayStore,
-)
+from llamaship.overlay.store import INSTALL_LOCK_TIMEOUT_S, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
