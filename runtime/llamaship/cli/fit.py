@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--variant",
-        choices=("cpu", "cuda"),
+        choices=("cpu", "cuda", "vulkan"),
         help="plan for this build (default: what serve runs: cuda when a GPU is detected "
         "and the CUDA overlay is active, else cpu)",
     )
