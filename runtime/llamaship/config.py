@@ -181,6 +181,27 @@ OPTIONS: tuple[Option, ...] = (
         "URL (or file path) of the signed releases.json index the GPU overlay comes from.",
     ),
     Option(
+        "LLAMASHIP_RELEASE_CHECK",
+        "release_check",
+        _parse_bool,
+        "true",
+        "Check the release index for a GPU overlay at launch, at most once a day (true/false).",
+    ),
+    Option(
+        "LLAMASHIP_HUB_URL",
+        "hub_url",
+        _parse_text,
+        "https://huggingface.co",
+        "The Hugging Face hub (or a mirror) models are pulled from and their sha256 asked of.",
+    ),
+    Option(
+        "LLAMASHIP_HUB_ALLOW_HTTP",
+        "hub_allow_http",
+        _parse_bool,
+        "false",
+        "Accept a plain http:// LLAMASHIP_HUB_URL (a local test hub only; true/false).",
+    ),
+    Option(
         "AUTO_UPGRADE_GPU",
         "auto_upgrade_gpu",
         _parse_bool,
@@ -290,6 +311,9 @@ class Settings:
     restart: str
     port_file: Path | None
     vram_margin_mb: int = 1024
+    release_check: bool = True
+    hub_url: str = "https://huggingface.co"
+    hub_allow_http: bool = False
 
 
 def _unknown_key_error(key: str, origin: str) -> ConfigError:
