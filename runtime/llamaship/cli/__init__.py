@@ -25,6 +25,7 @@ _COMMANDS = {
     "status": "llamaship.cli.status",
     "fit": "llamaship.cli.fit",
     "models": "llamaship.cli.models",
+    "open": "llamaship.cli.open_page",
 }
 _DEFAULT_COMMAND = "serve"
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
