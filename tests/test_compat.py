@@ -8,7 +8,7 @@ import pytest
 
 from llamaship.compat import Unusable, Usable, judge
 from llamaship.launch.decide import decide
-from llamaship.overlay.install import NoMatchingOverlay, Target, pick_release
+from llamaship.overlay.select import NoMatchingOverlay, Target, pick_release
 from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
 from llamaship_contract.overlay import (
     LAYER_NAMES,

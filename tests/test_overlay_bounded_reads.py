@@ -20,7 +20,7 @@ import pytest
 from llamaship.io.fetch import Fetcher
 from llamaship.io.http_session import DownloadLimits
 from llamaship.io.transfer import DownloadError
-from llamaship.overlay.install import find_overlay
+from llamaship.overlay.select import find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.signing import SignatureError, verify

@@ -18,10 +18,9 @@ import pytest
 
 from llamaship.errors import LlamashipError
 from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
-from llamaship.overlay.install import (
+from llamaship.overlay.install import Installer, InstallResult
+from llamaship.overlay.select import (
     IncompatibleOverlay,
-    Installer,
-    InstallResult,
     NoMatchingOverlay,
     ReplayedRelease,
     Target,

@@ -15,15 +15,10 @@ from fastapi import APIRouter, Depends, Request
 
 from llamaship.errors import LlamashipError
 from llamaship.launch.outcome import BootState
-from llamaship.overlay.install import (
-    Installer,
-    InstallResult,
-    NoMatchingOverlay,
-    ProgressFn,
-    Target,
-)
+from llamaship.overlay.install import Installer, InstallResult, ProgressFn
 from llamaship.overlay.jobs import UpgradeJobs
 from llamaship.overlay.offer import find_offer
+from llamaship.overlay.select import NoMatchingOverlay, Target
 from llamaship_backend.dependencies import get_boot_state
 from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError

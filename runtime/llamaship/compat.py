@@ -2,7 +2,7 @@
 
 `judge(report, requirements)` is pure: it returns `Usable` (the GPUs the overlay runs on, best
 first) or `Unusable` (every problem, each a sentence saying what to do). The launch decision
-(`llamaship.launch.decide`), release selection (`llamaship.overlay.install.pick_release`) and the
+(`llamaship.launch.decide`), release selection (`llamaship.overlay.select.pick_release`) and the
 upgrade API (through the installer) all ask it; nothing else judges compatibility.
 """
 

@@ -15,7 +15,8 @@ from typing import Any
 import zstandard
 
 from llamaship.io.http_session import DownloadLimits
-from llamaship.overlay.install import InstallOptions, Target
+from llamaship.overlay.install import InstallOptions
+from llamaship.overlay.select import Target
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo

@@ -86,7 +86,8 @@ def _install(args: argparse.Namespace) -> int:
     from llamaship.detect import load_or_detect
     from llamaship.io.local_files import local_path
     from llamaship.io.trusted_keys import trusted_keys
-    from llamaship.overlay.install import Installer, Target, index_location_of
+    from llamaship.overlay.install import Installer, index_location_of
+    from llamaship.overlay.select import Target
     from llamaship.paths import DataDirs
 
     settings = _settings(args)

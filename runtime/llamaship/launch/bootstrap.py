@@ -94,7 +94,7 @@ def _available(
     """The overlay the release index offers this machine (signed, checked), if any."""
     from llamaship.io.fetch import Fetcher
     from llamaship.io.http_session import DownloadLimits
-    from llamaship.overlay.install import Target, find_overlay
+    from llamaship.overlay.select import Target, find_overlay
 
     assert settings.release_url is not None
     limits = DownloadLimits(

@@ -1,108 +1,60 @@
-"""Install the CUDA overlay: signed index -> signed manifests -> archives -> extract -> probe ->
+"""Install the CUDA overlay chosen by `llamaship.overlay.select`: archives -> extract -> probe ->
 activate, all or nothing.
 
 Pipeline (one installer at a time: the store's install lock; a second one waits
 `InstallOptions.lock_timeout_s`, then fails with `InstallBusy`):
-1. fetch `releases.json` + `.sig`, verify the signature, refuse a serial older than the newest
-   accepted one (`DataDirs.state/accepted_serial.json`);
-2. pick the release for this platform, python tag and the bundle's llama_cpp version that
-   this machine can run (`llamaship.compat`), the newest CUDA version first;
-3. fetch and verify both layer manifests (signature, the sha256 the index pins, and that they
-   describe this release), refuse a manifest serial older than the newest accepted;
-4. download the archives of layers not installed yet (the `cuda-runtime` layer is shared by
+1. choose the release and verify its index and manifests (`llamaship.overlay.select.find_overlay`);
+2. download the archives of layers not installed yet (the `cuda-runtime` layer is shared by
    releases of one CUDA version, so an update of llama.cpp fetches only `llama-cuda`);
-5. extract each into `.staging-*`, verify, rename to `layers/<id>`;
-6. probe the new overlay (a subprocess: the native libraries may crash); a failure quarantines
+3. extract each into `.staging-*`, verify, rename to `layers/<id>`;
+4. probe the new overlay (a subprocess: the native libraries may crash); a failure quarantines
    the version;
-7. switch `active.json` atomically, keeping the old one as `previous.json`.
+5. switch `active.json` atomically, keeping the old one as `previous.json`.
 Anything that fails leaves the previous overlay (or none: CPU) active and removes what it
 created. The steps a caller may observe are listed in `llamaship.overlay.checkpoints`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import platform
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
 from llamaship.errors import LlamashipError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import ensure_free_space
 from llamaship.io.http_session import DownloadLimits
-from llamaship.io.local_files import resolve_location
-from llamaship.io.transfer import DownloadError, FetchedFile
+from llamaship.io.transfer import FetchedFile
 from llamaship.overlay.checkpoints import checkpoint
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
-from llamaship.overlay.freshness import ensure_unexpired
-from llamaship.overlay.manifest import (
-    LAYER_NAMES,
-    LayerManifest,
-    LayerRef,
-    ManifestError,
-    ReleaseEntry,
-    ReleaseIndex,
-    layer_id,
-    parse_index,
-    parse_manifest,
-    requirements_for,
+from llamaship.overlay.select import (
+    AvailableOverlay,
+    InstallError,
+    Target,
+    VerifiedLayer,
+    find_overlay,
 )
 from llamaship.overlay.store import (
     INSTALL_LOCK_TIMEOUT_S,
-    LLAMA_LAYER,
-    RUNTIME_LAYER,
     InstalledOverlay,
     OverlayRecord,
     OverlayStore,
 )
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
-from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX, ExitStatus
-from llamaship_contract.signing import SignatureError, verify
+from llamaship_contract.names import INDEX_NAME
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
-    from llamaship.launch.decide import OverlayRequirements
     from llamaship.launch.probe import ProbeResult
 
 _log = logging.getLogger(__name__)
 
-MAX_INDEX_BYTES = 1 * 2**20
-MAX_MANIFEST_BYTES = 8 * 2**20
-MAX_SIGNATURE_BYTES = 4096
-
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
 ProbeFn = Callable[[Path, Path, float], "ProbeResult | None"]
 """`(llama_dir, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
-
-# (sys.platform, platform.machine()) -> (wheel platform tag, OS name used by `min_driver`)
-_PLATFORMS: Mapping[tuple[str, str], tuple[str, str]] = {
-    ("linux", "x86_64"): ("linux_x86_64", "linux"),
-    ("win32", "AMD64"): ("win_amd64", "windows"),
-}
-
-
-class InstallError(LlamashipError):
-    """The overlay cannot be installed; the previously active variant stays in use."""
-
-    exit_code = ExitStatus.OVERLAY_REJECTED
-
-
-class NoMatchingOverlay(InstallError):
-    """The release index offers no overlay this machine and bundle can use."""
-
-
-class IncompatibleOverlay(InstallError):
-    """A manifest describes something other than the release the index promised."""
-
-
-class ReplayedRelease(InstallError):
-    """An index or manifest is older than one this machine already accepted."""
 
 
 class QuarantinedRelease(InstallError):
@@ -127,70 +79,6 @@ ProgressFn = Callable[[InstallProgress], None]
 
 
 @dataclass(frozen=True)
-class Target:
-    """What the overlay must fit: this machine, this interpreter, this bundle, this driver."""
-
-    platform: str
-    os_name: str
-    python_tags: tuple[str, ...]
-    llama_cpp_version: str
-    machine: DetectionReport
-
-    @classmethod
-    def current(cls, report: DetectionReport, llama_cpp_version: str) -> Target:
-        """The target of the running process; raises NoMatchingOverlay on an unknown OS/CPU."""
-        key = ("linux" if sys.platform.startswith("linux") else sys.platform, platform.machine())
-        if key not in _PLATFORMS:
-            msg = (
-                f"there is no CUDA overlay for {sys.platform} on {platform.machine()}: "
-                "overlays exist for Linux x86_64 and Windows x64 only"
-            )
-            raise NoMatchingOverlay(msg)
-        wheel_platform, os_name = _PLATFORMS[key]
-        major, minor = sys.version_info[:2]
-        return cls(
-            platform=wheel_platform,
-            os_name=os_name,
-            python_tags=("py3", f"cp{major}{minor}"),
-            llama_cpp_version=llama_cpp_version,
-            machine=report,
-        )
-
-
-@dataclass(frozen=True)
-class VerifiedLayer:
-    """A layer whose manifest is signed, pinned by the index and matches the release."""
-
-    ref: LayerRef
-    manifest: LayerManifest
-    archive_location: str
-
-    @property
-    def id(self) -> str:
-        return self.ref.id
-
-
-@dataclass(frozen=True)
-class AvailableOverlay:
-    """The release the index offers this machine, with verified manifests (runtime first)."""
-
-    index_location: str
-    index_serial: int
-    entry: ReleaseEntry
-    layers: tuple[VerifiedLayer, ...]
-    requirements: OverlayRequirements
-
-    def record(self) -> OverlayRecord:
-        return OverlayRecord(
-            overlay_version=self.entry.overlay_version,
-            serial=self.entry.serial,
-            llama_cpp_version=self.entry.llama_cpp_version,
-            layers={layer.manifest.layer: layer.id for layer in self.layers},
-            requirements=self.requirements,
-        )
-
-
-@dataclass(frozen=True)
 class InstallOptions:
     """Tunables of one install; the defaults suit real releases."""
 
@@ -208,184 +96,6 @@ class InstallResult:
     changed: bool
     fetched_layers: tuple[str, ...]
     reused_layers: tuple[str, ...]
-
-
-def _describe_entry(entry: ReleaseEntry) -> str:
-    return (
-        f"{entry.overlay_version} ({entry.platform}, {entry.python_tag}, llama_cpp "
-        f"{entry.llama_cpp_version}, CUDA {entry.cuda_version})"
-    )
-
-
-def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
-    try:
-        requirements = requirements_for(entry, target.os_name)
-    except ManifestError as error:
-        return Unusable((str(error),))
-    return judge(target.machine, requirements)
-
-
-def pick_release(index: ReleaseIndex, target: Target, origin: str) -> ReleaseEntry:
-    """The release this machine can run (`llamaship.compat`): newest CUDA, then highest serial.
-
-    Only releases for the target's platform, python and llama_cpp version are considered;
-    when none of them can run, the error lists each one's problems.
-    """
-    fitting = [
-        entry
-        for entry in index.overlays
-        if entry.platform == target.platform
-        and entry.python_tag in target.python_tags
-        and entry.llama_cpp_version == target.llama_cpp_version
-    ]
-    if not fitting:
-        offered = "; ".join(_describe_entry(entry) for entry in index.overlays) or "nothing"
-        msg = (
-            f"the release index {origin} offers no overlay for {target.platform}, python "
-            f"{'/'.join(target.python_tags)} and llama_cpp {target.llama_cpp_version} (it "
-            f"offers: {offered}); update the application"
-        )
-        raise NoMatchingOverlay(msg)
-    verdicts = [(entry, _verdict(entry, target)) for entry in fitting]
-    usable = [entry for entry, verdict in verdicts if isinstance(verdict, Usable)]
-    if not usable:
-        problems = "; ".join(
-            f"{entry.overlay_version}: {', '.join(verdict.problems)}"
-            for entry, verdict in verdicts
-            if isinstance(verdict, Unusable)
-        )
-        msg = f"no overlay in the release index {origin} can run on this machine: {problems}"
-        raise NoMatchingOverlay(msg)
-    return max(usable, key=lambda entry: (version_key(entry.cuda_version), entry.serial))
-
-
-def _manifest_problems(manifest: LayerManifest, ref: LayerRef, entry: ReleaseEntry) -> list[str]:
-    expected = {
-        "layer": ref.layer,
-        "overlay_version": entry.overlay_version,
-        "serial": entry.serial,
-        "platform": entry.platform,
-        "python_tag": entry.python_tag,
-        "cuda_version": entry.cuda_version,
-        "llama_cpp_version": entry.llama_cpp_version,
-        "min_driver": entry.min_driver,
-        "cuda_archs": entry.cuda_archs,
-        "ptx_archs": entry.ptx_archs,
-        "min_vram_mb": entry.min_vram_mb,
-    }
-    problems = [
-        f"{name} is {getattr(manifest, name)!r}, the release says {wanted!r}"
-        for name, wanted in expected.items()
-        if getattr(manifest, name) != wanted
-    ]
-    if layer_id(manifest) != ref.id:
-        problems.append(f"its layer id is {layer_id(manifest)}, the index says {ref.id}")
-    return problems
-
-
-def _signed(
-    fetcher: Fetcher, location: str, max_size: int, what: str, trusted_keys: Sequence[str]
-) -> bytes:
-    """The bytes at `location`, verified against `<location>.sig`."""
-    data = fetcher.read(location, max_size=max_size, what=what)
-    try:
-        signature = fetcher.read(
-            f"{location}{SIGNATURE_SUFFIX}",
-            max_size=MAX_SIGNATURE_BYTES,
-            what=f"signature of the {what}",
-        )
-    except DownloadError as error:
-        msg = (
-            f"the {what} at {location} is refused: its signature cannot be fetched "
-            f"({error}); only signed releases are installed"
-        )
-        raise SignatureError(msg) from None
-    try:
-        signer = verify(data, signature, trusted_keys)
-    except SignatureError as error:
-        msg = f"the {what} at {location} is refused: {error}"
-        raise SignatureError(msg) from None
-    _log.info("%s %s: signed by key %s", what, location, signer)
-    return data
-
-
-def find_overlay(
-    index_location: str,
-    store: OverlayStore,
-    target: Target,
-    trusted_keys: Sequence[str],
-    fetcher: Fetcher,
-) -> AvailableOverlay:
-    """Fetch and verify the index and the chosen release's manifests.
-
-    Records the index serial once its signature is verified, and the release serial once its
-    manifests are, so a later replay of anything older is refused.
-    """
-    accepted = store.accepted_serials()
-    index_bytes = _signed(fetcher, index_location, MAX_INDEX_BYTES, "release index", trusted_keys)
-    index = parse_index(index_bytes, origin=f"release index {index_location}")
-    ensure_unexpired(index, index_location)  # before any serial of it is recorded
-    if index.serial < accepted.index:
-        msg = (
-            f"the release index at {index_location} has serial {index.serial}, older than "
-            f"serial {accepted.index} already accepted here: an outdated or replayed index "
-            "was served; refusing it (check the release URL or try again later)"
-        )
-        raise ReplayedRelease(msg)
-    store.accept_serials(index=index.serial, manifest=0)
-    entry = pick_release(index, target, index_location)
-    layers: list[VerifiedLayer] = []
-    problems: list[str] = []
-    for name in LAYER_NAMES:  # runtime first: the llama layer requires it
-        ref = entry.layer(name)
-        location = resolve_location(index_location, ref.manifest)
-        what = f"{name} manifest of overlay {entry.overlay_version}"
-        data = _signed(fetcher, location, MAX_MANIFEST_BYTES, what, trusted_keys)
-        if hashlib.sha256(data).hexdigest() != ref.manifest_sha256:
-            msg = (
-                f"the {what} at {location} is not the one the signed index pins "
-                "(sha256 differs): refused; the release is inconsistent, try again later"
-            )
-            raise IncompatibleOverlay(msg)
-        manifest = parse_manifest(data, origin=f"{what} ({location})")
-        problems += [f"{name}: {problem}" for problem in _manifest_problems(manifest, ref, entry)]
-        layers.append(
-            VerifiedLayer(
-                ref=ref,
-                manifest=manifest,
-                archive_location=resolve_location(index_location, ref.archive),
-            )
-        )
-    runtime, llama = layers
-    required = llama.manifest.requires
-    if required is None or (required.id, required.sha256) != (
-        runtime.id,
-        runtime.manifest.archive.sha256,
-    ):
-        problems.append(
-            f"{LLAMA_LAYER}: it requires {required}, not the release's "
-            f"{RUNTIME_LAYER} layer {runtime.id}"
-        )
-    if problems:
-        msg = (
-            f"the manifests of overlay {entry.overlay_version} do not match the release "
-            f"that index {index_location} describes: {'; '.join(problems)}; refusing it"
-        )
-        raise IncompatibleOverlay(msg)
-    if entry.serial < accepted.manifest:
-        msg = (
-            f"overlay {entry.overlay_version} has serial {entry.serial}, older than serial "
-            f"{accepted.manifest} already accepted here: refusing a downgrade or replay"
-        )
-        raise ReplayedRelease(msg)
-    store.accept_serials(index=index.serial, manifest=entry.serial)
-    return AvailableOverlay(
-        index_location=index_location,
-        index_serial=index.serial,
-        entry=entry,
-        layers=tuple(layers),
-        requirements=requirements_for(llama.manifest, target.os_name),
-    )
 
 
 def _default_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:

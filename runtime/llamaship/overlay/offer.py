@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from llamaship.io.fetch import Fetcher
 from llamaship.io.http_session import DownloadLimits
-from llamaship.overlay.install import Target, find_overlay
+from llamaship.overlay.select import Target, find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 
