@@ -178,7 +178,8 @@ OPTIONS: tuple[Option, ...] = (
         "release_url",
         _parse_optional_text,
         "",
-        "URL (or file path) of the signed releases.json index the GPU overlay comes from.",
+        "URL (or file path) of the signed releases.json index the GPU overlay comes from "
+        "(unset: the one the bundle was built with; empty: none).",
     ),
     Option(
         "LLAMASHIP_RELEASE_CHECK",
@@ -283,6 +284,7 @@ _IGNORED_ENV = frozenset(
         "LLAMASHIP_ROOT",
         "LLAMASHIP_BUILD_CACHE",
         "LLAMASHIP_OVERLAY_SOURCE",
+        "LLAMASHIP_RELEASE_INDEX_URL",
     }
 )
 # Keys that used to exist; naming them gets a reason instead of a spelling hint.
@@ -419,6 +421,10 @@ def _settings_from(raw: Mapping[str, str]) -> Settings:
         problems = _path_problems(values)
     if problems:
         raise ConfigError(" ".join(problems))
+    if "LLAMASHIP_RELEASE_URL" not in raw:  # not set anywhere: the one baked into the bundle
+        from llamaship.bundled_release import bundled_release_url
+
+        values["release_url"] = bundled_release_url()
     return Settings(**values)
 
 

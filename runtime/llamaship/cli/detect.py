@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
-    from llamaship.launch.bootstrap import detection_versions, offline_decision
+    from llamaship.launch.bootstrap import detection_versions, release_decision
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 
@@ -60,6 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.model_dump(mode="json", by_alias=True), indent=2))
     else:
-        decision = offline_decision(report, store)
+        decision = release_decision(settings, report, args.trusted_keys)
         print(f"{format_report(report)}\nDecision: {decision.variant} ({decision.reason})")
     return 0
