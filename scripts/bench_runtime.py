@@ -39,7 +39,8 @@ def _no_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
 
 def install(args: argparse.Namespace) -> str:
     """Install the overlay the index offers; the seconds taken and where it went, as JSON."""
-    from llamaship.overlay.install import Installer, Target
+    from llamaship.overlay.install import Installer
+    from llamaship.overlay.select import Target
     from llamaship.paths import DataDirs
 
     target = Target(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,7 @@ def test_serve_options_override_the_environment(
     launch_backend: LaunchBackend, tmp_path: Path
 ) -> None:
     model = tmp_path / "chosen.gguf"
-    model.write_bytes(b"GGUF" + bytes(60))  # passes the start-up check, fails to load
+    model.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a valid header: fails to load
     backend = launch_backend(
         "--host",
         "127.0.0.1",

@@ -48,8 +48,8 @@ def test_no_other_build_module_reads_a_llamaship_variable() -> None:
 
 
 def test_the_checkout_can_be_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert BuildSettings.resolve({"LLAMASHIP_ROOT": str(tmp_path)}).root == tmp_path.resolve()
-    monkeypatch.setenv("LLAMASHIP_ROOT", str(tmp_path))
+    assert BuildSettings.resolve({"LLAMASHIP_BUILD_ROOT": str(tmp_path)}).root == tmp_path.resolve()
+    monkeypatch.setenv("LLAMASHIP_BUILD_ROOT", str(tmp_path))
     assert Project.here().root == tmp_path.resolve()
-    monkeypatch.delenv("LLAMASHIP_ROOT")
+    monkeypatch.delenv("LLAMASHIP_BUILD_ROOT")
     assert Project.here().root == PACKAGE.parents[1]

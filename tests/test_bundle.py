@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def test_bad_model_is_a_clear_4xx_and_the_bundle_stays_up(
     assert "Traceback" not in refused.stderr
 
     corrupt = tmp_path / "corrupt.gguf"
-    corrupt.write_bytes(b"GGUF" + bytes(60))  # passes the start-up check, fails to load
+    corrupt.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))  # a valid header: fails to load
     env = hardware.env(LLAMASHIP_MODEL=str(corrupt))
     with launched([str(bundle_executable)], env, inherit_env=False) as backend:
         reply = httpx.post(

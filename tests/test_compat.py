@@ -6,18 +6,13 @@ import hashlib
 
 import pytest
 
-from llamaship.compat import Unusable, Usable, judge
+from llamaship.compat import Unusable, Usable, floor_problems, judge
+from llamaship.detect.libc import SystemLibraries
 from llamaship.launch.decide import decide
 from llamaship.overlay.select import NoMatchingOverlay, Target, pick_release
 from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
-from llamaship_contract.overlay import (
-    LAYER_NAMES,
-    LayerName,
-    LayerRef,
-    ReleaseEntry,
-    ReleaseIndex,
-    requirements_for,
-)
+from llamaship_contract.overlay import LAYER_NAMES, LayerName, requirements_for
+from llamaship_contract.release_index import LayerRef, ReleaseEntry
 
 CUDA12_DRIVER = ("550.54.14", "12.4")  # CUDA 12 only
 CUDA13_DRIVER = ("580.95.05", "13.0")
@@ -64,6 +59,7 @@ def _entry(
     cuda: str, serial: int, archs: tuple[str, ...], ptx: tuple[str, ...], linux_driver: str
 ) -> ReleaseEntry:
     return ReleaseEntry(
+        kind="cuda",
         overlay_version=f"0.3.36-cu{cuda}-{serial}",
         serial=serial,
         platform="linux_x86_64",
@@ -80,22 +76,20 @@ def _entry(
 
 CU12 = _entry("12.4", 5, ("61", "70"), (), "525.60.13")
 CU13 = _entry("13.0", 4, ("75", "80", "86", "89", "90"), ("90",), "580.65.06")
-INDEX = ReleaseIndex(
-    format=1,
-    serial=5,
-    created="2026-11-25T00:00:00Z",
-    expires="2026-12-25T00:00:00Z",
-    overlays=(CU12, CU13),
-)
+INDEX = (CU12, CU13)
 
 
-def _target(machine: DetectionReport) -> Target:
+DEBIAN_11 = SystemLibraries(glibc="2.31", glibcxx="3.4.28")
+
+
+def _target(machine: DetectionReport, libraries: SystemLibraries = DEBIAN_11) -> Target:
     return Target(
         platform="linux_x86_64",
         os_name="linux",
         python_tags=("py3", "cp311"),
         llama_cpp_version="0.3.36",
         machine=machine,
+        libraries=libraries,
     )
 
 
@@ -167,9 +161,25 @@ def test_a_machine_no_release_fits_is_told_each_problem() -> None:
 
 def test_a_release_built_for_another_os_is_not_chosen() -> None:
     windows_only = CU13.model_copy(update={"min_driver": {"windows": "580.88"}})
-    index = INDEX.model_copy(update={"overlays": (windows_only,)})
     with pytest.raises(NoMatchingOverlay, match="names no minimum driver for linux"):
-        pick_release(index, _target(_machine(RTX_4090)), "test index")
+        pick_release((windows_only,), _target(_machine(RTX_4090)), "test index")
+
+
+def test_a_layer_the_system_libraries_cannot_load_is_refused_before_any_download() -> None:
+    """Debian 11 (glibc 2.31) is offered the layer built for it, not one that needs 2.39."""
+    new_glibc = CU13.model_copy(update={"glibc_floor": "2.39", "serial": 6})
+    old_glibc = CU13.model_copy(update={"glibc_floor": "2.31", "glibcxx_floor": "3.4.26"})
+    debian11 = DEBIAN_11
+    chosen = pick_release((new_glibc, old_glibc), _target(_machine(RTX_4090), debian11), "index")
+    assert chosen == old_glibc
+    with pytest.raises(NoMatchingOverlay) as raised:
+        pick_release((new_glibc,), _target(_machine(RTX_4090), debian11), "index")
+    assert "this system's glibc is 2.31; the overlay needs 2.39 or newer" in str(raised.value)
+    assert floor_problems(SystemLibraries(glibc="2.39", glibcxx="3.4.25"), "2.31", "3.4.26") == (
+        "this system's libstdc++ (GLIBCXX) is 3.4.25; the overlay needs 3.4.26 or newer: "
+        "update the operating system, or keep using the CPU build",
+    )
+    assert floor_problems(SystemLibraries(), "2.39", "3.4.32") == ()  # unknown: not judged
 
 
 @pytest.mark.parametrize(

@@ -186,3 +186,39 @@ def test_home_that_is_a_file_and_port_file_that_is_a_directory(tmp_path: Path) -
         resolve_settings(
             env={"LLAMASHIP_HOME": str(tmp_path), "LLAMASHIP_PORT_FILE": str(home_file / "port")}
         )
+
+
+def test_the_build_namespace_is_not_configuration(tmp_path: Path) -> None:
+    env = {
+        "LLAMASHIP_HOME": str(tmp_path),
+        "LLAMASHIP_BUILD_LINUX_TOOLCHAIN": "host",
+        "LLAMASHIP_BUILD_NEW_KNOB": "anything",
+        "LLAMASHIP_SIGNING_KEY": "secret",
+    }
+    assert resolve_settings(env=env).home == tmp_path
+    with pytest.raises(ConfigError, match="LLAMASHIP_LINUX_TOOLCHAIN"):  # the old name
+        resolve_settings(env={"LLAMASHIP_LINUX_TOOLCHAIN": "host"})
+
+
+@pytest.mark.parametrize("typo", ["AUTO_UPGRAD_GPU", "AUTO_UPGRADE_GPUS", "AUTOUPGRADE_GPU"])
+def test_a_typo_of_an_unprefixed_key_is_refused_in_a_env_file(tmp_path: Path, typo: str) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"{typo}=true\n")
+    with pytest.raises(ConfigError, match=f"{typo} in .*Did you mean AUTO_UPGRADE_GPU"):
+        resolve_settings(env={}, env_file=env_file)
+
+
+def test_a_typo_of_an_unprefixed_key_in_the_environment_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = resolve_settings(env={"LLAMASHIP_HOME": str(tmp_path), "AUTO_UPGRAD_GPU": "1"})
+    assert settings.auto_upgrade_gpu is False  # ignored, not read
+    assert "AUTO_UPGRAD_GPU" in caplog.text and "AUTO_UPGRADE_GPU" in caplog.text
+
+
+def test_a_home_inside_a_file_is_refused_without_creating_anything(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match=r"is inside .*which is a file"):
+        resolve_settings(env={"LLAMASHIP_HOME": str(blocker / "a" / "b")})
+    assert blocker.read_text() == "x"

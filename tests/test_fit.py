@@ -406,7 +406,8 @@ def test_the_plan_is_a_contract_document() -> None:
 def test_fit_command_plans_partial_offload_on_a_fake_gpu(
     hardware: FakeHardware, tmp_path: Path
 ) -> None:
-    """Done means: a model larger than the fake VRAM gets a partial offload from the estimate."""
+    """Done means: a model larger than the fake VRAM gets a partial offload from the estimate
+    (for the CUDA build: with no overlay active, fit plans what serve runs, the CPU build)."""
     model = write_llama_gguf(
         tmp_path / "big.gguf",
         Shape(n_layer=24, n_embd=1024, n_head=16, n_head_kv=4, n_ff=2816, n_vocab=8192, zeros=True),
@@ -414,14 +415,16 @@ def test_fit_command_plans_partial_offload_on_a_fake_gpu(
     small_card = FakeGpu("NVIDIA GeForce RTX 2080", RTX_2080.uuid, 8192, 1024 + 100, "7.5")
     hardware.gpus = [small_card]
     hardware.install_nvml()
-    result = hardware.run_cli("fit", "--model", str(model), "--ctx", "2048", "--json")
+    result = hardware.run_cli(
+        "fit", "--model", str(model), "--ctx", "2048", "--variant", "cuda", "--json"
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["source"] == "estimate"
     assert 0 < plan["n_gpu_layers"] < 25
     assert "partial offload" in plan["reason"]
     assert plan["devices"][0]["uuid"] == RTX_2080.uuid
-    text = hardware.run_cli("fit", "--model", str(model), "--ctx", "2048")
+    text = hardware.run_cli("fit", "--model", str(model), "--ctx", "2048", "--variant", "cuda")
     assert "from: estimate" in text.stdout and "GPU 0" in text.stdout
 
 

@@ -105,8 +105,8 @@ def test_build_settings_are_resolved_and_checked_in_one_place() -> None:
     assert BuildSettings.resolve({}) == BuildSettings()
     chosen = BuildSettings.resolve(
         {
-            "LLAMASHIP_LINUX_TOOLCHAIN": "HOST",
-            "LLAMASHIP_GLIBC_FLOOR": "2.35",
+            "LLAMASHIP_BUILD_LINUX_TOOLCHAIN": "HOST",
+            "LLAMASHIP_BUILD_GLIBC_FLOOR": "2.35",
             "LLAMASHIP_BUILD_CACHE": "/tmp/x",
         }
     )
@@ -118,13 +118,17 @@ def test_build_settings_are_resolved_and_checked_in_one_place() -> None:
     with pytest.raises(BuildError) as caught:
         BuildSettings.resolve(
             {
-                "LLAMASHIP_LINUX_TOOLCHAIN": "docker",
-                "LLAMASHIP_GLIBC_FLOOR": "new",
-                "LLAMASHIP_OVERLAY_SOURCE": "ftp",
+                "LLAMASHIP_BUILD_LINUX_TOOLCHAIN": "docker",
+                "LLAMASHIP_BUILD_GLIBC_FLOOR": "new",
+                "LLAMASHIP_BUILD_OVERLAY_SOURCE": "ftp",
             }
         )
     message = str(caught.value)
-    for key in ("LLAMASHIP_LINUX_TOOLCHAIN", "LLAMASHIP_GLIBC_FLOOR", "LLAMASHIP_OVERLAY_SOURCE"):
+    for key in (
+        "LLAMASHIP_BUILD_LINUX_TOOLCHAIN",
+        "LLAMASHIP_BUILD_GLIBC_FLOOR",
+        "LLAMASHIP_BUILD_OVERLAY_SOURCE",
+    ):
         assert key in message
 
 

@@ -131,7 +131,7 @@ def _check(root: Path) -> subprocess.CompletedProcess[str]:
     path = os.pathsep.join(str(ROOT / part) for part in ("packaging", "contract", "runtime"))
     return subprocess.run(
         [sys.executable, "-c", _TOOLS_VENV_ONLY, "--check"],
-        env={**os.environ, "LLAMASHIP_ROOT": str(root), "PYTHONPATH": path},
+        env={**os.environ, "LLAMASHIP_BUILD_ROOT": str(root), "PYTHONPATH": path},
         capture_output=True,
         text=True,
         check=False,
@@ -177,7 +177,8 @@ def test_a_changed_base_lock_makes_only_its_own_os_dependents_stale(tmp_path: Pa
     problems = locks.check_all(root / "requirements")
     stale = {problem.split(" is stale")[0] for problem in problems}
     assert stale == {
-        str(windows.lock(root / "requirements", name)) for name in ("build", "cpu", "dev", "tools")
+        str(windows.lock(root / "requirements", name))
+        for name in ("build", "cpu", "dev", "tools", "signing")
     }
 
 

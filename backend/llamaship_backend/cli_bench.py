@@ -77,7 +77,7 @@ def format_record(record: BenchRecord) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llamaship.cli.serve import check_model
+    from llamaship.cli.model_file import check_model
     from llamaship.config import executable_dir, load_settings
     from llamaship.errors import ConfigError
     from llamaship.launch.bootstrap import boot

@@ -123,3 +123,7 @@ class LaunchStatus(Document):
     )
     updated: datetime
     log_file: str | None = None
+    error: str | None = Field(
+        default=None,
+        description="the error the launch ended with, as it printed it (None: no error)",
+    )

@@ -35,6 +35,7 @@ class ExitStatus(IntEnum):
     LOCK_STALE = 14
     INDEX_EXPIRED = 15
     RESTART = 75
+    INTERRUPTED = 130
 
 
 # What each status means, as docs/runtime.md shows it (`python -m llamaship_build
@@ -62,4 +63,6 @@ EXIT_STATUS_MEANINGS: dict[ExitStatus, str] = {
     ExitStatus.INDEX_EXPIRED: "the release index is past its expiry (an outdated or frozen "
     "index was served)",
     ExitStatus.RESTART: "restart requested with `LLAMASHIP_RESTART=exit` (`docs/restart.md`)",
+    ExitStatus.INTERRUPTED: "interrupted by Ctrl-C (SIGINT); a partial download is kept and the "
+    "same command resumes it",
 }

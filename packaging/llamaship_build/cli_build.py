@@ -98,6 +98,25 @@ def _bundle(args: argparse.Namespace, project: Project) -> int:
     return 0
 
 
+def _root(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build import debian_root_create
+    from llamaship_build.debian_root_tarball import tarball_name
+
+    if args.name:
+        print(tarball_name(debian_root_create.root_name()))
+        return 0
+    print(debian_root_create.ensure_debian_root(cache_dir()).path)
+    return 0
+
+
+def _root_export(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build.debian_root_create import export
+
+    tarball, sha256 = export(cache_dir(), args.out_dir)
+    print(f"{tarball}  {tarball.stat().st_size:,} bytes  sha256 {sha256}")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this group's commands to `python -m llamaship_build`."""
     lock = commands.add_parser("lock", help="compile the hash-locked requirements")
@@ -134,3 +153,16 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     bundle = commands.add_parser("bundle", help="build the CPU bundle into dist/")
     bundle.add_argument("--force", action="store_true", help="rebuild even if up to date")
     bundle.set_defaults(handler=_bundle)
+    root = commands.add_parser(
+        "root",
+        help="make (or unpack from LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL) the Debian 11 build root",
+    )
+    root.add_argument(
+        "--name", action="store_true", help="print its tarball's name (a cache key) only"
+    )
+    root.set_defaults(handler=_root)
+    export = commands.add_parser(
+        "root-export", help="write the Debian 11 build root as a tarball (and its .sha256)"
+    )
+    export.add_argument("out_dir", type=Path, metavar="DIR", help="where to write them")
+    export.set_defaults(handler=_root_export)

@@ -34,7 +34,7 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
     ):
         print(
             "overlay skipped: the CUDA wheel index is not reachable from here; set "
-            "LLAMASHIP_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
+            "LLAMASHIP_BUILD_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
             "run `nox -s overlay -- --source wheel PATH`",
             file=sys.stderr,
         )
@@ -167,7 +167,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="KIND",
         help="wheel-index | build | auto (the pinned wheel if "
         "requirements/overlay-sources.json exists, else build) | wheel PATH "
-        "(default: LLAMASHIP_OVERLAY_SOURCE or wheel-index)",
+        "(default: LLAMASHIP_BUILD_OVERLAY_SOURCE or wheel-index)",
     )
     overlay.add_argument(
         "--if-reachable", action="store_true", help="skip quietly when no CUDA source is reachable"

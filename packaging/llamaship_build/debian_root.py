@@ -38,7 +38,8 @@ def _host_ca_bundle() -> str:
     )
 
 
-def _mounts_under(root: Path) -> list[str]:
+def mounts_under(root: Path) -> list[str]:
+    """What is mounted inside `root` now, deepest first."""
     prefix = str(root.resolve()) + "/"
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
         targets = [line.split()[1].replace("\\040", " ") for line in mounts]
@@ -46,10 +47,10 @@ def _mounts_under(root: Path) -> list[str]:
 
 
 def _unmount_all(root: Path) -> None:
-    for target in _mounts_under(root):
+    for target in mounts_under(root):
         subprocess.run(["umount", "-l", target], check=False)
-    if _mounts_under(root):
-        msg = f"cannot unmount {', '.join(_mounts_under(root))}: unmount them by hand"
+    if mounts_under(root):
+        msg = f"cannot unmount {', '.join(mounts_under(root))}: unmount them by hand"
         raise BuildError(msg)
 
 

@@ -1,7 +1,9 @@
 """Making the Debian 11 build root: debootstrap, clang-16, and CPython built from Debian's source.
 
 Created once per machine (about 10 minutes) under the build cache, staged beside its final
-place and renamed into it when complete. `docs/platforms.md` explains the choice.
+place and renamed into it when complete; or unpacked from a root tarball that `root-export`
+wrote (`debian_root_tarball`), where Debian 11 can no longer be fetched. The Debian mirror is
+a setting. `docs/platforms.md` explains the choice.
 """
 
 from __future__ import annotations
@@ -14,22 +16,29 @@ import shutil
 import sys
 import tarfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
-from llamaship_build.debian_root import PYTHON_PREFIX, PYTHON_VERSION, DebianRoot, remove_root
+from llamaship_build import debian_root_tarball
+from llamaship_build.debian_root import (
+    PYTHON_PREFIX,
+    PYTHON_VERSION,
+    DebianRoot,
+    mounts_under,
+    remove_root,
+)
+from llamaship_build.debian_root_setup import HostFacts, carry_out, plan_setup
 from llamaship_build.errors import BuildError
-from llamaship_build.toolchain import HOST
+from llamaship_build.settings import DEBIAN_MIRROR, BuildSettings
+from llamaship_build.toolchain import HOST, temporary_dir
 from llamaship_contract.hashing import sha256_of
 
 _log = logging.getLogger(__name__)
 
 SUITE = "bullseye"
-MIRROR = "http://deb.debian.org/debian"
-SOURCES = (
-    f"deb {MIRROR} {SUITE} main\n"
-    f"deb {MIRROR} {SUITE}-updates main\n"
-    f"deb http://deb.debian.org/debian-security {SUITE}-security main\n"
-)
+MIRROR = DEBIAN_MIRROR
+# An archive's Release files are past their Valid-Until date; their signatures still count.
+_ARCHIVE_APT_CONF = 'Acquire::Check-Valid-Until "false";\n'
 # clang-16: bullseye's GCC 10 rejects -mamx-tile/-mavxvnni (sapphirerapids, alderlake variants).
 PACKAGES = (
     "clang-16",
@@ -53,6 +62,7 @@ PYTHON_SOURCE = (
     "2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849",
     26437858,
 )
+# The Python sources are Debian 12's (bookworm), fetched from deb.debian.org whatever the mirror.
 # Debian's packaging of that source: its security and crash fixes (CVEs 2023-2024) are applied;
 # its layout patches (dist-packages, multiarch) are not, so the build stays a plain --prefix one.
 PYTHON_DEBIAN = (
@@ -89,7 +99,8 @@ PYTHON_PATCHES = (
 _RECIPE = 3
 
 
-def _recipe_key() -> str:
+def recipe_key() -> str:
+    """The hash of everything the root is made from: it names the root and its tarball."""
     material = json.dumps(
         {
             "suite": SUITE,
@@ -104,6 +115,11 @@ def _recipe_key() -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
+def root_name() -> str:
+    """The root's directory name under `roots/` (and its tarball's, see `tarball_name`)."""
+    return f"{SUITE}-{recipe_key()}"
+
+
 def _download_pinned(pin: tuple[str, str, int], dest: Path) -> Path:
     url, sha256, size = pin
     archive = dest / url.rsplit("/", 1)[1]
@@ -116,22 +132,39 @@ def _download_pinned(pin: tuple[str, str, int], dest: Path) -> Path:
     return archive
 
 
-def debootstrap(target: Path) -> DebianRoot:
+def write_sources(target: Path, mirror: str, security_mirror: str) -> None:
+    """The root's apt sources: `mirror` (and its -updates) and `security_mirror`."""
+    (target / "etc/apt/sources.list").write_text(
+        f"deb {mirror} {SUITE} main\n"
+        f"deb {mirror} {SUITE}-updates main\n"
+        f"deb {security_mirror} {SUITE}-security main\n"
+    )
+    archive_conf = target / "etc/apt/apt.conf.d/99llamaship-archive"
+    if mirror != MIRROR:
+        archive_conf.parent.mkdir(parents=True, exist_ok=True)
+        archive_conf.write_text(_ARCHIVE_APT_CONF)
+    else:
+        archive_conf.unlink(missing_ok=True)
+
+
+def debootstrap(
+    target: Path, mirror: str = MIRROR, security_mirror: str = MIRROR + "-security"
+) -> DebianRoot:
     """A minimal Debian 11 system at `target` (about 1-2 minutes), with the security sources."""
     if shutil.which("debootstrap") is None:
         msg = "debootstrap is missing: apt-get install debootstrap (the Linux build needs it)"
         raise BuildError(msg)
     # --force-check-gpg: without Debian's keyring debootstrap would only warn and go on.
     HOST.run(
-        ["debootstrap", "--force-check-gpg", "--variant=minbase", SUITE, str(target), MIRROR],
-        what="debootstrap Debian 11 (about 1-2 minutes)",
+        ["debootstrap", "--force-check-gpg", "--variant=minbase", SUITE, str(target), mirror],
+        what=f"debootstrap Debian 11 from {mirror} (about 1-2 minutes)",
     )
-    (target / "etc/apt/sources.list").write_text(SOURCES)
+    write_sources(target, mirror, security_mirror)
     return DebianRoot(target)
 
 
-def _create(staging: Path) -> None:
-    debootstrap(staging)
+def _create(staging: Path, settings: BuildSettings) -> None:
+    debootstrap(staging, settings.debian_mirror, settings.debian_security_mirror)
     root = DebianRoot(staging)
     apt_env = {"DEBIAN_FRONTEND": "noninteractive"}
     root.run(["apt-get", "update"], what="apt-get update in the Debian 11 root", env=apt_env)
@@ -197,24 +230,78 @@ def _build_python(root: DebianRoot) -> None:
     shutil.rmtree(staging / "usr/src" / f"Python-{PYTHON_VERSION}")
 
 
-def ensure_debian_root(cache: Path) -> DebianRoot:
-    """The Debian 11 build root, created on first use (about 10 minutes) and cached."""
-    if sys.platform != "linux" or os.geteuid() != 0:
-        msg = (
-            "the Linux build for glibc 2.31 runs in a Debian 11 root and needs root "
-            "(debootstrap, chroot); run it as root, or set LLAMASHIP_LINUX_TOOLCHAIN=host "
-            "to build against this machine's glibc (the bundle then needs that glibc)"
+def check_root(root: DebianRoot) -> None:
+    """The root builds: its CPython has its extension modules, clang++-16 compiles and runs."""
+    root.run(
+        [root.python, "-c", "import ctypes, ssl, sqlite3, lzma, bz2, zlib, uuid"],
+        what="checking the root's CPython",
+    )
+    with root.scratch() as scratch:
+        (scratch / "hello.cc").write_text(
+            '#include <iostream>\nint main() { std::cout << "hello\\n"; }\n'
         )
+        inside = root.inside(scratch)
+        root.run(
+            ["clang++-16", "-O1", "-o", f"{inside}/hello", f"{inside}/hello.cc"],
+            what="checking the root's clang++-16",
+        )
+        root.run([f"{inside}/hello"], what="running what the root's clang++-16 built")
+
+
+def _unpack(staging: Path, settings: BuildSettings, source: str) -> None:
+    with temporary_dir(staging.parent) as scratch:
+        tarball = debian_root_tarball.fetch_tarball(source, scratch)
+        sha256 = debian_root_tarball.expected_sha256(tarball, settings.debian_root_sha256)
+        _log.info("unpacking the Debian 11 root from %s (sha256 %s)", tarball, sha256)
+        debian_root_tarball.unpack_root(tarball, staging, sha256=sha256, recipe=recipe_key())
+    write_sources(staging, settings.debian_mirror, settings.debian_security_mirror)
+
+
+def ensure_debian_root(
+    cache: Path,
+    settings: BuildSettings | None = None,
+    *,
+    facts: HostFacts | None = None,
+    check: Callable[[DebianRoot], None] = check_root,
+) -> DebianRoot:
+    """The Debian 11 build root, created on first use (about 10 minutes) and cached.
+
+    With `settings.debian_root_tarball` it is unpacked from that tarball instead, then `check`ed
+    (does it build?) before use. Missing set-up tools are installed first (`debian_root_setup`).
+    """
+    settings = settings or BuildSettings.resolve(os.environ)
+    facts = facts or HostFacts.of_this_machine()
+    if sys.platform != "linux":
+        msg = "the Debian 11 root is Linux's: set LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host elsewhere"
         raise BuildError(msg)
-    path = cache / "roots" / f"{SUITE}-{_recipe_key()}"
-    if (path / ".llamaship-complete").is_file():
+    carry_out(plan_setup(facts, from_tarball=True))  # refuses without root: chroot needs it
+    tarball = settings.debian_root_tarball
+    path = cache / "roots" / root_name()
+    if (path / debian_root_tarball.COMPLETE).is_file():
         return DebianRoot(path)
     staging = path.with_name(path.name + ".partial")
     remove_root(staging)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    _log.info("creating the Debian 11 build root in %s (once per machine)", path)
-    _create(staging)
-    (staging / ".llamaship-complete").write_text("")
+    if tarball is not None:
+        _unpack(staging, settings, tarball)
+        check(DebianRoot(staging))
+    else:
+        carry_out(plan_setup(facts, from_tarball=False))
+        _log.info("creating the Debian 11 build root in %s (once per machine)", path)
+        _create(staging, settings)
+    (staging / debian_root_tarball.COMPLETE).write_text("")
     remove_root(path)
     os.replace(staging, path)
     return DebianRoot(path)
+
+
+def export(cache: Path, out_dir: Path, settings: BuildSettings | None = None) -> tuple[Path, str]:
+    """The build root (made first if need be) as a tarball in `out_dir`: (path, sha256)."""
+    root = ensure_debian_root(cache, settings)
+    return debian_root_tarball.export_root(
+        root.path,
+        out_dir,
+        recipe=recipe_key(),
+        name=root_name(),
+        mounts=frozenset(mounts_under(root.path)),
+    )

@@ -26,6 +26,7 @@ INSTALL_SETS: dict[str, tuple[str, ...]] = {
     "bundle": ("base", "build", "cpu"),
     "overlay": ("gpu",),
     "tools": ("tools",),
+    "signing": ("signing",),
     "llama-build": ("llama-build",),
 }
 

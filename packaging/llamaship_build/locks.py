@@ -37,6 +37,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "gpu": ("base",),
     "dev": ("base", "build"),
     "tools": ("base",),
+    # The release's signing steps: the signing library and what the CLI imports, nothing else.
+    "signing": ("base",),
     # The build environment of the llama-cpp-python sdist (scikit-build-core and its deps):
     # a venv of its own, so it is constrained by nothing.
     "llama-build": (),

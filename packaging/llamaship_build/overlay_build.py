@@ -30,6 +30,7 @@ from llamaship_build.overlay_layers import (
     stage_llama_layer,
     stage_runtime_layer,
 )
+from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import (
     FORMAT,
@@ -268,6 +269,7 @@ _PIN = re.compile(
     r"(?:\s*\\\n\s*--hash=sha256:[0-9a-f]{64})+",
     re.MULTILINE,
 )
+_PIN_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 
 
 def _normalized(name: str) -> str:
@@ -324,9 +326,20 @@ def download_runtime_wheels(
     wheels: list[Path] = []
     for match in _PIN.finditer(pinned):
         stem = f"{_normalized(match.group('name')).replace('-', '_')}-{match.group('version')}-"
-        found = sorted(dest.glob(f"{stem}*.whl"))
-        if not found:
-            msg = f"pip reported success but no {stem}*.whl is in {dest}"
-            raise BuildError(msg)
-        wheels.append(found[0])
+        wheels.append(hash_checked_file(dest, f"{stem}*.whl", _PIN_HASH.findall(match.group(0))))
     return wheels
+
+
+def hash_checked_file(directory: Path, pattern: str, hashes: Sequence[str]) -> Path:
+    """The one file in `directory` matching `pattern` whose sha256 the lock allows: the file
+    pip hash-checked, never a same-named leftover (another platform's wheel, a stale copy)."""
+    allowed = set(hashes)
+    found = [path for path in sorted(directory.glob(pattern)) if sha256_of(path) in allowed]
+    if len(found) != 1:
+        named = ", ".join(path.name for path in found) or "none"
+        msg = (
+            f"expected one {pattern} in {directory} with a hash the lock allows, found "
+            f"{named}: remove the extra files and run again"
+        )
+        raise BuildError(msg)
+    return found[0]

@@ -16,7 +16,7 @@ class Project:
 
     @classmethod
     def here(cls) -> Project:
-        """The checkout this module was imported from (or LLAMASHIP_ROOT)."""
+        """The checkout this module was imported from (or LLAMASHIP_BUILD_ROOT)."""
         from llamaship_build.settings import BuildSettings
 
         configured = BuildSettings.resolve(os.environ).root

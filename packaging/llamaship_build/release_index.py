@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.glibc import parse_version
 from llamaship_contract.document import dump_document
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
@@ -44,6 +45,12 @@ _STAMP = "%Y-%m-%dT%H:%M:%SZ"
 def _url(base_url: str, name: str) -> str:
     """`name` under `base_url`, or relative to the index when no base URL is given."""
     return f"{base_url.rstrip('/')}/{name}" if base_url else name
+
+
+def _highest(floors: Iterable[str | None]) -> str | None:
+    """The highest of the layers' floors: what the release needs (None when none states one)."""
+    known = [floor for floor in floors if floor is not None]
+    return max(known, key=parse_version) if known else None
 
 
 def _release_entry(manifest_paths: Sequence[Path], base_url: str) -> ReleaseEntry:
@@ -100,8 +107,8 @@ def _release_entry(manifest_paths: Sequence[Path], base_url: str) -> ReleaseEntr
         python_tag=main.python_tag,
         llama_cpp_version=main.llama_cpp_version,
         min_vram_mb=main.min_vram_mb,
-        glibc_floor=main.glibc_floor,
-        glibcxx_floor=main.glibcxx_floor,
+        glibc_floor=_highest(manifest.glibc_floor for _, manifest in manifests.values()),
+        glibcxx_floor=_highest(manifest.glibcxx_floor for _, manifest in manifests.values()),
         cuda_version=main.cuda_version,
         min_driver=dict(main.min_driver),
         cuda_archs=main.cuda_archs,

@@ -220,7 +220,7 @@ def build_env(epoch: int, checkout: Path, base: Mapping[str, str]) -> dict[str, 
         **base,
         "SOURCE_DATE_EPOCH": str(epoch),
         "PYTHONHASHSEED": "0",
-        "LLAMASHIP_ROOT": str(checkout),
+        "LLAMASHIP_BUILD_ROOT": str(checkout),
         "PYTHONPATH": os.pathsep.join(
             [str(checkout / part) for part in ("packaging", "contract", "runtime", "backend")]
         ),

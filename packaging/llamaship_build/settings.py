@@ -16,15 +16,21 @@ TOOLCHAINS = ("debian11", "host")
 # Every variable the build reads (here, and the signing key in the signing step only); the
 # runtime's own settings are other LLAMASHIP_* names.
 VARIABLES = (
-    "LLAMASHIP_LINUX_TOOLCHAIN",
-    "LLAMASHIP_GLIBC_FLOOR",
-    "LLAMASHIP_GLIBCXX_FLOOR",
-    "LLAMASHIP_OVERLAY_SOURCE",
+    "LLAMASHIP_BUILD_LINUX_TOOLCHAIN",
+    "LLAMASHIP_BUILD_GLIBC_FLOOR",
+    "LLAMASHIP_BUILD_GLIBCXX_FLOOR",
+    "LLAMASHIP_BUILD_OVERLAY_SOURCE",
     "LLAMASHIP_BUILD_CACHE",
-    "LLAMASHIP_ROOT",
+    "LLAMASHIP_BUILD_ROOT",
+    "LLAMASHIP_BUILD_DEBIAN_MIRROR",
+    "LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR",
+    "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL",
+    "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256",
     "LLAMASHIP_SIGNING_KEY",
 )
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+_HEX = frozenset("0123456789abcdef")
 
 
 def _version_problem(key: str, text: str, example: str) -> str | None:
@@ -32,6 +38,31 @@ def _version_problem(key: str, text: str, example: str) -> str | None:
     if len(parts) >= 2 and all(part.isdigit() for part in parts):
         return None
     return f"{key}={text!r} is invalid: expected a version such as {example}"
+
+
+def _url_problem(key: str, text: str) -> str | None:
+    spaced = any(char.isspace() for char in text)  # it is written into the root's sources.list
+    if text.startswith(("http://", "https://")) and len(text) > len("https://") and not spaced:
+        return None
+    return f"{key}={text!r} is invalid: expected an http:// or https:// URL such as {DEBIAN_MIRROR}"
+
+
+def _tarball_problems(tarball: str | None, sha256: str | None) -> list[str | None]:
+    if sha256 is not None and (len(sha256) != 64 or not set(sha256) <= _HEX):
+        return [f"LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256={sha256!r} is invalid: expected 64 hex digits"]
+    if tarball is not None and "://" in tarball:
+        if not tarball.startswith("https://"):
+            return [
+                f"LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL={tarball!r} is invalid: expected a file path "
+                "or an https:// URL"
+            ]
+        if sha256 is None:
+            return [
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set "
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 to the tarball's sha256 (the one you "
+                "recorded when it was exported)"
+            ]
+    return []
 
 
 @dataclass(frozen=True)
@@ -50,31 +81,54 @@ class BuildSettings:
     """Where compiled wheels, build venvs and the Debian root are kept."""
     root: Path | None = None
     """The checkout to build (default: the one `llamaship_build` was imported from)."""
+    debian_mirror: str = DEBIAN_MIRROR
+    """The Debian archive the Debian 11 root is made from (e.g. http://archive.debian.org/debian
+    once bullseye leaves the mirrors)."""
+    debian_security_mirror: str = DEBIAN_MIRROR + "-security"
+    """Its security archive: `debian_mirror` + `-security` unless set."""
+    debian_root_tarball: str | None = None
+    """A root tarball (`root-export`'s output: a path or an https URL) to unpack instead of
+    running debootstrap."""
+    debian_root_sha256: str | None = None
+    """The tarball's sha256 (required for a URL; for a path, else the `.sha256` file beside it)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
-        """Settings from `env` (`LLAMASHIP_LINUX_TOOLCHAIN`, `LLAMASHIP_GLIBC_FLOOR`,
-        `LLAMASHIP_GLIBCXX_FLOOR`, `LLAMASHIP_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
-        `LLAMASHIP_ROOT`); all problems are reported at once."""
+        """Settings from `env` (the `LLAMASHIP_BUILD_*` names in `VARIABLES`); all problems are
+        reported at once."""
         problems: list[str | None] = []
-        toolchain = env.get("LLAMASHIP_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
+        toolchain = env.get("LLAMASHIP_BUILD_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
         if toolchain not in TOOLCHAINS:
             problems.append(
-                f"LLAMASHIP_LINUX_TOOLCHAIN={toolchain!r} is invalid: expected "
+                f"LLAMASHIP_BUILD_LINUX_TOOLCHAIN={toolchain!r} is invalid: expected "
                 f"{' or '.join(TOOLCHAINS)}"
             )
-        glibc = env.get("LLAMASHIP_GLIBC_FLOOR", cls.glibc_floor).strip()
-        glibcxx = env.get("LLAMASHIP_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
-        problems.append(_version_problem("LLAMASHIP_GLIBC_FLOOR", glibc, cls.glibc_floor))
-        problems.append(_version_problem("LLAMASHIP_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
-        source = env.get("LLAMASHIP_OVERLAY_SOURCE", "").strip() or None
+        glibc = env.get("LLAMASHIP_BUILD_GLIBC_FLOOR", cls.glibc_floor).strip()
+        glibcxx = env.get("LLAMASHIP_BUILD_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
+        problems.append(_version_problem("LLAMASHIP_BUILD_GLIBC_FLOOR", glibc, cls.glibc_floor))
+        problems.append(
+            _version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor)
+        )
+        source = env.get("LLAMASHIP_BUILD_OVERLAY_SOURCE", "").strip() or None
         if source is not None and source not in OVERLAY_SOURCES:
             problems.append(
-                f"LLAMASHIP_OVERLAY_SOURCE={source!r} is invalid: expected one of "
+                f"LLAMASHIP_BUILD_OVERLAY_SOURCE={source!r} is invalid: expected one of "
                 f"{', '.join(OVERLAY_SOURCES)}"
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
-        root = env.get("LLAMASHIP_ROOT")
+        root = env.get("LLAMASHIP_BUILD_ROOT")
+        mirror = (
+            env.get("LLAMASHIP_BUILD_DEBIAN_MIRROR", "").strip().rstrip("/") or cls.debian_mirror
+        )
+        security = (
+            env.get("LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR", "").strip().rstrip("/")
+            or mirror + "-security"
+        )
+        problems.append(_url_problem("LLAMASHIP_BUILD_DEBIAN_MIRROR", mirror))
+        problems.append(_url_problem("LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR", security))
+        tarball = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL", "").strip() or None
+        sha256 = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256", "").strip().lower() or None
+        problems.extend(_tarball_problems(tarball, sha256))
         found = [problem for problem in problems if problem is not None]
         if found:
             raise BuildError("; ".join(found))
@@ -85,4 +139,8 @@ class BuildSettings:
             overlay_source=source,
             build_cache=Path(cache).expanduser() if cache else None,
             root=Path(root).resolve() if root is not None else None,
+            debian_mirror=mirror,
+            debian_security_mirror=security,
+            debian_root_tarball=tarball,
+            debian_root_sha256=sha256,
         )

@@ -9,7 +9,7 @@ runs on glibc >= 2.31: Debian 11, Ubuntu 20.04, RHEL 9 and newer. `docs/platform
 this against the alternatives.
 
 `Toolchain` is the small interface the wheel and bundle builds use; `HOST` runs on this
-machine (Windows, macOS, and Linux with `LLAMASHIP_LINUX_TOOLCHAIN=host`).
+machine (Windows, macOS, and Linux with `LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host`).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llamaship.detect.libc import SystemLibraries
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.overlay import OverlayRequirements
 
@@ -140,6 +141,26 @@ def gpu_problem(gpu: GpuInfo, requirements: OverlayRequirements) -> str | None:
             f"at least {requirements.min_vram_mb} MB"
         )
     return None
+
+
+def floor_problems(
+    libraries: SystemLibraries, glibc_floor: str | None, glibcxx_floor: str | None
+) -> tuple[str, ...]:
+    """Why this machine's C/C++ runtime cannot load a layer built against these floors.
+
+    A floor or a system version that is unknown is not judged (another OS, no floor stated).
+    """
+    problems = []
+    for library, have, need in (
+        ("glibc", libraries.glibc, glibc_floor),
+        ("libstdc++ (GLIBCXX)", libraries.glibcxx, glibcxx_floor),
+    ):
+        if have is not None and need is not None and older(have, need):
+            problems.append(
+                f"this system's {library} is {have}; the overlay needs {need} or newer: "
+                "update the operating system, or keep using the CPU build"
+            )
+    return tuple(problems)
 
 
 def judge(report: DetectionReport, requirements: OverlayRequirements) -> Verdict:

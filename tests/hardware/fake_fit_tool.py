@@ -47,6 +47,18 @@ MOE_OVERRIDES = (
     + "  - CUDA0 (NVIDIA GeForce RTX 4090): 48 layers (34 overflowing),  19187 MiB "
     "used,   1199 MiB free\n",
 )
+# One Vulkan device (Mesa's lavapipe): its description holds parentheses of its own.
+VULKAN_PARTIAL = (
+    "-c 2048 -ngl 9\n",
+    _LOG_PREFIX
+    + "projected to use 2300 MiB of device memory vs. 1900 MiB of free device memory\n"
+    + _LOG_PREFIX
+    + "distributing layers across devices with overflow to next device/system "
+    "memory:\n"
+    + _LOG_PREFIX
+    + "  - Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits)):  9 layers ( 1 overflowing),    "
+    "880 MiB used,   1020 MiB free\n",
+)
 # What the tool says on a machine where it finds no GPU device (the CPU build, no driver).
 NO_DEVICE = (
     "-c 4096 -ngl -1\n",
@@ -65,8 +77,9 @@ import sys
 import time
 
 with open({log!r}, "a") as log:
-    log.write(" ".join(sys.argv[1:]) + " | LD_LIBRARY_PATH="
-              + os.environ.get("LD_LIBRARY_PATH", "") + "\\n")
+    log.write(" ".join(sys.argv[1:])
+              + " | GGML_VK_VISIBLE_DEVICES=" + os.environ.get("GGML_VK_VISIBLE_DEVICES", "-")
+              + " | LD_LIBRARY_PATH=" + os.environ.get("LD_LIBRARY_PATH", "") + "\\n")
 if {hang!r}:
     if os.fork() == 0:
         time.sleep(3600)  # a child in the same process group, as a stuck driver call leaves

@@ -9,7 +9,13 @@ const NEWER_SCOPES = ["attestations"];
 const stale = (problem) => problem.kind === "permissions" &&
   NEWER_SCOPES.some((scope) => problem.message.startsWith(`unknown permission scope "${scope}"`));
 
-createLinter().then((lint) => {
-  const problems = process.argv.slice(2).flatMap((path) => lint(readFileSync(path, "utf8"), path));
+// One linter per file: this WebAssembly build traps ("unreachable") when one instance lints
+// several large workflows in a row; each file alone lints fine.
+(async () => {
+  const problems = [];
+  for (const path of process.argv.slice(2)) {
+    const lint = await createLinter();
+    problems.push(...lint(readFileSync(path, "utf8"), path));
+  }
   console.log(JSON.stringify(problems.filter((problem) => !stale(problem))));
-});
+})();

@@ -1,6 +1,8 @@
 """The commands of `llamaship` and of the bundle's `backend` executable.
 
 Their entry points live in `llamaship_backend.cli`, which passes in the HTTP app `serve` runs.
+A bare `llamaship` prints its help; the bundle's `backend` has `serve` as its default command
+(an app spawns it, and a double-click should start the server, not print help and exit).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from llamaship import __version__
 from llamaship.errors import LlamashipError
+from llamaship_contract.names import ExitStatus
 
 # Each command module exposes `add_parser(subparsers)` and `run(args) -> int`;
 # they are imported only when chosen, so `backend detect` never imports the web stack.
@@ -27,7 +30,6 @@ _COMMANDS = {
     "models": "llamaship.cli.models",
     "open": "llamaship.cli.open_page",
 }
-_DEFAULT_COMMAND = "serve"
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
 _ENV_FILE_HELP = (
     "read configuration from this .env file (default: LLAMASHIP_HOME/.env, "
@@ -69,6 +71,7 @@ def main(
     trusted_keys: Sequence[str] | None = None,
     serve_app: ServeApp | None = None,
     extra_commands: Mapping[str, str] | None = None,
+    default_command: str | None = None,
 ) -> int:
     """Run one command; a `LlamashipError` becomes one line on stderr and its exit status.
 
@@ -76,13 +79,24 @@ def main(
     bundled with the application); a caller of this API may pass others, a user cannot.
     `serve_app` is what `serve` runs; `extra_commands` (name -> module) adds the commands of a
     package above the runtime (the backend's), which the runtime must not import itself.
+    `default_command` runs when none is named (the bundle's `backend`: `serve`); without one,
+    naming no command prints the help.
     """
     commands = {**_COMMANDS, **(extra_commands or {})}
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not any(arg in commands for arg in args_list) and not _NO_DEFAULT_COMMAND & set(args_list):
-        args_list.insert(0, _DEFAULT_COMMAND)
+    if (
+        default_command is not None
+        and not any(arg in commands for arg in args_list)
+        and not _NO_DEFAULT_COMMAND & set(args_list)
+    ):
+        args_list.insert(0, default_command)
     parser = build_parser(prog, commands)
     args = parser.parse_args(args_list)
+    if args.command is None:
+        if args_list:
+            parser.error(f"name a command ({', '.join(commands)})")
+        parser.print_help()
+        return int(ExitStatus.OK)
     args.trusted_keys = None if trusted_keys is None else tuple(trusted_keys)
     args.serve_app = serve_app
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -92,3 +106,8 @@ def main(
     except LlamashipError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return int(error.exit_code)
+    except KeyboardInterrupt:
+        explain = getattr(module, "interrupted", None)
+        what = explain(args, prog) if explain is not None else "stopped"
+        print(f"\n{prog}: interrupted: {what}", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)

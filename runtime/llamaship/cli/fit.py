@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--variant",
         choices=("cpu", "cuda"),
-        help="plan for this build (default: cuda when a GPU is detected)",
+        help="plan for this build (default: what serve runs: cuda when a GPU is detected "
+        "and the CUDA overlay is active, else cpu)",
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
@@ -65,6 +66,7 @@ def format_plan(plan: FitPlan) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llamaship.cli.model_file import check_model
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
     from llamaship.errors import ConfigError
@@ -77,15 +79,16 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.env_file, bundle_dir=executable_dir())
     model = Path(args.model).expanduser() if args.model else settings.model
-    if model is None or not model.is_file():
-        what = "No model given" if model is None else f"The model file {model} does not exist"
-        raise ConfigError(f"{what}: pass --model PATH.gguf or set LLAMASHIP_MODEL.")
+    if model is None:
+        raise ConfigError("No model given: pass --model PATH.gguf or set LLAMASHIP_MODEL.")
+    check_model(model)
     if args.ctx is not None and args.ctx < 1:
         raise ConfigError(f"--ctx {args.ctx} is invalid: give a context of 1 token or more.")
     dirs = DataDirs(settings.home)
     active = OverlayStore(dirs).active()
     report = load_or_detect(settings, dirs, detection_versions(active))
-    variant = args.variant or ("cuda" if report.gpus else "cpu")
+    # What `serve` runs: CUDA needs a GPU and an active overlay, else the bundle's CPU build.
+    variant = args.variant or ("cuda" if report.gpus and active is not None else "cpu")
     lib_dir = active.llama_dir / "llama_cpp" / "lib" if active else default_lib_dir()
     tool = find_tool(lib_dir) if lib_dir is not None else None
     extra: dict[str, Any] = {}

@@ -124,6 +124,34 @@ def _use(store: ModelStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted(args: argparse.Namespace, prog: str) -> str:
+    """The line `main` prints when Ctrl-C stops this command."""
+    if args.models_command != "pull":
+        return "stopped"
+    from llamaship.models.store import ModelStore
+
+    return (
+        f"the partial download is kept in {ModelStore(_settings(args).home).partial_dir}; run "
+        f"`{prog} models pull {args.model}` again to resume it"
+    )
+
+
+def _remove(store: ModelStore, name: str) -> int:
+    from llamaship.models.store import ModelNotInstalled
+    from llamaship_contract.textsafe import printable
+
+    installed = [model.name for model in store.installed()]
+    if not any(name in (model.name, model.path.name) for model in store.installed()):
+        msg = (
+            f"the model '{printable(name, 100)}' is not installed, so there is nothing to "
+            f"remove (installed: {', '.join(installed) or 'none'}; see `llamaship models list`)"
+        )
+        raise ModelNotInstalled(msg)
+    model = store.remove(name)
+    print(f"removed {model.name} ({model.path})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from llamaship.models.hub import Hub
     from llamaship.models.store import ModelStore
@@ -137,6 +165,4 @@ def run(args: argparse.Namespace) -> int:
         return _pull(store, args)
     if args.models_command == "use":
         return _use(store, args)
-    model = store.remove(args.model)
-    print(f"removed {model.name} ({model.path})")
-    return 0
+    return _remove(store, args.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -81,6 +82,32 @@ class _ProgressPrinter:
                 )
 
 
+def _check_release_path(path: Path, source: str) -> None:
+    """A local release that is not there is the user's mistake (a usage error)."""
+    from llamaship.errors import ConfigError
+    from llamaship_contract.names import INDEX_NAME
+    from llamaship_contract.textsafe import printable
+
+    index = path / INDEX_NAME if path.is_dir() else path
+    if not index.is_file():
+        where = "has no " + INDEX_NAME if path.is_dir() else "does not exist"
+        msg = (
+            f"the release {printable(source)} {where}: pass a release directory, its "
+            f"{INDEX_NAME} or an https:// URL of {INDEX_NAME}"
+        )
+        raise ConfigError(msg)
+
+
+def interrupted(args: argparse.Namespace, prog: str) -> str:
+    """The line `main` prints when Ctrl-C stops this command."""
+    if args.overlay_command != "install":
+        return "stopped"
+    return (
+        f"the partial download is kept in {_settings(args).home / 'downloads'}; run "
+        f"`{prog} overlay install {args.source}` again to resume it"
+    )
+
+
 def _install(args: argparse.Namespace) -> int:
     import llamaship
     from llamaship.detect import load_or_detect
@@ -90,11 +117,13 @@ def _install(args: argparse.Namespace) -> int:
     from llamaship.overlay.select import Target
     from llamaship.paths import DataDirs
 
+    path = local_path(args.source)
+    if path is not None:
+        _check_release_path(path, args.source)
     settings = _settings(args)
     dirs = DataDirs(settings.home)
     report = load_or_detect(settings, dirs, {"bundle": llamaship.__version__})
     target = Target.current(report, _bundle_llama_cpp_version(args.llama_cpp_version))
-    path = local_path(args.source)
     location = args.source if path is None else index_location_of(path)
     installer = Installer(dirs, trusted_keys(args.trusted_keys), progress=_ProgressPrinter())
     result = installer.install(location, target)

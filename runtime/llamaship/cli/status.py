@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from llamaship_contract.launch import LaunchStatus
+from llamaship_contract.textsafe import printable
 
 # Long enough for a decision's reason; still one line per field.
 _TEXT_LIMIT = 1000
@@ -31,6 +32,8 @@ def _when(moment: datetime) -> str:
 def _health(status: LaunchStatus, running: bool) -> str:
     process = status.process
     phase = process.phase
+    if status.error is not None:
+        return f"failed: {printable(status.error, _TEXT_LIMIT)}"
     if phase in ("ended", "ended-by-signal"):
         return f"{phase} (it stopped without a crash)"
     if running:
@@ -45,7 +48,6 @@ def _health(status: LaunchStatus, running: bool) -> str:
 
 def format_status(status: LaunchStatus, running: bool) -> str:
     """The status for people; text from the launch (reasons, events) is escaped."""
-    from llamaship_contract.textsafe import printable
 
     def safe(text: str) -> str:
         return printable(text, _TEXT_LIMIT)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from llamaship.fit.devices import FitDevice, devices_for
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.document import dump_document, dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
@@ -38,13 +39,18 @@ def cache_key(
     margin_mb: int,
     overlay_version: str | None,
     llama_cpp_version: str,
+    devices: Sequence[FitDevice] | None = None,
 ) -> FitCacheKey:
-    """The key of a fit for this machine, build, model file (size and mtime) and context."""
+    """The key of a fit for this machine, build, model file (size and mtime) and context.
+
+    `devices`: the GPUs planned for (default: the report's devices of `variant`).
+    """
     report = as_report(report)
+    gpus = devices_for(variant, report) if devices is None else devices
     stat = model_path.stat()
     return FitCacheKey(
-        gpu_uuids=tuple(gpu.uuid for gpu in report.gpus),
-        gpu_vram_total_mb=tuple(gpu.vram_total_mb for gpu in report.gpus),
+        gpu_uuids=tuple(gpu.identity for gpu in gpus),
+        gpu_vram_total_mb=tuple(gpu.total_mb for gpu in gpus),
         driver_version=report.driver_version,
         variant=variant,
         overlay_version=overlay_version,

@@ -4,10 +4,14 @@
 takes about a minute on a busy 2-core machine. The estimate needs scalars, array lengths and the
 tensor table: this reader skips array contents (strings by their lengths) and takes the type
 tables from the `gguf` package (`gguf.constants`).
+
+The file is untrusted: every count and length it states is bounded (by a constant or by the
+file's size) before anything is read or allocated by it.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,12 @@ _SCALARS = {
     12: "<d",
 }
 _STRING, _ARRAY = 8, 9
+# Bounds on what the file states: a string read (keys, names, chat templates), nesting of
+# arrays, tensor dimensions (ggml's GGML_MAX_DIMS) and the smallest size of one record.
+MAX_STRING_BYTES = 1 << 20
+MAX_ARRAY_DEPTH = 3
+MAX_DIMS = 4
+_MIN_RECORD_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -61,19 +71,25 @@ def _unpack(file: BinaryIO, fmt: str) -> Any:
 
 
 def _string(file: BinaryIO) -> str:
-    return _read(file, _unpack(file, "<Q")).decode("utf-8", "replace")
+    length = _unpack(file, "<Q")
+    if length > MAX_STRING_BYTES:
+        msg = f"the GGUF metadata holds a string of {length} bytes: the file is damaged"
+        raise FitError(msg)
+    return _read(file, length).decode("utf-8", "replace")
 
 
-def _value(file: BinaryIO, kind: int) -> Any:
+def _value(file: BinaryIO, kind: int, depth: int = 0) -> Any:
     if kind in _SCALARS:
         return _unpack(file, _SCALARS[kind])
     if kind == _STRING:
         return _string(file)
     if kind != _ARRAY:
         raise FitError(f"unknown GGUF value type {kind}: not a GGUF file this version reads")
+    if depth >= MAX_ARRAY_DEPTH:
+        raise FitError(f"the GGUF metadata nests arrays deeper than {MAX_ARRAY_DEPTH}: damaged")
     item_kind, length = _unpack(file, "<I"), _unpack(file, "<Q")
     if length <= _MAX_KEPT_ARRAY:
-        return [_value(file, item_kind) for _ in range(length)]
+        return [_value(file, item_kind, depth + 1) for _ in range(length)]
     if item_kind in _SCALARS:
         file.seek(struct.calcsize(_SCALARS[item_kind]) * length, 1)
     elif item_kind == _STRING:
@@ -81,8 +97,17 @@ def _value(file: BinaryIO, kind: int) -> Any:
             file.seek(_unpack(file, "<Q"), 1)
     else:
         for _ in range(length):
-            _value(file, item_kind)
+            _value(file, item_kind, depth + 1)
     return Skipped(length)
+
+
+def _count(file: BinaryIO, what: str, file_size: int) -> int:
+    """A record count the file states, refused when the file is too small to hold it."""
+    count = int(_unpack(file, "<Q"))
+    if count > file_size // _MIN_RECORD_BYTES:
+        msg = f"the GGUF header states {count} {what} in a file of {file_size} bytes: damaged"
+        raise FitError(msg)
+    return count
 
 
 def read_meta(path: Path) -> GgufMeta:
@@ -92,11 +117,13 @@ def read_meta(path: Path) -> GgufMeta:
     try:
         with path.open("rb") as file:
             if _read(file, 4) != GGUF_MAGIC:
-                raise FitError(f"{path} is not a GGUF file")
+                raise FitError(f"{path} is not a GGUF file (it does not start with 'GGUF')")
             version = _unpack(file, "<I")
             if version < 2:
                 raise FitError(f"{path} is GGUF version {version}: too old (2 or later needed)")
-            n_tensors, n_fields = _unpack(file, "<Q"), _unpack(file, "<Q")
+            file_size = os.fstat(file.fileno()).st_size
+            n_tensors = _count(file, "tensors", file_size)
+            n_fields = _count(file, "metadata fields", file_size)
             fields = {}
             for _ in range(n_fields):
                 key = _string(file)
@@ -104,7 +131,10 @@ def read_meta(path: Path) -> GgufMeta:
             sizes = {}
             for _ in range(n_tensors):
                 name = _string(file)
-                dims = [_unpack(file, "<Q") for _ in range(_unpack(file, "<I"))]
+                n_dims = _unpack(file, "<I")
+                if n_dims > MAX_DIMS:
+                    raise FitError(f"the tensor {name!r} has {n_dims} dimensions: damaged")
+                dims = [_unpack(file, "<Q") for _ in range(n_dims)]
                 kind = GGMLQuantizationType(_unpack(file, "<I"))
                 _unpack(file, "<Q")  # the data offset
                 block, block_bytes = GGML_QUANT_SIZES[kind]
@@ -112,6 +142,12 @@ def read_meta(path: Path) -> GgufMeta:
                 for dim in dims:
                     elements *= dim
                 sizes[name] = elements // block * block_bytes
+            if sum(sizes.values()) > file_size:
+                msg = (
+                    f"{path}: its tensors need {sum(sizes.values())} bytes but the file has "
+                    f"{file_size}: it is truncated or damaged"
+                )
+                raise FitError(msg)
     except OSError as error:
         raise FitError(f"cannot read {path}: {error.strerror}") from None
     except (ValueError, KeyError) as error:

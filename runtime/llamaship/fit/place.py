@@ -3,6 +3,10 @@
 llama.cpp offloads the *last* `n_gpu_layers` of `n_layer + 1` layers (the extra one is the
 output layer) and hands them to the GPUs in order, in proportion to `tensor_split`. Each layer
 takes its weights and its KV cache to its GPU; each GPU in use also needs a compute buffer.
+
+The GPUs share the layers in proportion to their free memory, as llama.cpp splits them when
+given no split; a GPU that would not keep its margin free hands layers, one at a time, to the
+GPU with the most room left.
 """
 
 from __future__ import annotations
@@ -56,32 +60,62 @@ def _layer_costs(shape: ModelShape, n_ctx: int) -> list[tuple[int, int]]:
     return costs
 
 
-def _pack(costs: list[tuple[int, int]], capacities: list[int]) -> list[int] | None:
-    """Layers per GPU when `costs` go to the GPUs in order, each filled before the next."""
-    counts = [0] * len(capacities)
-    gpu, used = 0, 0
-    for weights, kv in costs:
-        need = weights + kv
-        while gpu < len(capacities) and used + need > capacities[gpu]:
-            gpu, used = gpu + 1, 0
-        if gpu == len(capacities):
-            return None
+def _shares(n_layers: int, weights: list[int]) -> list[int]:
+    """`n_layers` in proportion to `weights`: largest remainders, ties to the larger weight."""
+    total = sum(weights)
+    counts = [n_layers * weight // total for weight in weights]
+    order = sorted(
+        range(len(weights)),
+        key=lambda gpu: (-(n_layers * weights[gpu] % total), -weights[gpu], gpu),
+    )
+    for gpu in order[: n_layers - sum(counts)]:
         counts[gpu] += 1
-        used += need
     return counts
+
+
+def _loads(costs: list[tuple[int, int]], counts: list[int]) -> list[int]:
+    """Bytes each GPU holds when the GPUs take `counts` consecutive layers of `costs`, in order."""
+    loads, first = [], 0
+    for count in counts:
+        loads.append(sum(weights + kv for weights, kv in costs[first : first + count]))
+        first += count
+    return loads
+
+
+def _split(
+    costs: list[tuple[int, int]], free: list[int], capacities: list[int]
+) -> list[int] | None:
+    """Layers per GPU in proportion to `free`, each within its capacity; None if none fits."""
+    if sum(weights + kv for weights, kv in costs) > sum(capacities):
+        return None
+    counts = _shares(len(costs), free)
+    smallest = min(weights + kv for weights, kv in costs)
+    for _ in range(len(costs) * len(capacities)):
+        loads = _loads(costs, counts)
+        over = [gpu for gpu, load in enumerate(loads) if load > capacities[gpu]]
+        if not over:
+            return counts
+        room = [capacity - load for capacity, load in zip(capacities, loads, strict=True)]
+        target = max(range(len(capacities)), key=lambda gpu: room[gpu])
+        if room[target] < smallest:
+            return None
+        counts[over[0]] -= 1
+        counts[target] += 1
+    return None
 
 
 def place(shape: ModelShape, n_ctx: int, gpus: list[Gpu], margin_bytes: int) -> Placement:
     """The most layers that fit the GPUs' free memory less `margin_bytes` each."""
     costs = _layer_costs(shape, n_ctx)
     compute = shape.compute_bytes(n_ctx)
+    free = [max(gpu.free_bytes, 0) for gpu in gpus]
     capacities = [max(gpu.free_bytes - margin_bytes - compute, 0) for gpu in gpus]
     counts: list[int] = [0] * len(gpus)
     offloaded = 0
-    for n_offloaded in range(len(costs), 0, -1):
-        packed = _pack(costs[len(costs) - n_offloaded :], capacities)
-        if packed is not None:
-            counts, offloaded = packed, n_offloaded
+    for n_offloaded in range(len(costs), 0, -1) if any(capacities) else ():
+        split = _split(costs[len(costs) - n_offloaded :], free, capacities)
+        if split is not None:
+            counts, offloaded = split, n_offloaded
             break
     first = len(costs) - offloaded
     devices: list[DevicePlan] = []

@@ -1,20 +1,24 @@
 """The load plan: which source decides, and the `Llama(...)` arguments it gives.
 
 Order: the CPU variant (or no GPU) needs no fit; then the fit cache; then `llama-fit-params`;
-then the estimate from the GGUF metadata. A layer count the user set always wins: the plan is
-then advice (`applied=False`), shown but not used.
+then the estimate from the GGUF metadata and the free memory read now. A layer count the user
+set always wins: the plan is then advice (`applied=False`), shown but not used.
+
+The planner works on `FitDevice`s of one backend (CUDA or Vulkan): by default those of the
+build's variant in the detection report (`devices_for`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from llamaship.fit import cache
+from llamaship.fit.devices import BACKEND_LABELS, BACKENDS, FitDevice, devices_for
 from llamaship.fit.errors import FitError
 from llamaship.fit.tool import (
     DEFAULT_TIMEOUT,
@@ -46,10 +50,10 @@ def _cpu_plan(n_ctx: int, reason: str) -> FitPlan:
     return FitPlan(n_gpu_layers=0, n_ctx=n_ctx, source="cpu", reason=reason)
 
 
-def _from_tool(fit: ToolFit, report: DetectionReport, n_ctx: int, margin_mb: int) -> FitPlan:
+def _from_tool(fit: ToolFit, gpus: Sequence[FitDevice], n_ctx: int, margin_mb: int) -> FitPlan:
     devices = []
     for position, use in enumerate(fit.devices):
-        gpu = report.gpus[position] if position < len(report.gpus) else None
+        gpu = gpus[position] if position < len(gpus) else None
         devices.append(
             DevicePlan(
                 index=position,
@@ -60,15 +64,15 @@ def _from_tool(fit: ToolFit, report: DetectionReport, n_ctx: int, margin_mb: int
                 free_bytes=mib_to_bytes(max(use.free_mib + use.used_mib, 0)),
             )
         )
-    if not devices and fit.device_total_mib is not None and len(report.gpus) == 1:
-        gpu = report.gpus[0]
+    if not devices and fit.device_total_mib is not None and len(gpus) == 1:
+        gpu = gpus[0]
         devices.append(
             DevicePlan(
                 index=0,
                 name=gpu.name,
                 uuid=gpu.uuid,
                 planned_bytes=mib_to_bytes(fit.device_total_mib),
-                free_bytes=mib_to_bytes(gpu.vram_free_mb),
+                free_bytes=mib_to_bytes(gpu.free_mb),
             )
         )
     split = fit.tensor_split
@@ -88,16 +92,18 @@ def _from_tool(fit: ToolFit, report: DetectionReport, n_ctx: int, margin_mb: int
     )
 
 
-def estimate_plan(model_path: Path, report: DetectionReport, n_ctx: int, margin_mb: int) -> FitPlan:
-    """A plan from the GGUF metadata and the free VRAM of each detected GPU."""
+def estimate_plan(
+    model_path: Path, devices: Sequence[FitDevice], n_ctx: int, margin_mb: int
+) -> FitPlan:
+    """A plan from the GGUF metadata and the free memory of `devices` (as given)."""
     from llamaship.fit.estimate import read_shape
     from llamaship.fit.place import Gpu, place
 
     started = perf_counter()
     shape = read_shape(model_path)
     gpus = [
-        Gpu(index=gpu.index, name=gpu.name, uuid=gpu.uuid, free_bytes=gpu.vram_free_mb * MIB)
-        for gpu in report.gpus
+        Gpu(index=gpu.index, name=gpu.name, uuid=gpu.uuid, free_bytes=gpu.free_mb * MIB)
+        for gpu in devices
     ]
     placement = place(shape, n_ctx, gpus, margin_mb * MIB)
     total = shape.n_layer + 1
@@ -130,27 +136,39 @@ def estimate_plan(model_path: Path, report: DetectionReport, n_ctx: int, margin_
 
 def _fitted(
     model_path: Path,
-    report: DetectionReport,
+    devices: tuple[FitDevice, ...],
     n_ctx: int,
     margin_mb: int,
     tool: Path | None,
+    *,
     timeout: float,
     library_path: tuple[Path, ...],
+    tool_env: Mapping[str, str] | None,
+    free_timeout: float,
 ) -> FitPlan:
-    """The tool's plan when it ran and saw the GPUs; else the estimate (the reason says why)."""
+    """The tool's plan when it ran and saw the GPUs; else the estimate (the reason says why).
+
+    `free_timeout` bounds reading the free memory now (nvidia-smi) for the estimate.
+    """
+    from llamaship.fit.free import read_free_now
+
     why = "llama-fit-params is not shipped with this build"
     if tool is not None:
         try:
-            fit = run_tool(tool, model_path, n_ctx, margin_mb, timeout, library_path)
+            fit = run_tool(
+                tool, model_path, n_ctx, margin_mb, timeout, library_path, extra_env=tool_env
+            )
         except FitError as error:
             why = str(error)
         else:
             if fit.saw_gpu:
-                return _from_tool(fit, report, n_ctx, margin_mb)
-            why = "llama-fit-params sees no CUDA device (no usable driver?)"
+                return _from_tool(fit, devices, n_ctx, margin_mb)
+            label = BACKEND_LABELS[devices[0].backend]
+            why = f"llama-fit-params sees no {label} device (no usable driver?)"
     _log.debug("fit: %s; estimating from the GGUF metadata", why)
-    plan = estimate_plan(model_path, report, n_ctx, margin_mb)
-    return plan.model_copy(update={"reason": f"{plan.reason} ({why})"})
+    free = read_free_now(devices, free_timeout)
+    plan = estimate_plan(model_path, free.devices, n_ctx, margin_mb)
+    return plan.model_copy(update={"reason": f"{plan.reason} ({why}; {free.note})"})
 
 
 def plan_load(
@@ -165,20 +183,31 @@ def plan_load(
     tool: Path | None = None,
     library_path: tuple[Path, ...] = (),
     timeout: float = DEFAULT_TIMEOUT,
+    devices: Sequence[FitDevice] | None = None,
+    tool_env: Mapping[str, str] | None = None,
 ) -> FitPlan:
     """The plan for loading `model_path` with a context of `n_ctx` tokens; never raises FitError.
 
-    `tool` defaults to the `llama-fit-params` beside the active llama_cpp's libraries;
-    `library_path` lists directories its backends need (default: where this process loaded
-    the overlay's CUDA runtime from). When
-    `settings.n_gpu_layers` is set the returned plan is advice (`applied=False`): the engine
-    then uses the user's value (`llama_arguments` does that).
+    `devices` are the GPUs of the build (default: the report's devices of `variant`, see
+    `devices_for`). `tool` defaults to the `llama-fit-params` beside the active llama_cpp's
+    libraries; `library_path` lists directories its backends need (default: where this
+    process loaded the overlay's CUDA runtime from); `tool_env` adds environment variables
+    for it (e.g. GGML_VK_VISIBLE_DEVICES). When `settings.n_gpu_layers` is set the returned
+    plan is advice (`applied=False`): the engine then uses the user's value
+    (`llama_arguments` does that).
     """
     detected = cache.as_report(report)
+    gpus = devices_for(variant, detected) if devices is None else tuple(devices)
     margin = settings.vram_margin_mb
     user_layers = settings.n_gpu_layers
-    if variant != "cuda" or not detected.gpus:
-        why = "the CPU build is active" if variant != "cuda" else "no NVIDIA GPU is detected"
+    if variant not in BACKENDS or not gpus:
+        why = (
+            "the CPU build is active"
+            if variant not in BACKENDS
+            else "no NVIDIA GPU is detected"
+            if variant == "cuda"
+            else f"no {BACKEND_LABELS[variant]} device is detected"
+        )
         return _cpu_plan(n_ctx, why)
     try:
         key = cache.cache_key(
@@ -189,6 +218,7 @@ def plan_load(
             margin_mb=margin,
             overlay_version=overlay_version,
             llama_cpp_version=llama_cpp_version,
+            devices=gpus,
         )
         cached = cache.lookup(settings.home, key)
     except OSError:
@@ -201,7 +231,17 @@ def plan_load(
             tool = find_tool(lib_dir) if lib_dir is not None else None
             library_path = library_path or loaded_library_dirs("libcudart")
         try:
-            plan = _fitted(model_path, detected, n_ctx, margin, tool, timeout, library_path)
+            plan = _fitted(
+                model_path,
+                gpus,
+                n_ctx,
+                margin,
+                tool,
+                timeout=timeout,
+                library_path=library_path,
+                tool_env=tool_env,
+                free_timeout=settings.detection_timeout,
+            )
         except FitError as error:
             plan = FitPlan(
                 n_gpu_layers=-1,

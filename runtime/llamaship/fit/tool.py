@@ -12,6 +12,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -24,8 +25,9 @@ DEFAULT_TIMEOUT = 60.0
 _MIB = 1 << 20
 _ARGS_LINE = re.compile(r"^-c \d+ -ngl -?\d+\b")
 # "  - CUDA0 (NVIDIA GeForce RTX 4090): 48 layers (34 overflowing),  19187 MiB used,  1199 MiB free"
+# A description may hold parentheses: "Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits)): 33 layers, ..."
 _DEVICE_LINE = re.compile(
-    r"-\s+(?P<name>[A-Za-z]+\d+)\s+\((?P<description>[^)]*)\)\s*:\s*(?P<layers>\d+) layers"
+    r"-\s+(?P<name>[A-Za-z]+\d+)\s+\((?P<description>.*)\)\s*:\s*(?P<layers>\d+) layers"
     r"(?:\s*\(\s*\d+ overflowing\))?,\s*(?P<used>\d+) MiB used,\s*(?P<free>-?\d+) MiB free"
 )
 _DEVICE_TOTAL = re.compile(r"projected to use (\d+) MiB of device memory")
@@ -160,17 +162,20 @@ def tool_command(tool: Path, model: Path, n_ctx: int, margin_mb: int) -> list[st
     ]
 
 
-def _environment(tool: Path, library_path: tuple[Path, ...]) -> dict[str, str]:
-    """The tool's environment: its own directory, then `library_path`, searched first.
+def _environment(
+    tool: Path, library_path: tuple[Path, ...], extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The tool's environment: `extra` added; its own directory, then `library_path`, first.
 
     The loader searches LD_LIBRARY_PATH before the tool's RUNPATH, and a frozen bundle puts
     its own (CPU build's) libraries there: the tool must get the libllama it sits beside.
     """
     variable = "PATH" if sys.platform == "win32" else "LD_LIBRARY_PATH"
+    base = {**os.environ, **extra}
     entries = [os.fspath(path) for path in (tool.parent, *library_path)]
-    if os.environ.get(variable):
-        entries.append(os.environ[variable])
-    return {**os.environ, variable: os.pathsep.join(entries)}
+    if base.get(variable):
+        entries.append(base[variable])
+    return {**base, variable: os.pathsep.join(entries)}
 
 
 def loaded_library_dirs(prefix: str, maps: Path = Path("/proc/self/maps")) -> tuple[Path, ...]:
@@ -197,17 +202,21 @@ def run_tool(
     margin_mb: int,
     timeout: float = DEFAULT_TIMEOUT,
     library_path: tuple[Path, ...] = (),
+    *,
+    extra_env: Mapping[str, str] | None = None,
 ) -> ToolFit:
     """Run the tool in its own process group (killed whole on timeout) and parse its answer.
 
     `library_path`: directories of shared libraries the backends need (the CUDA runtime).
+    `extra_env`: variables added to the tool's environment, e.g. GGML_VK_VISIBLE_DEVICES to
+    show it the Vulkan devices the server will use.
     """
     command = tool_command(tool, model, n_ctx, margin_mb)
     started = perf_counter()
     try:
         # The tool finds the ggml backends beside itself (its own directory is searched).
         returncode, stdout, stderr = run_in_group(
-            command, timeout, cwd=tool.parent, env=_environment(tool, library_path)
+            command, timeout, cwd=tool.parent, env=_environment(tool, library_path, extra_env or {})
         )
     except OSError as error:
         raise FitToolError(f"llama-fit-params could not be started: {error}") from None

@@ -120,7 +120,7 @@ def verify_file(
     """Raise IntegrityError unless `path` is a regular file of the signed size and sha256."""
     actual_size = _regular_size(path, what)
     if actual_size != size:
-        msg = f"{what}: {path} is {actual_size} bytes, the signed manifest says {size}"
+        msg = f"{what}: {path} is {actual_size} bytes, expected {size}"
         raise IntegrityError(msg)
     try:
         actual = sha256_of(path, progress, size)
@@ -129,7 +129,7 @@ def verify_file(
         raise DownloadError(msg) from None
     if actual != sha256:
         msg = (
-            f"{what}: sha256 of {path} is {actual}, the signed manifest says {sha256}: "
+            f"{what}: sha256 of {path} is {actual}, expected {sha256}: "
             "the file is corrupted or was tampered with"
         )
         raise IntegrityError(msg)

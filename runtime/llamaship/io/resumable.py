@@ -151,7 +151,7 @@ class _Download:
             _discard(self.part)
             msg = (
                 f"the download of {shown} is corrupted or was tampered with: its sha256 is "
-                f"{actual}, the signed manifest says {self.sha256}; it was deleted, try again"
+                f"{actual}, expected {self.sha256}; it was deleted, try again"
             )
             raise IntegrityError(msg)
         return actual
@@ -227,8 +227,7 @@ class _Download:
             length = response.headers.get("content-length")
             if length is not None and _DIGITS.fullmatch(length) and int(length) != size:
                 msg = (
-                    f"{shown} is {length} bytes, the signed manifest says {size}: "
-                    "the server holds a different file"
+                    f"{shown} is {length} bytes, expected {size}: the server holds a different file"
                 )
                 raise DownloadError(msg)
             return 0

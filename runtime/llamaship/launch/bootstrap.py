@@ -25,6 +25,7 @@ from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
 from llamaship.errors import LlamashipError
+from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
 from llamaship.launch.decide import Decision, OverlayRequirements, decide, recommend
@@ -38,6 +39,7 @@ from llamaship.overlay.store import InstalledOverlay, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger(__name__)
 # A second launch waits this long for the first to finish its decision, then boots on CPU.
@@ -84,7 +86,9 @@ def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
 
 
 def release_decision(
-    settings: Settings, report: DetectionReport, keys: Sequence[str] | None = None
+    settings: Settings,
+    report: DetectionReport,
+    keys: TrustedKeys | Sequence[str] | None = None,
 ) -> Decision:
     """The decision a launch would make now, the release index checked as a launch checks it
     (at most once a day, `LLAMASHIP_RELEASE_CHECK`), without installing or activating."""
@@ -120,7 +124,7 @@ def _available(
     dirs: DataDirs,
     store: OverlayStore,
     plan: _Plan,
-    keys: Sequence[str],
+    keys: TrustedKeys,
 ) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any: asked at
     most once a day (`release_check`); `plan.unchecked` says why it was not asked."""
@@ -210,7 +214,7 @@ def _plan(
     settings: Settings,
     dirs: DataDirs,
     store: OverlayStore,
-    keys: tuple[str, ...],
+    keys: TrustedKeys,
     tracker: LaunchTracker,
     events: list[str],
     *,
@@ -241,7 +245,7 @@ def _plan(
     return plan
 
 
-def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: tuple[str, ...]) -> None:
+def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: TrustedKeys) -> None:
     """AUTO_UPGRADE_GPU: download, verify, probe and install (the installer's own lock only)."""
     from llamaship.overlay.install import ensure_overlay
 
@@ -329,7 +333,7 @@ def _choose(
     settings: Settings,
     dirs: DataDirs,
     store: OverlayStore,
-    keys: tuple[str, ...],
+    keys: TrustedKeys,
     tracker: LaunchTracker,
 ) -> _Plan:
     """Decide and prepare under the launch lock; an install runs between two holds of it."""
@@ -374,7 +378,7 @@ def _choose(
 
 def boot(
     settings: Settings,
-    trusted_keys: Sequence[str] | None = None,
+    trusted_keys: TrustedKeys | Sequence[str] | None = None,
     tracker: LaunchTracker | None = None,
 ) -> BootState:
     """Choose, prepare and import the llama.cpp build this launch runs on.
@@ -382,9 +386,8 @@ def boot(
     `trusted_keys`: the release keys overlays must be signed with (default: the bundled ones).
     `tracker` follows this launch's phases (default: a new one for this process).
     """
-    from llamaship.io import trusted_keys as signing
 
-    keys = signing.trusted_keys(trusted_keys)
+    keys = resolve_trusted_keys(trusted_keys)
     dirs = DataDirs(settings.home)
     store = OverlayStore(dirs)
     tracker = tracker or LaunchTracker(dirs)

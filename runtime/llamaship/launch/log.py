@@ -26,6 +26,13 @@ BACKUPS = 3
 CONSOLE_FORMAT = "%(name)s: %(message)s"
 FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
 PROGRESS_STEP_PERCENT = 10
+# A record with this attribute set (`extra={CONSOLE_SKIPS: True}`) goes to the log file only:
+# the command prints that line to stderr itself (the error a launch ended with).
+CONSOLE_SKIPS = "llamaship_file_only"
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, CONSOLE_SKIPS, False)
 
 
 def log_file(home: Path) -> Path:
@@ -41,14 +48,20 @@ def configure(
     a warning says why: a read-only home must not stop the launch)."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    if not any(
-        isinstance(handler, logging.StreamHandler)
-        and getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+    consoles = [
+        handler
         for handler in root.handlers
-    ):
+        if isinstance(handler, logging.StreamHandler)
+        and getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+    ]
+    if not consoles:
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter(CONSOLE_FORMAT))
         root.addHandler(console)
+        consoles.append(console)
+    for console in consoles:
+        if _not_file_only not in console.filters:
+            console.addFilter(_not_file_only)
     if not to_file:
         return None
     path = log_file(home)

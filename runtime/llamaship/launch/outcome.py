@@ -20,6 +20,7 @@ from llamaship.io.trusted_keys import bundled_trusted_keys
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.trust import TrustedKeys
 
 Variant = Literal["cpu", "cuda"]
 
@@ -71,7 +72,7 @@ class BootState:
     health: LaunchHealth = field(default_factory=NoHealthTracking)
     last_failure: LaunchProcess | None = None
     """The last launch of the active overlay that died while booting or loading (boot count)."""
-    trusted_keys: tuple[str, ...] = field(default_factory=bundled_trusted_keys)
+    trusted_keys: TrustedKeys = field(default_factory=bundled_trusted_keys)
     """The release keys overlays must be signed with: the bundled ones unless `boot()` was
     given others through the Python API."""
 

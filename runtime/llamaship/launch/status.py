@@ -23,6 +23,7 @@ from llamaship.errors import LlamashipError
 from llamaship.io.fs import atomic_write_bytes
 from llamaship.launch import boot_counting
 from llamaship.launch.boot_counting import ProcessIdentity
+from llamaship.launch.log import CONSOLE_SKIPS
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
@@ -154,8 +155,9 @@ class LaunchTracker:
                 return  # a newer launch is running: it is the last launch now
             atomic_write_bytes(path, dump_document_pretty(self._status))
 
-    def _set(self, phase: LaunchPhase, **changes: Any) -> None:
-        """Move to `phase` (call locked): boot count first, then the status file."""
+    def _set(self, phase: LaunchPhase, quiet: bool = False, **changes: Any) -> None:
+        """Move to `phase` (call locked): boot count first, then the status file (`quiet`:
+        logged to the file only, the command prints its error line last)."""
         if phase == self._launch.phase and not changes:
             return
         self._launch = self._launch.model_copy(update={"phase": phase, **changes})
@@ -166,7 +168,10 @@ class LaunchTracker:
                 boot_counting.record_phase(self._dirs, self._overlay, self._launch)
         self._write_status()
         _log.info(
-            "launch phase: %s%s", phase, f" ({self._launch.model})" if phase == "loading" else ""
+            "launch phase: %s%s",
+            phase,
+            f" ({self._launch.model})" if phase == "loading" else "",
+            extra={CONSOLE_SKIPS: quiet},
         )
 
     def serving(self) -> None:
@@ -206,6 +211,28 @@ class LaunchTracker:
         with self._lock:
             self._set("ended-by-signal" if by_signal else "ended")
 
+    def failed(self, error: str) -> None:
+        """The launch ends with `error` (the line the command prints): logged to the log file
+        and written to the status, also when the launch failed before it decided anything."""
+        with self._lock:
+            if self._status is None:
+                self._status = LaunchStatus.model_validate(
+                    {
+                        "process": self._launch,
+                        "decision": "cpu",
+                        "reason": "the launch failed before it chose a build",
+                        "upgrade_available": False,
+                        "variant": None,
+                        "overlay_version": None,
+                        "llama_cpp_version": None,
+                        "updated": datetime.now(UTC),
+                        "log_file": str(self._log_file) if self._log_file else None,
+                    }
+                )
+            self._status = self._status.model_copy(update={"error": error})
+            self._set("ended", quiet=True)
+        _log.error("launch failed: %s", error, extra={CONSOLE_SKIPS: True})
+
 
 class StopRequested(KeyboardInterrupt):
     """SIGTERM arrived while the launch was booting."""
@@ -234,6 +261,7 @@ def run_launch(tracker: LaunchTracker, body: Callable[[], int]) -> int:
     signal while booting stops it too (exit 0). The end is recorded unless the process dies:
     then the next launch finds its last phase (boot counting)."""
     by_signal = False
+    failure: str | None = None
     try:
         with signals_stop_the_launch():
             status = body()
@@ -242,5 +270,16 @@ def run_launch(tracker: LaunchTracker, body: Callable[[], int]) -> int:
     except KeyboardInterrupt:  # SIGINT, or SIGTERM as StopRequested, while booting
         by_signal = True
         return 0
+    except Exception as error:  # recorded, then the command prints it and exits
+        failure = str(error) if isinstance(error, LlamashipError) else _describe(error)
+        raise
     finally:
-        tracker.ended(by_signal=by_signal)
+        if failure is None:
+            tracker.ended(by_signal=by_signal)
+        else:
+            tracker.failed(failure)
+
+
+def _describe(error: BaseException) -> str:
+    """An unexpected error in one line: its type and message."""
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

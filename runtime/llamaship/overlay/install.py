@@ -45,6 +45,7 @@ from llamaship.overlay.store import (
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.names import INDEX_NAME
+from llamaship_contract.trust import TrustedKeys, trusted
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
@@ -110,7 +111,7 @@ class Installer:
     def __init__(
         self,
         dirs: DataDirs,
-        trusted_keys: Sequence[str],
+        trusted_keys: TrustedKeys | Sequence[str],
         *,
         probe: ProbeFn | None = None,
         progress: ProgressFn | None = None,
@@ -118,7 +119,7 @@ class Installer:
     ) -> None:
         self.dirs = dirs
         self.store = OverlayStore(dirs)
-        self.trusted_keys = tuple(trusted_keys)
+        self.trusted_keys = trusted(trusted_keys)
         self.probe = probe or _default_probe
         self.options = options or InstallOptions()
         self._progress = progress
@@ -312,7 +313,7 @@ def install_from_path(
     path: Path,
     dirs: DataDirs,
     target: Target,
-    trusted_keys: Sequence[str],
+    trusted_keys: TrustedKeys | Sequence[str],
     **installer_options: Any,
 ) -> InstallResult:
     """Install from a local release directory or `releases.json` (`llamaship overlay install`)."""
@@ -329,7 +330,7 @@ def ensure_overlay(
     progress: ProgressFn | None = None,
     *,
     probe: ProbeFn | None = None,
-    trusted_keys: Sequence[str] | None = None,
+    trusted_keys: TrustedKeys | Sequence[str] | None = None,
 ) -> InstallOutcome:
     """At launch: install the newest overlay for this machine from `settings.release_url`.
 
@@ -338,7 +339,7 @@ def ensure_overlay(
     `status="failed"` with the reason, leaving the active overlay (or CPU) in place.
     `trusted_keys`: the release keys (default: the bundled ones).
     """
-    from llamaship.io import trusted_keys as signing
+    from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 
     store = OverlayStore(dirs)
     if settings.release_url is None:
@@ -349,7 +350,7 @@ def ensure_overlay(
         target = Target.current(report, bundle_llama_cpp_version)
         installer = Installer(
             dirs,
-            signing.trusted_keys(trusted_keys),
+            resolve_trusted_keys(trusted_keys),
             probe=probe,
             progress=progress,
             options=InstallOptions(lock_timeout_s=0),

@@ -15,6 +15,7 @@ from llamaship.io.http_session import DownloadLimits
 from llamaship.overlay.select import Target, find_overlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
+from llamaship_contract.trust import TrustedKeys
 
 # The offer only reads small signed files: it never waits long for a running install.
 OFFER_LOCK_TIMEOUT_S = 2.0
@@ -37,7 +38,7 @@ class UpgradeOffer:
 
 def find_offer(
     dirs: DataDirs,
-    trusted_keys: Sequence[str],
+    trusted_keys: TrustedKeys | Sequence[str],
     index_location: str,
     target: Target,
     limits: DownloadLimits | None = None,
@@ -54,7 +55,7 @@ def find_offer(
     active = store.active()
     return UpgradeOffer(
         overlay_version=available.entry.overlay_version,
-        cuda_version=available.entry.cuda_version,
+        cuda_version=available.requirements.cuda_version,
         download_bytes=sum(layer.manifest.archive.size for layer in missing),
         unpacked_bytes=sum(layer.manifest.unpacked_size for layer in missing),
         reused_layers=tuple(layer.id for layer in available.layers if layer not in missing),

@@ -17,31 +17,46 @@ import logging
 import platform
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llamaship.compat import Unusable, Usable, Verdict, judge, version_key
+from llamaship.compat import (
+    Unusable,
+    Usable,
+    Verdict,
+    floor_problems,
+    judge,
+    older,
+    version_key,
+)
+from llamaship.detect.libc import SystemLibraries
 from llamaship.errors import LlamashipError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.local_files import resolve_location
 from llamaship.io.transfer import DownloadError
 from llamaship.overlay.freshness import ensure_unexpired
-from llamaship.overlay.manifest import (
-    LAYER_NAMES,
+from llamaship.overlay.store import OverlayRecord, OverlayStore
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
+from llamaship_contract.overlay import (
+    KIND_LAYERS,
+    REQUIRED_LAYER,
+    LayerKind,
     LayerManifest,
-    LayerRef,
-    ManifestError,
-    ReleaseEntry,
-    ReleaseIndex,
-    layer_id,
-    parse_index,
     parse_manifest,
     requirements_for,
 )
-from llamaship.overlay.store import LLAMA_LAYER, RUNTIME_LAYER, OverlayRecord, OverlayStore
-from llamaship_contract.detection import DetectionReport
-from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
+from llamaship_contract.overlay_fields import ManifestError
+from llamaship_contract.release_index import (
+    LayerRef,
+    ReleaseEntry,
+    ReleaseList,
+    known_entries,
+    parse_index,
+    parse_release_list,
+)
 from llamaship_contract.signing import SignatureError, verify
+from llamaship_contract.trust import TrustedKeys, trusted
 
 if TYPE_CHECKING:
     from llamaship.launch.decide import OverlayRequirements
@@ -86,6 +101,7 @@ class Target:
     python_tags: tuple[str, ...]
     llama_cpp_version: str
     machine: DetectionReport
+    libraries: SystemLibraries = field(default_factory=SystemLibraries)
 
     @classmethod
     def current(cls, report: DetectionReport, llama_cpp_version: str) -> Target:
@@ -105,6 +121,7 @@ class Target:
             python_tags=("py3", f"cp{major}{minor}"),
             llama_cpp_version=llama_cpp_version,
             machine=report,
+            libraries=SystemLibraries.current(),
         )
 
 
@@ -149,6 +166,9 @@ def _describe_entry(entry: ReleaseEntry) -> str:
 
 
 def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
+    floors = floor_problems(target.libraries, entry.glibc_floor, entry.glibcxx_floor)
+    if floors:
+        return Unusable(floors)
     try:
         requirements = requirements_for(entry, target.os_name)
     except ManifestError as error:
@@ -156,21 +176,25 @@ def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
     return judge(target.machine, requirements)
 
 
-def pick_release(index: ReleaseIndex, target: Target, origin: str) -> ReleaseEntry:
-    """The release this machine can run (`llamaship.compat`): newest CUDA, then highest serial.
+def pick_release(
+    entries: Sequence[ReleaseEntry], target: Target, origin: str, kind: LayerKind = "cuda"
+) -> ReleaseEntry:
+    """The `kind` release this machine can run (`llamaship.compat`): newest CUDA, then highest
+    serial.
 
     Only releases for the target's platform, python and llama_cpp version are considered;
     when none of them can run, the error lists each one's problems.
     """
+    offers = [entry for entry in entries if entry.kind == kind]
     fitting = [
         entry
-        for entry in index.overlays
+        for entry in offers
         if entry.platform == target.platform
         and entry.python_tag in target.python_tags
         and entry.llama_cpp_version == target.llama_cpp_version
     ]
     if not fitting:
-        offered = "; ".join(_describe_entry(entry) for entry in index.overlays) or "nothing"
+        offered = "; ".join(_describe_entry(entry) for entry in offers) or "nothing"
         msg = (
             f"the release index {origin} offers no overlay for {target.platform}, python "
             f"{'/'.join(target.python_tags)} and llama_cpp {target.llama_cpp_version} (it "
@@ -209,8 +233,12 @@ def _manifest_problems(manifest: LayerManifest, ref: LayerRef, entry: ReleaseEnt
         for name, wanted in expected.items()
         if getattr(manifest, name) != wanted
     ]
-    if layer_id(manifest) != ref.id:
-        problems.append(f"its layer id is {layer_id(manifest)}, the index says {ref.id}")
+    for name in ("glibc_floor", "glibcxx_floor"):  # the entry states the release's highest
+        floor, stated = getattr(manifest, name), getattr(entry, name)
+        if floor is not None and (stated is None or older(stated, floor)):
+            problems.append(f"{name} is {floor!r}, above the release's {stated!r}")
+    if manifest.id != ref.id:
+        problems.append(f"its layer id is {manifest.id}, the index says {ref.id}")
     return problems
 
 
@@ -240,38 +268,88 @@ def _signed(
     return data
 
 
+def _requirement_problems(layers: Sequence[VerifiedLayer]) -> list[str]:
+    """Each layer that requires another must name exactly the release's layer of that kind."""
+    by_name: dict[str, VerifiedLayer] = {layer.manifest.layer: layer for layer in layers}
+    problems = []
+    for layer in layers:
+        wanted = REQUIRED_LAYER[layer.manifest.layer]
+        if wanted is None:
+            continue
+        required, present = layer.manifest.requires, by_name[wanted]
+        if required is None or (required.id, required.sha256) != (
+            present.id,
+            present.manifest.archive.sha256,
+        ):
+            problems.append(
+                f"{layer.manifest.layer}: it requires {required}, not the release's "
+                f"{wanted} layer {present.id}"
+            )
+    return problems
+
+
+def _release_list(
+    fetcher: Fetcher, index_location: str, keys: TrustedKeys, accepted_index: int
+) -> tuple[int, ReleaseList]:
+    """The verified `releases.json` serial and the release list it pins (release key only)."""
+    index_bytes = _signed(fetcher, index_location, MAX_INDEX_BYTES, "release index", keys.for_index)
+    index = parse_index(index_bytes, origin=f"release index {index_location}")
+    ensure_unexpired(index, index_location)  # before any serial of it is recorded
+    if index.serial < accepted_index:
+        msg = (
+            f"the release index at {index_location} has serial {index.serial}, older than "
+            f"serial {accepted_index} already accepted here: an outdated or replayed index "
+            "was served; refusing it (check the release URL or try again later)"
+        )
+        raise ReplayedRelease(msg)
+    pinned = index.overlays
+    location = resolve_location(index_location, pinned.name)
+    data = _signed(fetcher, location, pinned.size, "release list", keys.release)
+    if len(data) != pinned.size or hashlib.sha256(data).hexdigest() != pinned.sha256:
+        msg = (
+            f"the release list at {location} is not the one the signed index pins (size or "
+            "sha256 differs): refused; the release is being published, try again later"
+        )
+        raise IncompatibleOverlay(msg)
+    releases = parse_release_list(data, origin=f"release list {location}")
+    if releases.serial != pinned.serial:
+        msg = (
+            f"the release list at {location} has serial {releases.serial}, the index pins "
+            f"{pinned.serial}: refused; the release is inconsistent, try again later"
+        )
+        raise IncompatibleOverlay(msg)
+    return index.serial, releases
+
+
 def find_overlay(
     index_location: str,
     store: OverlayStore,
     target: Target,
-    trusted_keys: Sequence[str],
+    trusted_keys: TrustedKeys | Sequence[str],
     fetcher: Fetcher,
+    kind: LayerKind = "cuda",
 ) -> AvailableOverlay:
-    """Fetch and verify the index and the chosen release's manifests.
+    """Fetch and verify the index, its release list and the chosen release's manifests.
 
     Records the index serial once its signature is verified, and the release serial once its
-    manifests are, so a later replay of anything older is refused.
+    manifests are, so a later replay of anything older is refused. Entries this reader does
+    not understand are skipped with a log line; the others are judged as usual.
     """
+    keys = trusted(trusted_keys)
     accepted = store.accepted_serials()
-    index_bytes = _signed(fetcher, index_location, MAX_INDEX_BYTES, "release index", trusted_keys)
-    index = parse_index(index_bytes, origin=f"release index {index_location}")
-    ensure_unexpired(index, index_location)  # before any serial of it is recorded
-    if index.serial < accepted.index:
-        msg = (
-            f"the release index at {index_location} has serial {index.serial}, older than "
-            f"serial {accepted.index} already accepted here: an outdated or replayed index "
-            "was served; refusing it (check the release URL or try again later)"
-        )
-        raise ReplayedRelease(msg)
-    store.accept_serials(index=index.serial, manifest=0)
-    entry = pick_release(index, target, index_location)
+    index_serial, releases = _release_list(fetcher, index_location, keys, accepted.index)
+    store.accept_serials(index=index_serial, manifest=0)
+    entries, skipped = known_entries(releases, f"release list of {index_location}")
+    for line in skipped:
+        _log.info("%s", line)
+    entry = pick_release(entries, target, index_location, kind)
     layers: list[VerifiedLayer] = []
     problems: list[str] = []
-    for name in LAYER_NAMES:  # runtime first: the llama layer requires it
+    for name in KIND_LAYERS[entry.kind]:  # a required layer first
         ref = entry.layer(name)
         location = resolve_location(index_location, ref.manifest)
         what = f"{name} manifest of overlay {entry.overlay_version}"
-        data = _signed(fetcher, location, MAX_MANIFEST_BYTES, what, trusted_keys)
+        data = _signed(fetcher, location, MAX_MANIFEST_BYTES, what, keys.release)
         if hashlib.sha256(data).hexdigest() != ref.manifest_sha256:
             msg = (
                 f"the {what} at {location} is not the one the signed index pins "
@@ -287,16 +365,7 @@ def find_overlay(
                 archive_location=resolve_location(index_location, ref.archive),
             )
         )
-    runtime, llama = layers
-    required = llama.manifest.requires
-    if required is None or (required.id, required.sha256) != (
-        runtime.id,
-        runtime.manifest.archive.sha256,
-    ):
-        problems.append(
-            f"{LLAMA_LAYER}: it requires {required}, not the release's "
-            f"{RUNTIME_LAYER} layer {runtime.id}"
-        )
+    problems += _requirement_problems(layers)
     if problems:
         msg = (
             f"the manifests of overlay {entry.overlay_version} do not match the release "
@@ -309,11 +378,11 @@ def find_overlay(
             f"{accepted.manifest} already accepted here: refusing a downgrade or replay"
         )
         raise ReplayedRelease(msg)
-    store.accept_serials(index=index.serial, manifest=entry.serial)
+    store.accept_serials(index=index_serial, manifest=entry.serial)
     return AvailableOverlay(
         index_location=index_location,
-        index_serial=index.serial,
+        index_serial=index_serial,
         entry=entry,
         layers=tuple(layers),
-        requirements=requirements_for(llama.manifest, target.os_name),
+        requirements=requirements_for(layers[-1].manifest, target.os_name),
     )
