@@ -179,7 +179,9 @@ def reproducible_env(session: nox.Session) -> dict[str, str]:
 def release_bundle(session: nox.Session) -> None:
     """Release CI: the CPU bundle, reproducibly, and its per-OS named assets in dist/assets/."""
     build_env(session)
-    env = reproducible_env(session)
+    # The release index a release bundle looks in: this repository's GitHub Pages index.
+    pages = os.environ.get("LLAMASHIP_BUILD_RELEASE_INDEX_URL", "pages")
+    env = {**reproducible_env(session), "LLAMASHIP_BUILD_RELEASE_INDEX_URL": pages}
     session.run("python", "-m", "llamaship_build", "bundle", *session.posargs, env=env)
     session.run("python", "-m", "llamaship_build", "release-assets", "dist/assets", env=env)
 

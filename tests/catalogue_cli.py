@@ -39,7 +39,7 @@ if __name__ == "__main__":
     raise SystemExit(
         cli.main(
             arguments,
-            trusted_keys=(*bundled_trusted_keys(), key),
+            trusted_keys=(*bundled_trusted_keys().release, key),
             serve_app=serve_with_catalogue(Path(catalogue_path)),
             extra_commands=COMMANDS,
         )

@@ -38,8 +38,9 @@ def test_summary_lists_every_gpu(hardware: FakeHardware) -> None:
             "integrated GPU, 3072 MB)"
         ),
         (
-            "Decision: cpu (no CUDA overlay is installed and no release offers one for this "
-            "bundle; running on CPU)"
+            "Decision: cpu (no CUDA overlay is installed and no release index was checked: "
+            "this build names none (set LLAMASHIP_RELEASE_URL to the releases.json of the GPU "
+            "overlays); running on CPU)"
         ),
     ]
     assert "(from nvml, cached)" in hardware.run_cli("detect").stdout

@@ -80,7 +80,7 @@ def test_a_pull_job_reports_progress_and_the_model_is_then_used(
         "active": GEMMA_FILE,
         "name": "gemma3-270m",
         "path": str(home / "models" / GEMMA_FILE),
-        "restart_required": True,
+        "restart_required": False,
     }
     with backend.client() as client:
         after = client.get("/api/models").json()
@@ -215,7 +215,7 @@ def test_the_bundled_catalogue_is_served_by_default(start_backend: StartBackend)
     with backend.client() as client:
         models = client.get("/api/models").json()["models"]
     assert {model["name"] for model in models} == {"qwen3-0.6b", "nomic-embed-text-v1.5"}
-    assert all(model["unverified"] and not model["installed"] for model in models)
+    assert all(not model["unverified"] and not model["installed"] for model in models)
 
 
 def test_files_in_models_that_the_catalogue_does_not_know_are_listed(

@@ -40,3 +40,12 @@ def test_template_error_names_the_template(tmp_path: Path) -> None:
     (tmp_path / "backend.spec.j2").write_text("{{ missing_value }}")
     with pytest.raises(LlamashipError, match=r"backend\.spec\.j2"):
         render_spec(tmp_path, {})
+
+
+def test_the_release_index_url_is_baked_in_like_the_trusted_keys() -> None:
+    project = Project.here()
+    url = "https://owner.github.io/llamaship/releases.json"
+    text = render_spec(project.templates, build_context(project, PLATFORMS["linux"], KEYS, url))
+    assert f'RELEASE = {{"release_url": "{url}"}}' in text
+    assert '(os.path.join(keys_dir, "release.json"), "llamaship")' in text
+    assert 'RELEASE = {"release_url": null}' in _render()  # local and test bundles: none

@@ -43,7 +43,7 @@ def capabilities(
     engine: Annotated[Engine, Depends(get_engine)],
 ) -> Capabilities:
     """The detection report, the cpu/cuda decision, the llama.cpp in use and the model."""
-    model = state.settings.model
+    model = engine.model
     return Capabilities(
         detection=state.report,
         gpus=state.report.gpus,

@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from llamaship.admin_token import token_path
 from llamaship.launch.outcome import BootState
 from llamaship.models.store import ModelStore
+from llamaship.settings_page import base_url, page_url
 from llamaship_backend.app import create_app
 from llamaship_backend.dependencies import restart_of
 from llamaship_backend.engine import Engine
@@ -34,6 +35,20 @@ from llamaship_contract.names import ExitStatus
 logger = logging.getLogger(__name__)
 # The "listening" line is read by people and supervisors: it goes out under the name "llamaship".
 announce = logging.getLogger("llamaship")
+# The settings page's address carries the admin token: to the terminal only, never the log file.
+page_announce = logging.getLogger("llamaship.page")
+
+
+def announce_page(url: str) -> None:
+    """Say where the settings page is, token included, on stderr only (as Jupyter does)."""
+    if not page_announce.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("llamaship: %(message)s"))
+        page_announce.addHandler(handler)
+        page_announce.propagate = False
+        page_announce.setLevel(logging.INFO)
+    page_announce.info("settings page (keep this address private): %s", url)
+
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
@@ -136,6 +151,7 @@ def serve(
 
     def started() -> None:
         announce.info("listening on %s", url)
+        announce_page(page_url(base_url(settings.host, port), app.state.admin_token))
         if not is_loopback(settings.host.strip("[]").lower()):
             announce.warning(
                 "listening on %s: any machine on the network can reach the API; admin calls "

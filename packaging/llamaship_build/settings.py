@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.release_location import setting_problem
 
 TOOLCHAINS = ("debian11", "host")
 # Every variable the build reads (here, and the signing key in the signing step only); the
@@ -26,6 +27,7 @@ VARIABLES = (
     "LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR",
     "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL",
     "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256",
+    "LLAMASHIP_BUILD_RELEASE_INDEX_URL",
     "LLAMASHIP_SIGNING_KEY",
 )
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
@@ -91,6 +93,9 @@ class BuildSettings:
     running debootstrap."""
     debian_root_sha256: str | None = None
     """The tarball's sha256 (required for a URL; for a path, else the `.sha256` file beside it)."""
+    release_index_url: str | None = None
+    """The release index a release bundle looks for GPU overlays in: an https URL, `pages`
+    (this repository's GitHub Pages index) or None (`release_location`)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
@@ -129,6 +134,8 @@ class BuildSettings:
         tarball = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL", "").strip() or None
         sha256 = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256", "").strip().lower() or None
         problems.extend(_tarball_problems(tarball, sha256))
+        release_index = env.get("LLAMASHIP_BUILD_RELEASE_INDEX_URL", "").strip()
+        problems.append(setting_problem(release_index))
         found = [problem for problem in problems if problem is not None]
         if found:
             raise BuildError("; ".join(found))
@@ -143,4 +150,5 @@ class BuildSettings:
             debian_security_mirror=security,
             debian_root_tarball=tarball,
             debian_root_sha256=sha256,
+            release_index_url=release_index or None,
         )

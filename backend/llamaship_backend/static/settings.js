@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let token = null;
 let current = { caps: null, settings: null, models: null };
+let quickRunning = false;
 
 function takeToken() {
   const match = /(?:^#|&)token=([0-9a-fA-F]{16,256})(?:&|$)/.exec(window.location.hash);
@@ -161,7 +162,31 @@ function showModels(models, caps) {
   const active = models.models.find((model) => model.active);
   select.value = chosen || (active ? active.name : select.value);
   say("model-serving", caps.model.id ? caps.model.id : "no model yet: download one below");
+  showQuickStart(models, caps);
   updateModelButtons();
+}
+
+function defaultChat(models) {
+  return models.models.find((model) => model.name === models.default_chat);
+}
+
+// No model in use: one button downloads the default chat model, verifies it and serves it.
+function showQuickStart(models, caps) {
+  const model = defaultChat(models);
+  const busy = !$("model-job").hidden;
+  $("model-quick").hidden = Boolean(caps.model.id) || !model || (busy && !quickRunning);
+  if ($("model-quick").hidden) return;
+  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}, ` +
+    `${megabytes(model.size)}), check it against its publisher's sha256 and start using it.`);
+  $("model-quick-button").disabled = !token || busy;
+}
+
+async function quickStart() {
+  const model = current.models ? defaultChat(current.models) : null;
+  if (!model) return;
+  quickRunning = true;
+  await pullModel(model);
+  quickRunning = false;
 }
 
 function selectedModel() {
@@ -317,24 +342,27 @@ async function saveOffload(event) {
   }
 }
 
-async function pullModel() {
-  const model = selectedModel();
+async function pullModel(model) {
   if (!model) return;
   $("model-job").hidden = false;
   updateModelButtons();
-  say("model-message", `Downloading ${model.name}…`);
+  $("model-quick-button").disabled = true;
+  say("model-message", `Asking the hub for ${model.name}'s sha256…`);
   try {
-    const started = await api("/api/models/pull", { method: "POST", body: { name: model.name } });
+    const started = await api("/api/models/pull",
+      { method: "POST", body: { name: model.name, use: true } });
     const job = await pollJob(`/api/models/pull/${started.job_id}`, "model-progress",
       (progress) => {
-        if (progress.bytes_total > 0) {
+        if (progress.bytes_total > 0 && progress.bytes_done < progress.bytes_total) {
           const percent = Math.floor((100 * progress.bytes_done) / progress.bytes_total);
           say("model-message", `Downloading ${model.name}: ${megabytes(progress.bytes_done)} of ` +
             `${megabytes(progress.bytes_total)} (${percent} %)`);
+        } else if (progress.bytes_total > 0) {
+          say("model-message", `${model.name} is verified; loading it…`);
         }
       });
     say("model-message", job.state === "succeeded"
-      ? `${model.name} is downloaded. Choose "Use this model" to use it.`
+      ? `${model.name} is verified and in use.`
       : `The download failed: ${job.message}`);
   } catch (error) {
     say("model-message", `The download failed: ${error.message}`);
@@ -347,8 +375,9 @@ async function useModel() {
   const model = selectedModel();
   if (!model) return;
   try {
+    say("model-message", `Loading ${model.name}…`);
     const reply = await api("/api/models/use", { method: "POST", body: { name: model.name } });
-    say("model-message", `${reply.name} is chosen.`);
+    say("model-message", `${reply.name} is in use.`);
     if (reply.restart_required) needRestart(`Restart the app to load ${reply.name}.`);
     await refresh();
   } catch (error) {
@@ -378,7 +407,8 @@ async function benchmark() {
 async function start() {
   token = takeToken();
   if (!token) {
-    notice("Changes need the app's admin token: open this page from the app.");
+    notice("Changes need the app's admin token: open this page from the app, with the " +
+      "address the server prints when it starts, or with `llamaship open`.");
   }
   $("consent-enable").addEventListener("click", upgrade);
   $("consent-later").addEventListener("click", () => answerLater("later"));
@@ -390,7 +420,8 @@ async function start() {
   $("restart-button").addEventListener("click", restart);
   $("offload-form").addEventListener("submit", saveOffload);
   $("model-select").addEventListener("change", updateModelButtons);
-  $("model-pull").addEventListener("click", pullModel);
+  $("model-pull").addEventListener("click", () => pullModel(selectedModel()));
+  $("model-quick-button").addEventListener("click", quickStart);
   $("model-use").addEventListener("click", useModel);
   $("bench-run").addEventListener("click", benchmark);
   for (const id of ["consent-enable", "consent-later", "consent-never", "offload-save"]) {

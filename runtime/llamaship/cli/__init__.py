@@ -29,6 +29,7 @@ _COMMANDS = {
     "fit": "llamaship.cli.fit",
     "models": "llamaship.cli.models",
     "vulkan-devices": "llamaship.cli.vulkan_devices",
+    "open": "llamaship.cli.open_page",
 }
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
 _ENV_FILE_HELP = (

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
-    from llamaship.launch.bootstrap import detection_versions, offline_decision
+    from llamaship.launch.bootstrap import detection_versions, release_decision
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         from llamaship.detect.vulkan_choice import vulkan_device_choice
 
         vulkan = vulkan_device_choice(report, settings)
-        decision = offline_decision(report, store)
+        decision = release_decision(settings, report, args.trusted_keys)
         print(format_report(report))
         print(f"Vulkan device choice: {vulkan.reason}")
         print(f"Decision: {decision.variant} ({decision.reason})")

@@ -80,7 +80,29 @@ OPTIONS: tuple[Option, ...] = (
         "release_url",
         parse_optional_text,
         "",
-        "URL (or file path) of the signed releases.json index the GPU overlay comes from.",
+        "URL (or file path) of the signed releases.json index the GPU overlay comes from "
+        "(unset: the one the bundle was built with; empty: none).",
+    ),
+    Option(
+        "LLAMASHIP_RELEASE_CHECK",
+        "release_check",
+        parse_bool,
+        "true",
+        "Check the release index for a GPU overlay at launch, at most once a day (true/false).",
+    ),
+    Option(
+        "LLAMASHIP_HUB_URL",
+        "hub_url",
+        parse_text,
+        "https://huggingface.co",
+        "The Hugging Face hub (or a mirror) models are pulled from and their sha256 asked of.",
+    ),
+    Option(
+        "LLAMASHIP_HUB_ALLOW_HTTP",
+        "hub_allow_http",
+        parse_bool,
+        "false",
+        "Accept a plain http:// LLAMASHIP_HUB_URL (a local test hub only; true/false).",
     ),
     Option(
         "AUTO_UPGRADE_GPU",
@@ -178,6 +200,9 @@ class Settings:
     port_file: Path | None
     vram_margin_mb: int = 1024
     vulkan_device: str = "auto"
+    release_check: bool = True
+    hub_url: str = "https://huggingface.co"
+    hub_allow_http: bool = False
 
 
 BY_KEY = {option.key: option for option in OPTIONS}

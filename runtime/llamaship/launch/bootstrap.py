@@ -12,6 +12,7 @@ at INFO and written to the launch status (`llamaship status`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,8 @@ class _Plan:
     install: bool = False
     tries_left: int | None = None
     last_failure: LaunchProcess | None = None
+    unchecked: str | None = None
+    """Why no release index was read (the decision says so instead of "none offers one")."""
 
     def note(self, event: str) -> None:
         """An event of this launch: logged now, shown by /api/capabilities and `status`."""
@@ -85,6 +88,32 @@ def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
         installed.requirements if installed else None,
         None,
         _quarantine_reason(store, installed, None),
+        "no release index was checked (offline decision)",
+    )
+
+
+def release_decision(
+    settings: Settings,
+    report: DetectionReport,
+    keys: TrustedKeys | Sequence[str] | None = None,
+) -> Decision:
+    """The decision a launch would make now, the release index checked as a launch checks it
+    (at most once a day, `LLAMASHIP_RELEASE_CHECK`), without installing or activating."""
+    from llamaship.io import trusted_keys as signing
+
+    dirs = DataDirs(settings.home)
+    store = OverlayStore(dirs)
+    plan = _Plan(report, Decision("cpu", "", False), store.active(), [])
+    installed = plan.installed
+    available = None
+    if installed is None and report.gpus:
+        available = _available(settings, dirs, store, plan, signing.trusted_keys(keys))
+    return decide(
+        report,
+        installed.requirements if installed else None,
+        available,
+        _quarantine_reason(store, installed, available),
+        plan.unchecked,
     )
 
 
@@ -98,27 +127,52 @@ def bundle_llama_cpp_version() -> str:
 
 
 def _available(
-    settings: Settings, store: OverlayStore, plan: _Plan, keys: TrustedKeys
+    settings: Settings,
+    dirs: DataDirs,
+    store: OverlayStore,
+    plan: _Plan,
+    keys: TrustedKeys,
 ) -> OverlayRequirements | None:
-    """The overlay the release index offers this machine (signed, checked), if any."""
+    """The overlay the release index offers this machine (signed, checked), if any: asked at
+    most once a day (`release_check`); `plan.unchecked` says why it was not asked."""
     from llamaship.io.fetch import Fetcher
     from llamaship.io.http_session import DownloadLimits
-    from llamaship.overlay.select import Target, find_overlay
+    from llamaship.launch.release_check import check_release
+    from llamaship.overlay.select import (
+        IncompatibleOverlay,
+        NoMatchingOverlay,
+        Target,
+        find_overlay,
+    )
 
-    assert settings.release_url is not None
     limits = DownloadLimits(
         connect_timeout_s=AVAILABILITY_TIMEOUT_S,
         read_timeout_s=AVAILABILITY_TIMEOUT_S,
         max_attempts=1,
     )
-    try:
-        target = Target.current(plan.report, bundle_llama_cpp_version())
-        with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads, in total
-            found = find_overlay(settings.release_url, store, target, keys, fetcher)
-    except (LlamashipError, OSError) as error:
-        plan.note(f"could not check for a CUDA overlay: {error}")
-        return None
-    return found.requirements
+    target = Target.current(plan.report, bundle_llama_cpp_version())
+
+    def lookup(url: str) -> OverlayRequirements | None:
+        try:
+            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
+                return find_overlay(url, store, target, keys, fetcher).requirements
+        except (NoMatchingOverlay, IncompatibleOverlay) as error:
+            plan.note(f"the release index offers no CUDA overlay for this machine: {error}")
+            return None
+
+    fingerprint = json.dumps(
+        [
+            __version__,
+            target.llama_cpp_version,
+            plan.report.cuda_driver_version,
+            sorted(gpu.compute_capability for gpu in plan.report.gpus),
+        ]
+    )
+    check = check_release(settings, dirs.state, fingerprint, lookup)
+    if check.note is not None:
+        plan.note(check.note)
+    plan.unchecked = check.unchecked
+    return check.available
 
 
 def _quarantine_reason(
@@ -187,16 +241,12 @@ def _plan(
             installed.requirements if installed else None,
             plan.available,
             _quarantine_reason(store, installed, plan.available),
+            plan.unchecked,
         )
 
     plan.decision = plan_decision()
-    if (
-        not after_install
-        and plan.decision.variant == "cpu"
-        and report.gpus
-        and settings.release_url
-    ):
-        plan.available = _available(settings, store, plan, keys)
+    if not after_install and plan.decision.variant == "cpu" and report.gpus:
+        plan.available = _available(settings, dirs, store, plan, keys)
         plan.decision = plan_decision()
         plan.install = plan.decision.upgrade_available and settings.auto_upgrade_gpu
     return plan
