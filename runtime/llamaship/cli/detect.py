@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from llamaship.config import executable_dir, load_settings
     from llamaship.detect import load_or_detect
-    from llamaship.launch.bootstrap import detection_versions, release_decision
+    from llamaship.launch.plan import detection_versions, release_decision
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 

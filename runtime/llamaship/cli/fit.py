@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from llamaship.fit import plan_load
     from llamaship.fit.plan import default_lib_dir
     from llamaship.fit.tool import find_tool
-    from llamaship.launch.bootstrap import detection_versions
+    from llamaship.launch.plan import detection_versions
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 

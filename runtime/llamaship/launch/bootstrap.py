@@ -1,28 +1,26 @@
 """Launch-time bootstrap: before anything imports llama_cpp, choose the build and activate it.
 
 Order: clean what an interrupted install left -> boot counting: count the earlier launches of
-the active overlay that died while its code ran, quarantine it after `boot_counting.BOOT_TRIES` in a
-row -> detect GPUs (cached) -> decide cpu/cuda -> install the overlay first if the user
-consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock, adopted inside
-it) -> probe it once per overlay and driver (not again after the installer's probe) -> record
-this launch as booting the overlay -> activate -> import llama_cpp and load its backends. Any
-failure on the way ends on the CPU build. The decision, its reason and every event are logged
+the active overlay that died while its code ran, quarantine it after `BOOT_TRIES` in a row ->
+detect GPUs (cached) -> decide cpu/cuda (`llamaship.launch.plan`) -> install the overlay first
+if the user consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock,
+adopted inside it) -> probe it once per overlay and driver (not again after the installer's
+probe) -> record this launch as booting the overlay -> activate -> else, without a CUDA
+overlay to run, the Vulkan overlay when the rule allows (its module and device go into the
+environment) -> import llama_cpp and load its backends. Any failure on the way ends on the
+CPU build. The decision, its reason and every event are logged
 at INFO and written to the launch status (`llamaship status`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
 from llamaship.detect.vulkan_choice import vulkan_device_choice
@@ -33,160 +31,30 @@ from llamaship.launch.decide import Decision, decide, recommend
 from llamaship.launch.decide_vulkan import decide_vulkan
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
+from llamaship.launch.plan import (
+    Plan,
+    available_overlay,
+    bundle_llama_cpp_version,
+    detection_versions,
+    quarantine_reason,
+)
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
 from llamaship.launch.probe_record import ensure_probed
 from llamaship.launch.status import LaunchTracker
 from llamaship.native import LoadedBackends, load_ggml_backends
-from llamaship.overlay.installed import InstalledOverlay
 from llamaship.overlay.store import OverlayStore
-from llamaship.overlay.vulkan import VulkanOverlay, installed_vulkan, vulkan_environment
+from llamaship.overlay.vulkan import installed_vulkan, vulkan_environment
 from llamaship.paths import DataDirs
-from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
-from llamaship_contract.launch import LaunchProcess
 from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger(__name__)
 # A second launch waits this long for the first to finish its decision, then boots on CPU.
 LAUNCH_LOCK_TIMEOUT_S = 20.0
-AVAILABILITY_TIMEOUT_S = 3.0
 
 
-@dataclass
-class _Plan:
-    """The bootstrap's working state while it decides."""
-
-    report: DetectionReport
-    decision: Decision
-    installed: InstalledOverlay | None
-    events: list[str]
-    available: OverlayRequirements | None = None
-    vulkan: VulkanOverlay | None = None
-    install: bool = False
-    tries_left: int | None = None
-    last_failure: LaunchProcess | None = None
-    unchecked: str | None = None
-    """Why no release index was read (the decision says so instead of "none offers one")."""
-
-    def note(self, event: str) -> None:
-        """An event of this launch: logged now, shown by /api/capabilities and `status`."""
-        _log.info("%s", event)
-        self.events.append(event)
-
-
-def detection_versions(installed: InstalledOverlay | None) -> dict[str, str]:
-    """Versions that join the detection cache's fingerprint: a new bundle or overlay re-detects."""
-    return {"bundle": __version__, "overlay": installed.overlay_version if installed else "none"}
-
-
-def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
-    """The decision from what is installed, without asking the release server."""
-    installed = store.active()
-    return decide(
-        report,
-        installed.requirements if installed else None,
-        None,
-        _quarantine_reason(store, installed, None),
-        "no release index was checked (offline decision)",
-    )
-
-
-def release_decision(
-    settings: Settings,
-    report: DetectionReport,
-    keys: TrustedKeys | Sequence[str] | None = None,
-) -> Decision:
-    """The decision a launch would make now, the release index checked as a launch checks it
-    (at most once a day, `LLAMASHIP_RELEASE_CHECK`), without installing or activating."""
-    from llamaship.io import trusted_keys as signing
-
-    dirs = DataDirs(settings.home)
-    store = OverlayStore(dirs)
-    plan = _Plan(report, Decision("cpu", "", False), store.active(), [])
-    installed = plan.installed
-    available = None
-    if installed is None and report.gpus:
-        available = _available(settings, dirs, store, plan, signing.trusted_keys(keys))
-    return decide(
-        report,
-        installed.requirements if installed else None,
-        available,
-        _quarantine_reason(store, installed, available),
-        plan.unchecked,
-    )
-
-
-def bundle_llama_cpp_version() -> str:
-    """llama-cpp-python's version in this bundle, read without importing it."""
-    try:
-        return version("llama_cpp_python")
-    except PackageNotFoundError:
-        msg = "llama-cpp-python is not installed: reinstall the application"
-        raise LlamashipError(msg) from None
-
-
-def _available(
-    settings: Settings,
-    dirs: DataDirs,
-    store: OverlayStore,
-    plan: _Plan,
-    keys: TrustedKeys,
-) -> OverlayRequirements | None:
-    """The overlay the release index offers this machine (signed, checked), if any: asked at
-    most once a day (`release_check`); `plan.unchecked` says why it was not asked."""
-    from llamaship.io.fetch import Fetcher
-    from llamaship.io.http_session import DownloadLimits
-    from llamaship.launch.release_check import check_release
-    from llamaship.overlay.select import (
-        IncompatibleOverlay,
-        NoMatchingOverlay,
-        Target,
-        find_overlay,
-    )
-
-    limits = DownloadLimits(
-        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
-        read_timeout_s=AVAILABILITY_TIMEOUT_S,
-        max_attempts=1,
-    )
-    target = Target.current(plan.report, bundle_llama_cpp_version())
-
-    def lookup(url: str) -> OverlayRequirements | None:
-        try:
-            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
-                return find_overlay(url, store, target, keys, fetcher).requirements
-        except (NoMatchingOverlay, IncompatibleOverlay) as error:
-            plan.note(f"the release index offers no CUDA overlay for this machine: {error}")
-            return None
-
-    fingerprint = json.dumps(
-        [
-            __version__,
-            target.llama_cpp_version,
-            plan.report.cuda_driver_version,
-            sorted(gpu.compute_capability for gpu in plan.report.gpus),
-        ]
-    )
-    check = check_release(settings, dirs.state, fingerprint, lookup)
-    if check.note is not None:
-        plan.note(check.note)
-    plan.unchecked = check.unchecked
-    return check.available
-
-
-def _quarantine_reason(
-    store: OverlayStore, installed: InstalledOverlay | None, available: OverlayRequirements | None
-) -> str | None:
-    version_of = (
-        installed.overlay_version
-        if installed
-        else (available.overlay_version if available else None)
-    )
-    return store.quarantine_reason(version_of) if version_of else None
-
-
-def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
+def _count_boots(plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
     """Boot counting for the active overlay: count earlier launches that died running it."""
     installed = plan.installed
     if installed is None or store.quarantine_reason(installed.overlay_version) is not None:
@@ -227,12 +95,12 @@ def _plan(
     *,
     after_install: bool = False,
     available: OverlayRequirements | None = None,
-) -> _Plan:
+) -> Plan:
     """Decide (call under the launch lock); `install` says AUTO_UPGRADE_GPU should run first."""
     store.cleanup_leftovers()
     installed = store.active()
     report = load_or_detect(settings, dirs, detection_versions(installed))
-    plan = _Plan(report, Decision("cpu", "", False), installed, events, available)
+    plan = Plan(report, Decision("cpu", "", False), installed, events, available)
     _count_boots(plan, dirs, store, tracker)
 
     def plan_decision() -> Decision:
@@ -240,19 +108,19 @@ def _plan(
             report,
             installed.requirements if installed else None,
             plan.available,
-            _quarantine_reason(store, installed, plan.available),
+            quarantine_reason(store, installed, plan.available),
             plan.unchecked,
         )
 
     plan.decision = plan_decision()
     if not after_install and plan.decision.variant == "cpu" and report.gpus:
-        plan.available = _available(settings, dirs, store, plan, keys)
+        plan.available = available_overlay(settings, dirs, store, plan, keys)
         plan.decision = plan_decision()
         plan.install = plan.decision.upgrade_available and settings.auto_upgrade_gpu
     return plan
 
 
-def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: TrustedKeys) -> None:
+def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: Plan, keys: TrustedKeys) -> None:
     """AUTO_UPGRADE_GPU: download, verify, probe and install (the installer's own lock only)."""
     from llamaship.overlay.install import ensure_overlay
 
@@ -272,7 +140,7 @@ def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: Trusted
 
 
 def _fall_back_to_cpu(
-    plan: _Plan,
+    plan: Plan,
     tracker: LaunchTracker,
     reason: str,
     *,
@@ -290,7 +158,7 @@ def _fall_back_to_cpu(
 
 
 def _prepare_vulkan(
-    plan: _Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
     """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
     device go into the environment every llama.cpp process of this launch inherits)."""
@@ -314,7 +182,7 @@ def _prepare_vulkan(
 
 
 def _prepare_overlay(
-    plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
     """Probe (when needed), record the launch as booting it and activate; else fall back."""
     installed = plan.installed
@@ -338,7 +206,7 @@ def _prepare_overlay(
 
 
 def _import_llama(
-    plan: _Plan, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, store: OverlayStore, tracker: LaunchTracker
 ) -> tuple[Any, LoadedBackends]:
     """Import llama_cpp (the overlay's when active) and register its backends."""
     installed = plan.installed
@@ -378,7 +246,7 @@ def _choose(
     store: OverlayStore,
     keys: TrustedKeys,
     tracker: LaunchTracker,
-) -> _Plan:
+) -> Plan:
     """Decide and prepare under the launch lock; an install runs between two holds of it."""
     from filelock import Timeout
 
@@ -409,7 +277,7 @@ def _choose(
                     _prepare_vulkan(plan, settings, store, tracker)
     except Timeout:
         report = load_or_detect(settings, dirs, detection_versions(None))
-        plan = _Plan(report, Decision("cpu", "", False), None, events)
+        plan = Plan(report, Decision("cpu", "", False), None, events)
         _fall_back_to_cpu(
             plan,
             tracker,
@@ -486,7 +354,7 @@ def boot(
     )
 
 
-def _planned_overlay(plan: _Plan) -> str | None:
+def _planned_overlay(plan: Plan) -> str | None:
     if plan.decision.variant == "cuda" and plan.installed:
         return plan.installed.overlay_version
     return (
@@ -495,7 +363,7 @@ def _planned_overlay(plan: _Plan) -> str | None:
 
 
 def _running(
-    plan: _Plan, loaded: LoadedBackends, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, loaded: LoadedBackends, store: OverlayStore, tracker: LaunchTracker
 ) -> tuple[Variant, str | None]:
     """The variant this process runs on now, and its overlay; a Vulkan module that ggml did not
     load quarantines its overlay (the launch goes on, on the CPU build)."""
