@@ -31,11 +31,10 @@ from llamaship_build.overlay_layers import (
     stage_runtime_layer,
 )
 from llamaship_contract.hashing import sha256_of
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import (
     FORMAT,
-    ArchiveRef,
-    FileEntry,
     LayerManifest,
     LayerName,
     RequiredLayer,

@@ -20,15 +20,8 @@ from llamaship.overlay.select import Target
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo
-from llamaship_contract.overlay import (
-    FORMAT,
-    ArchiveRef,
-    FileEntry,
-    LayerManifest,
-    RequiredLayer,
-    dump_manifest,
-    layer_id,
-)
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
+from llamaship_contract.overlay import FORMAT, LayerManifest, RequiredLayer, dump_manifest, layer_id
 from llamaship_contract.release_index import (
     OVERLAYS_NAME,
     ReleaseEntry,

@@ -28,8 +28,9 @@ from llamaship.io.fs import (
 )
 from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship_contract.errors import LlamashipError
+from llamaship_contract.layer_files import FileEntry
 from llamaship_contract.names import ExitStatus
-from llamaship_contract.overlay import FileEntry, LayerManifest
+from llamaship_contract.overlay import LayerManifest
 from llamaship_contract.overlay_fields import safe_relative_path
 
 if TYPE_CHECKING:
