@@ -214,7 +214,8 @@ OWN_PREFIXES = ("LLAMASHIP_", "LLAMACPP_", "GPU_DETECTION_")
 BUILD_PREFIX = "LLAMASHIP_BUILD_"
 # Other LLAMASHIP_ variables that are not options (read elsewhere): the explicit .env path and
 # the release signing key (the build's and `llamaship keys`' CI secret).
-IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY"})
+# The release signing keys are the build's (CI secrets), never a setting of the runtime.
+IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY", "LLAMASHIP_INDEX_KEY"})
 # Options without one of `OWN_PREFIXES`: a close misspelling of one is refused too (in `.env`
 # files; warned about in the environment, which other programs share).
 UNPREFIXED = tuple(option.key for option in OPTIONS if not option.key.startswith(OWN_PREFIXES))
