@@ -263,6 +263,10 @@ FORMATS: Mapping[str, BinaryFormat] = {
 }
 
 
+def _absolute(path: Path) -> Path:
+    return Path(os.path.normpath(path.absolute()))
+
+
 def _binaries(root: Path, binary_format: BinaryFormat) -> Iterator[Path]:
     for folder, _dirs, files in sorted(os.walk(root)):
         for name in sorted(files):
@@ -285,15 +289,16 @@ class ImportReport:
 def find_missing(root: Path, platform: str, alongside: Sequence[Path] = ()) -> ImportReport:
     """Read every binary of `platform`'s format under `root`; what each lacks."""
     binary_format = _format(platform)
-    trees = Trees(root, tuple(alongside))
+    # Absolute, so install names resolved from a binary's folder compare with the tops.
+    trees = Trees(_absolute(root), tuple(_absolute(top) for top in alongside))
     names = trees.names()
     checked = 0
     missing: dict[str, tuple[str, ...]] = {}
-    for path in _binaries(root, binary_format):
+    for path in _binaries(trees.root, binary_format):
         checked += 1
         lacking = binary_format.missing(path, trees, names)
         if lacking:
-            missing[path.relative_to(root).as_posix()] = lacking
+            missing[path.relative_to(trees.root).as_posix()] = lacking
     return ImportReport(checked, missing)
 
 
