@@ -16,6 +16,7 @@ import pefile
 import pytest
 from macholib.MachO import MachO
 
+from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.imports_check import (
     FORMATS,
@@ -25,6 +26,7 @@ from llamaship_build.imports_check import (
     macho_resolves,
 )
 from llamaship_build.overlay_build import runtime_requirements
+from llamaship_build.overlay_layers import external_needs, stage_llama_layer
 from llamaship_build.project import Project, cache_dir
 from llamaship_contract.names import ExitStatus
 
@@ -205,6 +207,24 @@ def test_an_elf_library_missing_from_the_tree_is_named(tmp_path: Path) -> None:
     sodium.unlink()
     (lacking,) = find_missing(tree, "linux").missing.values()
     assert lacking == (sodium.name,)
+
+
+def test_the_llama_cuda_layer_loads_only_beside_its_runtime_layer(
+    tmp_path: Path, cuda_wheel: Path
+) -> None:
+    patchelf = Patchelf(find_patchelf())
+    layer = tmp_path / "llama-cuda"
+    stage_llama_layer(cuda_wheel, layer, tmp_path / "scratch", patchelf)
+    cuda = external_needs(layer, patchelf)
+    assert "libcudart.so.13" in cuda
+    with pytest.raises(BuildError) as raised:
+        check_imports(layer, "linux")
+    assert all(name in str(raised.value) for name in cuda)
+    runtime = tmp_path / "cuda-runtime"
+    (runtime / "lib").mkdir(parents=True)
+    for name in cuda:
+        (runtime / "lib" / name).write_bytes(b"")
+    assert check_imports(layer, "linux", alongside=(runtime,)) >= 4  # libllama, ggml's, ...
 
 
 def test_a_tree_without_the_platforms_binaries_is_refused(tmp_path: Path) -> None:
