@@ -187,6 +187,16 @@ def release_bundle(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, tags=["release"], default=False)
+def check_imports(session: nox.Session) -> None:
+    """Fail unless every library the binaries in a bundle or layer folder import is in that
+    folder or on a clean install of this OS (`-- DIR`; default dist/backend)."""
+    build_env(session)
+    session.run(
+        "python", "-m", "llamaship_build", "check-imports", *(session.posargs or ["dist/backend"])
+    )
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
 def release_overlay(session: nox.Session) -> None:
     """Release CI: the CUDA overlay layers, unsigned (the pinned wheel, else a source build)."""
     build_env(session)

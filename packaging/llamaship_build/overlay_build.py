@@ -22,6 +22,7 @@ from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
 from llamaship_build.glibc import GLIBC, GLIBCXX, glibc_floors
+from llamaship_build.imports_check import check_imports
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
@@ -232,6 +233,9 @@ def build_overlay(
             raise BuildError(msg)
         runtime_root = staging / "cuda-runtime"
         stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
+        check_imports(runtime_root, "linux")
+        if runtime_libraries is None:  # a chosen subset leaves the other libraries out on purpose
+            check_imports(llama_root, "linux", alongside=(runtime_root,))
         runtime, written = _pack_layer(
             "cuda-runtime",
             runtime_root,
