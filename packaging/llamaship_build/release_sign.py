@@ -90,6 +90,13 @@ def sign_release(
     """
     from llamaship_build.overlay_release import release
 
+    if not any(overlay_dir.glob("*.json")):
+        _log.warning(
+            "no overlay layers in %s: the release carries the bundles alone and no index is "
+            "written (the live index stays as it is)",
+            overlay_dir,
+        )
+        return []
     if dry_run:
         private, public = generate_keypair()
         _log.warning("dry run: signing with throwaway key %s (%s)", key_id(public), DRY_RUN_NOTE)
