@@ -28,6 +28,7 @@ _COMMANDS = {
     "status": "llamaship.cli.status",
     "fit": "llamaship.cli.fit",
     "models": "llamaship.cli.models",
+    "measure-variant": "llamaship.cli.measure_variant",
 }
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
 _ENV_FILE_HELP = (

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.config.values import (
+    VariantChoice,
     parse_bool,
     parse_layers,
     parse_megabytes,
@@ -21,6 +22,7 @@ from llamaship.config.values import (
     parse_text,
     parse_threads,
     parse_timeout,
+    parse_variant_choice,
 )
 
 
@@ -103,6 +105,13 @@ OPTIONS: tuple[Option, ...] = (
         "MiB the GPU fit leaves free on each GPU (for the desktop and other programs).",
     ),
     Option(
+        "LLAMASHIP_VARIANT_CHOICE",
+        "variant_choice",
+        parse_variant_choice,
+        "measured",
+        "GPU or CPU build: measured (the GPU build only if it measured faster), gpu or cpu.",
+    ),
+    Option(
         "LLAMACPP_N_THREADS",
         "n_threads",
         parse_threads,
@@ -167,6 +176,7 @@ class Settings:
     restart: str
     port_file: Path | None
     vram_margin_mb: int = 1024
+    variant_choice: VariantChoice = "measured"
 
 
 BY_KEY = {option.key: option for option in OPTIONS}
