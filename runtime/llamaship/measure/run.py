@@ -174,7 +174,7 @@ def run_child(
             argv, timeout, env=setup.environment(env), on_start=on_child
         )
     except subprocess.TimeoutExpired:
-        msg = f"the {setup.variant} run did not finish within {timeout:.0f} s and was stopped"
+        msg = f"the {setup.variant} run did not finish within {timeout:.3g} s and was stopped"
         raise MeasurementFailed(msg) from None
     except OSError as error:
         msg = f"the {setup.variant} run could not start: {error}"
