@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +37,8 @@ from llamaship.paths import DataDirs
 from llamaship_build.gguf_models import Shape, write_llama_gguf
 from llamaship_contract.document import dump_document_pretty
 from llamaship_contract.measure import VariantMeasurement, VariantSpeed
+from llamaship_contract.names import ADMIN_TOKEN_NAME
+from test_settings_page import browser_page  # noqa: F401 (a fixture, used by name)
 
 VULKAN_MODULES = sorted(
     (Path.home() / ".cache" / "llamaship-build").glob("vulkan*/**/libggml-vulkan.so")
@@ -64,20 +67,24 @@ def speed(variant: str, pp: float, tg: float) -> VariantSpeed:
     )
 
 
-def measurement(model: Path, *, faster: bool, driver: str = "mesa 25.0.7") -> VariantMeasurement:
-    gpu, cpu = (speed("vulkan", 900, 40), speed("cpu", 300, 12))
+def measurement(
+    model: Path, *, faster: bool, driver: str = "mesa 25.0.7", variant: str = "vulkan"
+) -> VariantMeasurement:
+    gpu, cpu = (speed(variant, 900, 40), speed("cpu", 300, 12))
     if not faster:
-        gpu, cpu = (speed("vulkan", 40, 1.9), speed("cpu", 300, 14.9))
-    return VariantMeasurement(
-        model=model_identity(model),
-        variant="vulkan",
-        driver=driver,
-        gpu=gpu,
-        cpu=cpu,
-        faster=judge_speeds(gpu, cpu)[0],
-        reason=judge_speeds(gpu, cpu)[1],
-        measured_at="2026-12-07T08:00:00+00:00",
-        seconds=12.5,
+        gpu, cpu = (speed(variant, 40, 1.9), speed("cpu", 300, 14.9))
+    return VariantMeasurement.model_validate(
+        {
+            "model": model_identity(model),
+            "variant": variant,
+            "driver": driver,
+            "gpu": gpu,
+            "cpu": cpu,
+            "faster": judge_speeds(gpu, cpu)[0],
+            "reason": judge_speeds(gpu, cpu)[1],
+            "measured_at": "2026-12-07T08:00:00+00:00",
+            "seconds": 12.5,
+        }
     )
 
 
@@ -343,3 +350,30 @@ def test_the_real_vulkan_variant_on_lavapipe(tiny_model: Path) -> None:
     result = measure_variant(request)
     print(f"lavapipe: {result.reason} ({result.seconds:.1f} s)")
     assert result.gpu.n_gpu_layers == -1 and result.cpu.n_gpu_layers == 0
+
+
+def test_the_page_shows_the_result_and_offers_the_restart(
+    tiny_model: Path,
+    tmp_path: Path,
+    browser_page: Any,  # noqa: F811 (the fixture imported above)
+) -> None:
+    """A launch running cuda that followed no measurement, now measured slower: the page says
+    why with the numbers and offers the restart onto the CPU build."""
+    slower = measurement(tiny_model, faster=False, variant="cuda")
+    state = dataclasses.replace(
+        no_gpu_boot_state(tmp_path / "home"), active_variant="cuda", measurement=slower
+    )
+    with serving(state) as backend:
+        token = (backend.state.dirs.home / ADMIN_TOKEN_NAME).read_text()
+        page = browser_page
+        page.goto(f"{backend.url}/settings#token={token}")
+        page.wait_for_selector("body[data-loaded=true]")
+        assert page.locator("#measure").is_visible()
+        assert page.locator("#measure-message").inner_text() == slower.reason
+        assert page.locator("#measure-progress").is_hidden()
+        assert page.locator("#restart").is_visible()
+        assert page.locator("#restart-why").inner_text() == (
+            "Restart the app to run the CPU build, as measured above."
+        )
+        assert page.get_by_role("button", name="Restart now").is_enabled()
+        page.screenshot(path=str(tmp_path / "measured.png"), full_page=True)
