@@ -377,3 +377,39 @@ def test_the_page_shows_the_result_and_offers_the_restart(
         )
         assert page.get_by_role("button", name="Restart now").is_enabled()
         page.screenshot(path=str(tmp_path / "measured.png"), full_page=True)
+
+
+def test_the_launch_choice_reads_the_cache_for_the_model_and_driver(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from llamaship.config import resolve_settings
+    from llamaship.measure.choice import measured_choice
+
+    home = tmp_path / "home"
+    dirs = DataDirs(home)
+    setup = vulkan_setup(tmp_path / "libggml-vulkan.so", 0)
+
+    def choice(driver: str = "d", **env: str) -> Any:
+        settings = resolve_settings(
+            env={"LLAMASHIP_HOME": str(home), "LLAMASHIP_MODEL": str(tiny_model), **env}
+        )
+        return measured_choice(settings, dirs, setup, driver, n_threads=3)
+
+    first = choice()
+    assert (first.variant, first.reason, first.measurement) == ("vulkan", None, None)
+    assert first.measure == MeasureRequest(tiny_model, setup, "d", 3)
+    slower = measurement(tiny_model, faster=False, driver="d")
+    MeasurementCache(dirs).save(slower)
+    after = choice()
+    assert (after.variant, after.reason, after.measure, after.measurement) == (
+        "cpu",
+        slower.reason,
+        None,
+        slower,
+    )
+    assert choice(driver="a newer driver").measure is not None
+    assert choice(LLAMASHIP_VARIANT_CHOICE="gpu").variant == "vulkan"
+    assert choice(LLAMASHIP_VARIANT_CHOICE="cpu").variant == "cpu"
+    unreadable = choice(LLAMASHIP_MODEL=str(tmp_path / "missing.gguf"))
+    assert (unreadable.variant, unreadable.measure) == ("vulkan", None)
+    assert measured_choice(resolve_settings(env={}), dirs, None, "d", 1).variant == "cpu"
