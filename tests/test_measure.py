@@ -413,3 +413,26 @@ def test_the_launch_choice_reads_the_cache_for_the_model_and_driver(
     unreadable = choice(LLAMASHIP_MODEL=str(tmp_path / "missing.gguf"))
     assert (unreadable.variant, unreadable.measure) == ("vulkan", None)
     assert measured_choice(resolve_settings(env={}), dirs, None, "d", 1).variant == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("program", "message"),
+    [
+        (
+            "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)",
+            "the vulkan run crashed (SIGSEGV)",
+        ),
+        ("print('llama.cpp said hello')", "the vulkan run printed no result (last line: "),
+        ('print(\'{"variant": "vulkan"}\')', "the vulkan run printed no result (last line: "),
+    ],
+    ids=["crash", "no-json", "not-a-speed"],
+)
+def test_a_child_that_crashes_or_prints_no_result_fails_in_one_line(
+    tiny_model: Path, program: str, message: str
+) -> None:
+    """A stand-in for the child (the parent's handling of what a native crash leaves)."""
+    request = MeasureRequest(tiny_model, CPU_AS_VULKAN, driver="d", n_threads=1)
+    with pytest.raises(MeasurementFailed) as caught:
+        measure_variant(request, command=[sys.executable, "-c", program])
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)

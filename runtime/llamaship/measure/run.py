@@ -133,7 +133,11 @@ def self_command() -> list[str]:
 
 def _failure(variant: str, returncode: int, stdout: bytes, stderr: bytes) -> str | None:
     if returncode < 0:
-        return f"the {variant} run crashed ({signal.Signals(-returncode).name})"
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"the {variant} run crashed ({name})"
     if returncode != 0:
         lines = stderr.decode(errors="replace").strip().splitlines() or ["no output"]
         return f"the {variant} run failed (exit {returncode}): {lines[-1].strip()}"
