@@ -25,7 +25,7 @@ from llamaship.launch.outcome import BootState
 from llamaship.models.store import ModelStore
 from llamaship.settings_page import base_url, page_url
 from llamaship_backend.app import create_app
-from llamaship_backend.dependencies import restart_of
+from llamaship_backend.dependencies import measurement_of, restart_of
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RESTART_EXIT_CODE, exec_restart
 from llamaship_backend.security import is_loopback
@@ -110,6 +110,7 @@ class BackendServer(uvicorn.Server):
         super().__init__(config)
         self.listener = listener
         self._on_started = on_started
+        self._measurement = measurement_of(app)
         restart_of(app).bind(self.stop)
 
     def stop(self) -> None:
@@ -123,6 +124,12 @@ class BackendServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started and not self.should_exit:
             self._on_started()
+            # A usable but unmeasured GPU variant: measured in child processes while this serves.
+            self._measurement.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._measurement.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down, so the process would

@@ -30,6 +30,7 @@ _COMMANDS = {
     "models": "llamaship.cli.models",
     "vulkan-devices": "llamaship.cli.vulkan_devices",
     "open": "llamaship.cli.open_page",
+    "measure-variant": "llamaship.cli.measure_variant",
 }
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
 _ENV_FILE_HELP = (

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.config.values import (
+    VariantChoice,
     parse_bool,
     parse_layers,
     parse_megabytes,
@@ -21,6 +22,7 @@ from llamaship.config.values import (
     parse_text,
     parse_threads,
     parse_timeout,
+    parse_variant_choice,
     parse_vulkan_device,
 )
 
@@ -134,6 +136,13 @@ OPTIONS: tuple[Option, ...] = (
         "software renderer), none, its index or (part of) its name, as `detect` lists them.",
     ),
     Option(
+        "LLAMASHIP_VARIANT_CHOICE",
+        "variant_choice",
+        parse_variant_choice,
+        "measured",
+        "GPU or CPU build: measured (the GPU build only if it measured faster), gpu or cpu.",
+    ),
+    Option(
         "LLAMACPP_N_THREADS",
         "n_threads",
         parse_threads,
@@ -203,6 +212,7 @@ class Settings:
     release_check: bool = True
     hub_url: str = "https://huggingface.co"
     hub_allow_http: bool = False
+    variant_choice: VariantChoice = "measured"
 
 
 BY_KEY = {option.key: option for option in OPTIONS}
