@@ -154,6 +154,13 @@ def overlay(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, tags=["build"], default=False)
+def overlay_vulkan(session: nox.Session) -> None:
+    """Build the signed llama-vulkan layer (`-- --module PATH` to pack a module built elsewhere)."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "overlay-vulkan", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["build"], default=False)
 def release(session: nox.Session) -> None:
     """Bundle + overlay (posargs go to overlay) + the signed releases.json, in dist/release/."""
     build_env(session)

@@ -28,7 +28,7 @@ from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
 from llamaship.launch.decide import Decision, decide, recommend
-from llamaship.launch.decide_vulkan import decide_vulkan
+from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.plan import (
@@ -41,6 +41,8 @@ from llamaship.launch.plan import (
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
 from llamaship.launch.probe_record import ensure_probed
 from llamaship.launch.status import LaunchTracker
+from llamaship.measure.choice import measured_choice
+from llamaship.measure.run import vulkan_setup
 from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import OverlayStore
 from llamaship.overlay.vulkan import installed_vulkan, vulkan_environment
@@ -172,9 +174,22 @@ def _prepare_vulkan(
         choice,
         store.quarantine_reason(overlay.overlay_version),
     )
-    if not verdict.use:
+    if not verdict.use or choice.device_index is None:
         plan.note(verdict.reason)
         return
+    measured = measured_choice(
+        settings,
+        DataDirs(settings.home),
+        vulkan_setup(overlay.module, choice.device_index),
+        vulkan_driver(plan.report, choice.device_index),
+        recommend(plan.report, "vulkan", settings.n_gpu_layers, settings.n_threads)[1],
+    )
+    plan.measure, plan.measurement = measured.measure, measured.measurement
+    if measured.variant == "cpu":
+        plan.note(measured.reason or f"Vulkan overlay {overlay.overlay_version} is not used")
+        return
+    if measured.reason:
+        plan.note(measured.reason)
     os.environ.update(vulkan_environment(overlay, choice))
     tracker.counting(overlay.overlay_version)
     plan.vulkan = overlay
@@ -351,6 +366,8 @@ def boot(
         trusted_keys=keys,
         health=tracker,
         last_failure=plan.last_failure if variant == "cuda" else None,
+        measure=plan.measure,
+        measurement=plan.measurement,
     )
 
 

@@ -25,6 +25,14 @@ class VulkanDecision:
     reason: str
 
 
+def vulkan_driver(report: DetectionReport, device_index: int) -> str:
+    """What a measurement on the device is cached under: its name, driver and API version."""
+    for device in report.vulkan.devices:
+        if device.index == device_index:
+            return f"{device.name} / driver {device.driver_version} / Vulkan {device.api_version}"
+    return f"Vulkan device {device_index}"
+
+
 def decide_vulkan(
     report: DetectionReport,
     installed: VulkanPointer | None,

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.launch.decide import Decision, decide
+from llamaship.measure.run import MeasureRequest
 from llamaship.overlay.installed import InstalledOverlay
 from llamaship.overlay.store import OverlayStore
 from llamaship.overlay.vulkan import VulkanOverlay
@@ -23,6 +24,7 @@ from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.measure import VariantMeasurement
 from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.trust import TrustedKeys
 
@@ -40,6 +42,9 @@ class Plan:
     events: list[str]
     available: OverlayRequirements | None = None
     vulkan: VulkanOverlay | None = None
+    measure: MeasureRequest | None = None
+    """The Vulkan variant is usable but unmeasured: the backend measures it once serving."""
+    measurement: VariantMeasurement | None = None
     install: bool = False
     tries_left: int | None = None
     last_failure: LaunchProcess | None = None
