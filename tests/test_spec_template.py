@@ -28,6 +28,7 @@ def test_spec_matches_golden_file() -> None:
 def test_spec_is_deterministic_and_cpu_only() -> None:
     text = _render()
     assert text == _render()
+    compile(text, "backend.spec", "exec")  # the values baked in are Python, not bare JSON
     assert "collect_all(" not in text
     assert '"torch"' in text and '"tensorflow"' in text and '"scipy"' in text
     assert "cuda" not in text.lower()
