@@ -47,6 +47,14 @@ def test_the_release_index_url_is_baked_in_like_the_trusted_keys() -> None:
     project = Project.here()
     url = "https://owner.github.io/llamaship/releases.json"
     text = render_spec(project.templates, build_context(project, PLATFORMS["linux"], KEYS, url))
-    assert f'RELEASE = {{"release_url": "{url}"}}' in text
+    assert _baked_release(text) == {"release_url": url}
     assert '(os.path.join(keys_dir, "release.json"), "llamaship")' in text
-    assert 'RELEASE = {"release_url": null}' in _render()  # local and test bundles: none
+    assert _baked_release(_render()) == {"release_url": None}  # local and test bundles: none
+
+
+def _baked_release(spec: str) -> object:
+    """What the spec's RELEASE line evaluates to, as PyInstaller runs it."""
+    (line,) = [line for line in spec.splitlines() if line.startswith("RELEASE = ")]
+    namespace: dict[str, object] = {}
+    exec(f"import json\n{line}", namespace)
+    return namespace["RELEASE"]
