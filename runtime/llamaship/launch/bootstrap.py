@@ -48,6 +48,7 @@ from llamaship.overlay.store import OverlayStore
 from llamaship.overlay.vulkan import installed_vulkan, vulkan_environment
 from llamaship.paths import DataDirs
 from llamaship_contract.errors import LlamashipError
+from llamaship_contract.launch import BootCount
 from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.trust import TrustedKeys
 
@@ -57,11 +58,24 @@ LAUNCH_LOCK_TIMEOUT_S = 20.0
 
 
 def _count_boots(plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
-    """Boot counting for the active overlay: count earlier launches that died running it."""
-    installed = plan.installed
-    if installed is None or store.quarantine_reason(installed.overlay_version) is not None:
-        return
-    version_of = installed.overlay_version
+    """Boot counting for the installed overlays (CUDA, Vulkan): count earlier launches that died
+    running each; quarantine one after `BOOT_TRIES` in a row."""
+    vulkan = installed_vulkan(store)
+    for installed, is_cuda in (
+        (plan.installed.overlay_version if plan.installed else None, True),
+        (vulkan.overlay_version if vulkan else None, False),
+    ):
+        if installed is None or store.quarantine_reason(installed) is not None:
+            continue
+        count = _count_one(plan, dirs, store, tracker, installed)
+        if count is not None and is_cuda:
+            plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
+
+
+def _count_one(
+    plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker, version_of: str
+) -> BootCount | None:
+    """Count overlay `version_of`'s failed launches; None once it is quarantined."""
     assessment = boot_counting.assess(dirs, version_of, tracker.me)
     count = assessment.count
     for failed in assessment.counted:
@@ -83,8 +97,8 @@ def _count_boots(plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: Launc
         store.quarantine(version_of, reason)
         boot_counting.forget(dirs, version_of)
         plan.note(f"overlay {version_of} quarantined: {reason}")
-        return
-    plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
+        return None
+    return count
 
 
 def _plan(
