@@ -46,7 +46,8 @@ def test_one_call_pulls_verifies_and_serves_the_default_chat_model(
         assert started.status_code == 202, started.text
         job, _ = wait_for_job(admin, started.json()["job_id"])
         assert job["state"] == "succeeded", job
-        assert job["message"] == f"{DEFAULT_CHAT.name} is verified, installed and in use"
+        path = home / "models" / DEFAULT_CHAT.file_name
+        assert job["message"] == f"{DEFAULT_CHAT.name} is verified and in use ({path})"
         caps = admin.get("/api/capabilities").json()
         assert caps["model"]["id"] == DEFAULT_CHAT.file_name and caps["model"]["loaded"], caps
         reply = admin.post(

@@ -186,7 +186,7 @@ def start_pull(
 
     def serve(model: InstalledModel) -> str:
         _serve(store, engine, model)
-        return f"{model.name} is verified, installed and in use"
+        return f"{model.name} is verified and in use ({model.path})"
 
     return JobStarted(job_id=jobs.start(store, source, serve if body.use else None))
 

@@ -361,8 +361,9 @@ async function pullModel(model) {
           say("model-message", `${model.name} is verified; loading it…`);
         }
       });
+    // The job's own words: a pull of the same file already running (without "use") says so.
     say("model-message", job.state === "succeeded"
-      ? `${model.name} is verified and in use.`
+      ? `${job.message}.`
       : `The download failed: ${job.message}`);
   } catch (error) {
     say("model-message", `The download failed: ${error.message}`);
