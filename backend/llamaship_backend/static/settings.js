@@ -176,8 +176,9 @@ function showQuickStart(models, caps) {
   const busy = !$("model-job").hidden;
   $("model-quick").hidden = Boolean(caps.model.id) || !model || (busy && !quickRunning);
   if ($("model-quick").hidden) return;
-  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}, ` +
-    `${megabytes(model.size)}), check it against its publisher's sha256 and start using it.`);
+  const size = model.size ? `, ${megabytes(model.size)}` : "";
+  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}${size}), ` +
+    "check it against its publisher's sha256 and start using it.");
   $("model-quick-button").disabled = !token || busy;
 }
 
