@@ -154,6 +154,13 @@ def overlay(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON, tags=["build"], default=False)
+def overlay_vulkan(session: nox.Session) -> None:
+    """Build the signed llama-vulkan layer (`-- --module PATH` to pack a module built elsewhere)."""
+    build_env(session)
+    session.run("python", "-m", "llamaship_build", "overlay-vulkan", *session.posargs)
+
+
+@nox.session(python=PYTHON, tags=["build"], default=False)
 def release(session: nox.Session) -> None:
     """Bundle + overlay (posargs go to overlay) + the signed releases.json, in dist/release/."""
     build_env(session)
@@ -184,6 +191,16 @@ def release_bundle(session: nox.Session) -> None:
     env = {**reproducible_env(session), "LLAMASHIP_BUILD_RELEASE_INDEX_URL": pages}
     session.run("python", "-m", "llamaship_build", "bundle", *session.posargs, env=env)
     session.run("python", "-m", "llamaship_build", "release-assets", "dist/assets", env=env)
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def check_imports(session: nox.Session) -> None:
+    """Fail unless every library the binaries in a bundle or layer folder import is in that
+    folder or on a clean install of this OS (`-- DIR`; default dist/backend)."""
+    build_env(session)
+    session.run(
+        "python", "-m", "llamaship_build", "check-imports", *(session.posargs or ["dist/backend"])
+    )
 
 
 @nox.session(python=PYTHON, tags=["release"], default=False)

@@ -12,4 +12,5 @@ pytest_plugins = [
     "fixtures_release",
     "fixtures_models",
     "fixtures_browser",
+    "fixtures_vulkan",
 ]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llamaship.config import load_settings
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
 from llamaship.io.fs import DiskSpaceError
 from llamaship.io.http_session import DownloadLimits
 from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
@@ -29,7 +29,7 @@ from llamaship.models.store import (
     UnverifiedModel,
 )
 from llamaship_contract.document import parse_document
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.models import ModelCatalogue
 from llamaship_contract.names import ExitStatus
 from models_kit import GEMMA_FILE, ONE_TRY, Gemma, ModelServer, files_under

@@ -12,10 +12,11 @@ from fixtures_release import Release
 from hardware.fakes import FakeHardware
 from llamaship.bundled_release import bundled_release_url
 from llamaship.config import Settings, resolve_settings
-from llamaship.errors import ConfigError, LlamashipError
-from llamaship.launch.bootstrap import release_decision
+from llamaship.errors import ConfigError
 from llamaship.launch.decide import decide
+from llamaship.launch.plan import release_decision
 from llamaship.launch.release_check import CHECK_INTERVAL_S, check_file, check_release
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.overlay import OverlayRequirements
 from overlay_kit.server import OverlayServer, serving
 from test_bootstrap import boot

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 
 from llamaship.launch.outcome import BootState
 from llamaship.models.hub import Hub
@@ -76,13 +76,9 @@ class PullJobNotFound(BackendError):
     code = "pull_job_not_found"
 
 
-def set_model_store(app: FastAPI, store: ModelStore) -> None:
-    """Use `store` (e.g. with another catalogue) instead of the bundled catalogue's."""
-    app.state.model_store = store
-
-
 def get_model_store(request: Request) -> ModelStore:
-    """The app's model store (the bundled catalogue, LLAMASHIP_HOME), created on first use."""
+    """The app's model store (`create_app(model_store=...)`, else the bundled catalogue's under
+    LLAMASHIP_HOME, created on first use)."""
     with _state_lock:
         store: ModelStore | None = getattr(request.app.state, "model_store", None)
         if store is None:

@@ -13,7 +13,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from llamaship.errors import LlamashipError
 from llamaship.launch.outcome import BootState
 from llamaship.overlay.install import Installer, InstallResult, ProgressFn
 from llamaship.overlay.jobs import UpgradeJobs
@@ -24,6 +23,7 @@ from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError
 from llamaship_backend.schemas import JobStarted, UpgradeJobProgress, UpgradeOffer
 from llamaship_backend.security import require_admin
+from llamaship_contract.errors import LlamashipError
 
 router = APIRouter(dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 _jobs_lock = threading.Lock()

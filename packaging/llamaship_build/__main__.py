@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from llamaship_build import cli_build, cli_checks, cli_release
+from llamaship_build import cli_build, cli_checks, cli_release, cli_vulkan
 from llamaship_build.project import Project
 from llamaship_contract.errors import LlamashipError
 
@@ -19,7 +19,7 @@ from llamaship_contract.errors import LlamashipError
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llamaship_build")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (cli_build, cli_release, cli_checks):
+    for group in (cli_build, cli_release, cli_checks, cli_vulkan):
         group.add_commands(commands)
     return parser
 

@@ -24,6 +24,7 @@ from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool
 from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floors
+from llamaship_build.imports_check import check_imports
 from llamaship_build.interpreter import llama_lib_dir, site_packages, versions
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
@@ -291,6 +292,11 @@ def build_bundle(
         strip_binaries(bundle_dir)
     if target.name != "windows":
         link_duplicates(bundle_dir)
+    # Every library its binaries import is in it or on a clean install (docs/platforms.md).
+    checked = check_imports(bundle_dir, target.name)
+    _log.info(
+        "imports: the %d binaries of the bundle load only its own and the OS's libraries", checked
+    )
     floors = None
     if target.name == "linux":  # what the user's system must provide (docs/platforms.md)
         floors = glibc_floors(bundle_dir, (GLIBC, GLIBCXX))

@@ -22,6 +22,7 @@ from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
 from llamaship_build.glibc import GLIBC, GLIBCXX, glibc_floors
+from llamaship_build.imports_check import check_imports
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
@@ -31,11 +32,10 @@ from llamaship_build.overlay_layers import (
     stage_runtime_layer,
 )
 from llamaship_contract.hashing import sha256_of
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import (
     FORMAT,
-    ArchiveRef,
-    FileEntry,
     LayerManifest,
     LayerName,
     RequiredLayer,
@@ -52,7 +52,7 @@ RUNTIME_PACKAGES = ("nvidia-cuda-runtime", "nvidia-cublas")
 _MB = 1_000_000
 
 
-def _timestamp(created: datetime | None) -> str:
+def manifest_timestamp(created: datetime | None) -> str:
     """`created`, else SOURCE_DATE_EPOCH (reproducible builds: `nox -s repro`), else now."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
     moment = created or (
@@ -127,6 +127,19 @@ def _checked(manifest: LayerManifest) -> bytes:
     return data
 
 
+def write_manifest(manifest: LayerManifest, stem: Path, signing_key_b64: str | None) -> list[Path]:
+    """Write `<stem>.json` (checked, canonical) and, given a key, its signature `.json.sig`."""
+    manifest_path = stem.with_name(f"{stem.name}.json")
+    data = _checked(manifest)
+    manifest_path.write_bytes(data)
+    written = [manifest_path]
+    if signing_key_b64 is not None:  # unsigned: the release's signing step signs it later
+        signature_path = manifest_path.with_name(manifest_path.name + SIGNATURE_SUFFIX)
+        signature_path.write_bytes(sign(data, signing_key_b64))
+        written.append(signature_path)
+    return written
+
+
 def _pack_layer(
     layer: LayerName,
     root: Path,
@@ -142,14 +155,7 @@ def _pack_layer(
     files = layer_files(root)
     archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
     manifest = _manifest(layer, info, requires, archive, files, created, target, layer_floors(root))
-    manifest_path = out_dir / f"{stem}.json"
-    data = _checked(manifest)
-    manifest_path.write_bytes(data)
-    written = [out_dir / archive.name, manifest_path]
-    if signing_key_b64 is not None:  # unsigned: the release's signing step signs it later
-        signature_path = manifest_path.with_name(manifest_path.name + SIGNATURE_SUFFIX)
-        signature_path.write_bytes(sign(data, signing_key_b64))
-        written.append(signature_path)
+    written = [out_dir / archive.name, *write_manifest(manifest, out_dir / stem, signing_key_b64)]
     _log.info(
         "layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d)",
         layer,
@@ -193,7 +199,7 @@ def build_overlay(
     if signing_key_b64 is not None:
         public_key_of(signing_key_b64)  # a bad key fails now, not after minutes of compression
     tool = patchelf or Patchelf(find_patchelf())
-    created_text = _timestamp(created)
+    created_text = manifest_timestamp(created)
     out_dir.mkdir(parents=True, exist_ok=True)
     platform = read_wheel_info(wheel).platform
     if not platform.startswith("linux_"):
@@ -233,6 +239,9 @@ def build_overlay(
             raise BuildError(msg)
         runtime_root = staging / "cuda-runtime"
         stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
+        check_imports(runtime_root, "linux")
+        if runtime_libraries is None:  # a chosen subset leaves the other libraries out on purpose
+            check_imports(llama_root, "linux", alongside=(runtime_root,))
         runtime, written = _pack_layer(
             "cuda-runtime",
             runtime_root,

@@ -13,7 +13,7 @@ from llamaship_build.fit_tool import BUNDLE_FILES
 from llamaship_build.platforms import TargetPlatform
 from llamaship_build.project import Project
 from llamaship_contract.signing import SigningKeyError
-from llamaship_contract.trust import TRUSTED_KEYS_NAME, TrustedKeys, parse_trusted_keys
+from llamaship_contract.trust import TrustedKeys, parse_trusted_keys
 
 TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
@@ -46,7 +46,7 @@ METADATA_OF = ("llama_cpp_python", "llamaship")
 
 def trusted_keys(project: Project) -> TrustedKeys:
     """The public keys by role shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
-    path = project.root / "runtime" / "llamaship" / TRUSTED_KEYS_NAME
+    path = project.trusted_keys_file
     try:
         return parse_trusted_keys(path.read_bytes(), str(path))
     except OSError as error:

@@ -111,6 +111,40 @@ function showGpu(caps) {
   say("decision-reason", caps.decision.reason);
 }
 
+// The measured choice: a GPU build timed against the CPU build once the server is up.
+let measureWatched = false;
+
+function showMeasurement(caps) {
+  const measurement = caps.measurement;
+  $("measure").hidden = !measurement || measurement.state === "idle";
+  if ($("measure").hidden) return;
+  $("measure-progress").hidden = measurement.state !== "running";
+  $("measure-progress").value = measurement.progress;
+  const prefix = { running: "Measuring: ", failed: "The measurement failed: " };
+  say("measure-message", (prefix[measurement.state] || "") + measurement.message);
+  if (measurement.restart_advised) {
+    const build = measurement.next_variant === "cpu" ? "CPU" : measurement.next_variant;
+    needRestart(`Restart the app to run the ${build} build, as measured above.`);
+  }
+  if (measurement.state === "running" && !measureWatched) watchMeasurement();
+}
+
+async function watchMeasurement() {
+  measureWatched = true;
+  try {
+    let caps;
+    do {
+      await sleep(1000);
+      caps = await api("/api/capabilities", { admin: false });
+      showMeasurement(caps);
+    } while (caps.measurement && caps.measurement.state === "running");
+  } catch (error) {
+    say("measure-message", `Cannot follow the measurement: ${error.message}`);
+  } finally {
+    measureWatched = false;
+  }
+}
+
 function showUpgrade(caps, settings) {
   const section = $("upgrade");
   section.hidden = !caps.decision.upgrade_available && $("upgrade-job").hidden;
@@ -216,6 +250,7 @@ async function refresh() {
   ]);
   current = { caps, settings: settings.settings, models };
   showGpu(caps);
+  showMeasurement(caps);
   showUpgrade(caps, settings.settings);
   showSettings(settings.settings);
   showModels(models, caps);

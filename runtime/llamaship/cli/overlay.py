@@ -10,19 +10,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llamaship.config import Settings
     from llamaship.overlay.install import InstallProgress
-    from llamaship.overlay.store import InstalledOverlay, OverlayStore
+    from llamaship.overlay.store import OverlayStore
+from llamaship.overlay.installed import InstalledOverlay
 
 _LLAMA_DISTRIBUTION = "llama_cpp_python"
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("overlay", help="install, inspect or remove the CUDA overlay")
+    parser = subparsers.add_parser(
+        "overlay", help="install, inspect or remove the GPU overlays (CUDA, Vulkan)"
+    )
     actions = parser.add_subparsers(dest="overlay_command", metavar="ACTION", required=True)
     install = actions.add_parser(
         "install",
         help="install the overlay from a release (directory, releases.json or URL)",
         description="Verify, download, unpack, probe and activate the overlay the signed "
-        "release index offers this machine. Progress goes to stderr.",
+        "release index offers this machine: a CUDA overlay for an NVIDIA GPU first, else a "
+        "Vulkan overlay for the chosen Vulkan device. Progress goes to stderr.",
     )
     install.add_argument(
         "source",
@@ -31,6 +35,12 @@ def add_parser(subparsers: Any) -> None:
     install.add_argument(
         "--llama-cpp-version",
         help="the bundle's llama-cpp-python version (default: the installed one)",
+    )
+    install.add_argument(
+        "--kind",
+        choices=("auto", "cuda", "vulkan"),
+        default="auto",
+        help="which overlay to install (default: auto, the best this machine can run)",
     )
     status = actions.add_parser("status", help="show the active and previous overlay")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -111,11 +121,14 @@ def interrupted(args: argparse.Namespace, prog: str) -> str:
 def _install(args: argparse.Namespace) -> int:
     import llamaship
     from llamaship.detect import load_or_detect
+    from llamaship.detect.vulkan_choice import vulkan_device_choice
     from llamaship.io.local_files import local_path
     from llamaship.io.trusted_keys import trusted_keys
-    from llamaship.overlay.install import Installer, index_location_of
+    from llamaship.overlay.best import install_best
+    from llamaship.overlay.install import index_location_of
     from llamaship.overlay.select import Target
     from llamaship.paths import DataDirs
+    from llamaship_contract.overlay import LayerKind
 
     path = local_path(args.source)
     if path is not None:
@@ -123,10 +136,28 @@ def _install(args: argparse.Namespace) -> int:
     settings = _settings(args)
     dirs = DataDirs(settings.home)
     report = load_or_detect(settings, dirs, {"bundle": llamaship.__version__})
-    target = Target.current(report, _bundle_llama_cpp_version(args.llama_cpp_version))
+    choice = vulkan_device_choice(report, settings)
+    version = _bundle_llama_cpp_version(args.llama_cpp_version)
+    target = Target.current(report, version, vulkan_device=choice.device_index)
     location = args.source if path is None else index_location_of(path)
-    installer = Installer(dirs, trusted_keys(args.trusted_keys), progress=_ProgressPrinter())
-    result = installer.install(location, target)
+    kinds: tuple[LayerKind, ...] = ("cuda", "vulkan") if args.kind == "auto" else (args.kind,)
+    best = install_best(
+        dirs,
+        trusted_keys(args.trusted_keys),
+        location,
+        target,
+        choice,
+        kinds=kinds,
+        progress=_ProgressPrinter(),
+    )
+    if best.vulkan is not None:
+        print(
+            f"Vulkan overlay {best.overlay_version} is installed ({best.vulkan.module.name}); "
+            "restart the app to use it"
+        )
+        return 0
+    assert best.cuda is not None
+    result = best.cuda
     overlay = result.overlay
     if not result.changed:
         print(f"overlay {overlay.overlay_version} is already active")

@@ -11,8 +11,6 @@ from llamaship.launch.outcome import Variant
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.overlay import OverlayRequirements
 
-__all__ = ["Decision", "OverlayRequirements", "decide", "default_threads", "recommend"]
-
 UPGRADE_HINT = "POST /api/admin/upgrade-gpu or `llamaship overlay install`"
 
 
@@ -167,9 +165,9 @@ def recommend(
 ) -> tuple[int, int]:
     """(n_gpu_layers, n_threads): the user's settings where given, else sensible defaults.
 
-    The CPU variant offloads nothing; the cuda variant offloads every layer (-1) by default.
+    The CPU variant offloads nothing; a GPU variant offloads every layer (-1) by default.
     """
-    if variant == "cuda" and report.gpus:
+    if (variant == "cuda" and report.gpus) or variant == "vulkan":
         layers = -1 if n_gpu_layers_setting is None else n_gpu_layers_setting
     else:
         layers = 0

@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from llamaship.config import Settings
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import atomic_write_json
 from llamaship_contract.document import parse_document
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.overlay import OverlayRequirements
 
 _log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import ensure_free_space, free_bytes, fsync_dir
 from llamaship.io.http_session import DownloadLimits
@@ -37,6 +37,7 @@ from llamaship.models.catalogue import bundled_catalogue
 from llamaship.models.hub import Hub, HubHashMissing, published_file
 from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.textsafe import printable

@@ -53,11 +53,12 @@ def find_offer(
         available = find_overlay(index_location, store, target, trusted_keys, fetcher)
     missing = [layer for layer in available.layers if not store.has_layer(layer.id)]
     active = store.active()
+    record = available.record()
     return UpgradeOffer(
         overlay_version=available.entry.overlay_version,
-        cuda_version=available.requirements.cuda_version,
+        cuda_version=record.requirements.cuda_version,
         download_bytes=sum(layer.manifest.archive.size for layer in missing),
         unpacked_bytes=sum(layer.manifest.unpacked_size for layer in missing),
         reused_layers=tuple(layer.id for layer in available.layers if layer not in missing),
-        active=active is not None and active.record == available.record(),
+        active=active is not None and active.record == record,
     )
