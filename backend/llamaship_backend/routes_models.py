@@ -156,12 +156,15 @@ def list_models(
             )
         )
     serving = engine.model
-    chat = next((entry for entry in store.catalogue.models if entry.purpose == "chat"), None)
+    try:
+        default_chat: str | None = store.default_chat().name
+    except UnknownModel:
+        default_chat = None
     return ModelsReply(
         models_dir=str(store.dir),
         active=active,
         serving=None if serving is None else str(serving),
-        default_chat=None if chat is None else chat.name,
+        default_chat=default_chat,
         models=models,
     )
 
