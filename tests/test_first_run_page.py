@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from hardware.fakes import FakeHardware
 from hub_kit import LoopbackHub, loopback_hub
 from llamaship.models.store import ModelStore
 from models_kit import Gemma
+from terminal_kit import on_a_terminal
 
 DEFAULT_CHAT = ModelStore(Path("/nonexistent")).default_chat()
 PAGE_LINE = re.compile(r"settings page \(keep this address private\): (http://\S+#token=\w+)")
@@ -35,17 +35,6 @@ def site(tmp_path: Path, gemma: Gemma) -> Iterator[LoopbackHub]:
     with loopback_hub(www) as site:
         site.hub.publish(DEFAULT_CHAT.file_name, gemma.sha256, gemma.size)
         yield site
-
-
-def wait_for_page_url(process: subprocess.Popen[bytes], stderr: Path) -> str:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert process.poll() is None, stderr.read_text()
-        match = PAGE_LINE.search(stderr.read_text(errors="replace"))
-        if match:
-            return match[1]
-        time.sleep(0.02)
-    raise AssertionError(f"no page address printed:\n{stderr.read_text()}")
 
 
 def first_token_seconds(base: str) -> float:
@@ -70,10 +59,8 @@ def test_first_token_from_a_fresh_home_through_the_page(
     tmp_path: Path,
 ) -> None:
     page = browser_page
-    stderr = tmp_path / "serve.log"
     env = hardware.env(
         LLAMASHIP_PORT="0",
-        LLAMASHIP_PORT_FILE=str(tmp_path / "port"),
         LLAMASHIP_HUB_URL=site.hub.url,
         LLAMASHIP_HUB_ALLOW_HTTP="true",
         LLAMACPP_N_THREADS="1",
@@ -81,17 +68,9 @@ def test_first_token_from_a_fresh_home_through_the_page(
     )
     assert not hardware.home.exists() or not any(hardware.home.iterdir())
     started = time.monotonic()
-    with stderr.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llamaship_backend", "serve"],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = wait_for_page_url(process, stderr)
+    command = [sys.executable, "-m", "llamaship_backend", "serve"]
+    with on_a_terminal(command, env, tmp_path) as terminal:  # as a person starts it
+        url = terminal.read_until(PAGE_LINE)[1]
         listening = time.monotonic()
         page.goto(url)
         page.wait_for_selector("body[data-loaded=true]")
@@ -108,9 +87,6 @@ def test_first_token_from_a_fresh_home_through_the_page(
         base = url.split("/settings", 1)[0]
         token_s = first_token_seconds(base)
         done = time.monotonic()
-    finally:
-        process.terminate()
-        process.wait(30)
     timings = {
         "start_to_page_address_s": round(listening - started, 2),
         "page_open_s": round(clicked - listening, 2),

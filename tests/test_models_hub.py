@@ -14,6 +14,7 @@ import pytest
 from hub_kit import LoopbackHub, hub_entry, hub_file_url, loopback_hub
 from llamaship.errors import ConfigError
 from llamaship.io.fs import DiskSpaceError
+from llamaship.io.transfer import DownloadIncomplete
 from llamaship.models.hub import Hub, HubHashMissing
 from llamaship.models.store import ModelIntegrityError, ModelStore
 from llamaship_contract.document import parse_document
@@ -72,6 +73,24 @@ def test_a_hub_pull_is_verified_against_the_published_hash_and_recorded(
     # Installed and recorded: a second pull checks the file against the record, offline.
     assert store.pull(store.source("tiny-chat")).path == model.path
     assert site.hub.heads == [resolve]
+
+
+def test_a_resumed_pull_keeps_the_recorded_hash_and_a_changed_file_starts_over(
+    tmp_path: Path, site: LoopbackHub, tiny: bytes
+) -> None:
+    home = tmp_path / "home"
+    store = store_for(home, site)
+    site.cdn.inject(TINY, "truncate")
+    with pytest.raises(DownloadIncomplete):
+        store.pull(store.source("tiny-chat"))
+    recorded = store.verified_sha256(TINY)
+    assert recorded == hashlib.sha256(tiny).hexdigest()  # recorded before the download
+    kept = (home / "models" / ".partial" / f"{TINY}.part").stat().st_size
+    assert 0 < kept < len(tiny)
+    assert store.pull(store.source("tiny-chat")).path.read_bytes() == tiny
+    first, second = site.cdn.requested(TINY)
+    assert first.range is None and (second.range, second.status) == (f"bytes={kept}-", 206)
+    assert len(site.hub.heads) == 2  # asked again: the same hash, so the part was kept
 
 
 def test_a_wrong_published_hash_is_refused_and_nothing_is_kept(

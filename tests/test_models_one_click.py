@@ -46,7 +46,8 @@ def test_one_call_pulls_verifies_and_serves_the_default_chat_model(
         assert started.status_code == 202, started.text
         job, _ = wait_for_job(admin, started.json()["job_id"])
         assert job["state"] == "succeeded", job
-        assert job["message"] == f"{DEFAULT_CHAT.name} is verified, installed and in use"
+        path = home / "models" / DEFAULT_CHAT.file_name
+        assert job["message"] == f"{DEFAULT_CHAT.name} is verified and in use ({path})"
         caps = admin.get("/api/capabilities").json()
         assert caps["model"]["id"] == DEFAULT_CHAT.file_name and caps["model"]["loaded"], caps
         reply = admin.post(
@@ -89,3 +90,23 @@ def test_plain_http_for_the_hub_needs_the_explicit_setting(
     error = refused.json()["error"]
     assert error["code"] == "config_error" and "expected an https:// URL" in error["message"]
     assert site.hub.heads == []
+
+
+def test_a_model_that_does_not_load_is_not_chosen_and_the_served_one_stays(
+    start_backend: type[RunningBackend], site: LoopbackHub, gemma: Gemma
+) -> None:
+    backend: RunningBackend = start_backend(**hub_settings(site))  # type: ignore[call-arg]
+    models = backend.state.dirs.home / "models"
+    models.mkdir()
+    (models / "broken.gguf").write_bytes(b"GGUF" + b"\0" * 64)  # the magic, then nothing usable
+    with backend.admin_client() as admin:
+        started = admin.post("/api/models/pull", json={"name": DEFAULT_CHAT.name, "use": True})
+        job, _ = wait_for_job(admin, started.json()["job_id"])
+        assert job["state"] == "succeeded", job
+        refused = admin.post("/api/models/use", json={"name": "broken.gguf"})
+        caps = admin.get("/api/capabilities").json()
+        listed = admin.get("/api/models").json()
+    assert refused.status_code >= 400, refused.text
+    assert "could not load" in refused.json()["error"]["message"]
+    assert caps["model"]["id"] == DEFAULT_CHAT.file_name
+    assert listed["active"] == DEFAULT_CHAT.file_name

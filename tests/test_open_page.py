@@ -3,6 +3,7 @@ fragment, printed where no browser can open, never written to the log file."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,12 @@ from llamaship.errors import ConfigError
 from llamaship.launch.log import log_file
 from llamaship.settings_page import base_url, page_url, served_port
 from llamaship_contract.names import ADMIN_TOKEN_NAME, ExitStatus
+from terminal_kit import on_a_terminal
+
+PAGE_LINE = re.compile(
+    r"llamaship: settings page \(keep this address private\): "
+    r"(http://127\.0\.0\.1:\d+)/settings#token=([0-9a-f]{64})"
+)
 
 
 def run_open(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -58,19 +65,32 @@ def test_addresses_of_any_address_and_ipv6_listeners() -> None:
         served_port(0, Path("/dev/null"))
 
 
-def test_serve_announces_the_page_address_on_stderr_only(
+def test_serve_names_the_page_without_its_token_when_stderr_is_captured(
     launch_backend: Callable[..., BackendProcess], hardware: FakeHardware
 ) -> None:
     backend = launch_backend("--port", "0")
     port = backend.wait_for_port()
-    token = (hardware.home / ADMIN_TOKEN_NAME).read_text()
-    line = (
-        "llamaship: settings page (keep this address private): "
-        f"http://127.0.0.1:{port}/settings#token={token}"
+    backend.wait_for_line(
+        f"llamaship: settings page: http://127.0.0.1:{port}/settings (`llamaship open` opens it)"
     )
-    backend.wait_for_line(line)
     backend.process.send_signal(signal.SIGTERM)
     assert backend.wait() == 0
+    token = (hardware.home / ADMIN_TOKEN_NAME).read_text()
+    assert token not in backend.stderr()
+
+
+def test_serve_on_a_terminal_prints_the_page_address_with_its_token_not_in_the_log(
+    hardware: FakeHardware, tmp_path: Path
+) -> None:
+    env = hardware.env(LLAMASHIP_PORT="0", LLAMACPP_N_THREADS="1")
+    command = [sys.executable, "-m", "llamaship_backend", "serve"]
+    with on_a_terminal(command, env, tmp_path) as terminal:
+        match = terminal.read_until(PAGE_LINE)
+        token = (hardware.home / ADMIN_TOKEN_NAME).read_text()
+        assert match[2] == token
+        terminal.read_until(re.compile(f"listening on {re.escape(match[1])}"))
+        terminal.process.send_signal(signal.SIGTERM)
+        assert terminal.process.wait(60) == 0
     log = log_file(hardware.home).read_text()
-    assert f"listening on http://127.0.0.1:{port}" in log
+    assert f"listening on {match[1]}" in log
     assert token not in log, "the token stays out of the log file"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_release import Release
+from hardware.fakes import FakeHardware
 from llamaship.bundled_release import bundled_release_url
 from llamaship.config import Settings, resolve_settings
 from llamaship.errors import ConfigError
@@ -17,6 +18,8 @@ from llamaship.launch.plan import release_decision
 from llamaship.launch.release_check import CHECK_INTERVAL_S, check_file, check_release
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.overlay import OverlayRequirements
+from overlay_kit.server import OverlayServer, serving
+from test_bootstrap import boot
 from test_decide import CU13, RTX_3060, _gpu, _report
 
 DAY = CHECK_INTERVAL_S
@@ -151,3 +154,25 @@ def test_a_gpu_machine_is_offered_the_overlay_and_the_check_is_kept(
     decision = release_decision(off, report, (overlay_release.public_key,))
     assert not decision.upgrade_available
     assert "LLAMASHIP_RELEASE_CHECK is off" in decision.reason
+
+
+def test_two_launches_read_the_index_once_and_status_shows_the_offer(
+    gpu_machine: FakeHardware, overlay_release: Release
+) -> None:
+    with serving(OverlayServer(overlay_release.directory), "release-server") as server:
+        url = f"{server.url}releases.json"
+        first = boot(gpu_machine, overlay_release, LLAMASHIP_RELEASE_URL=url)
+        second = boot(gpu_machine, overlay_release, LLAMASHIP_RELEASE_URL=url)
+        assert len(server.requested("releases.json")) == 1  # the second launch: from the cache
+    for capabilities in (first, second):
+        assert capabilities["decision"]["upgrade_available"] is True, capabilities["decision"]
+    status = gpu_machine.run_cli("status", trust=overlay_release.public_key)
+    assert "upgrade:      a CUDA overlay is available" in status.stdout, status.stdout
+    off = boot(
+        gpu_machine, overlay_release, LLAMASHIP_RELEASE_URL=url, LLAMASHIP_RELEASE_CHECK="false"
+    )
+    assert off["decision"]["upgrade_available"] is False
+    assert (
+        "no release index was checked: LLAMASHIP_RELEASE_CHECK is off"
+        in (off["decision"]["reason"])
+    )

@@ -156,12 +156,15 @@ def list_models(
             )
         )
     serving = engine.model
-    chat = next((entry for entry in store.catalogue.models if entry.purpose == "chat"), None)
+    try:
+        default_chat: str | None = store.default_chat().name
+    except UnknownModel:
+        default_chat = None
     return ModelsReply(
         models_dir=str(store.dir),
         active=active,
         serving=None if serving is None else str(serving),
-        default_chat=None if chat is None else chat.name,
+        default_chat=default_chat,
         models=models,
     )
 
@@ -182,7 +185,7 @@ def start_pull(
 
     def serve(model: InstalledModel) -> str:
         _serve(store, engine, model)
-        return f"{model.name} is verified, installed and in use"
+        return f"{model.name} is verified and in use ({model.path})"
 
     return JobStarted(job_id=jobs.start(store, source, serve if body.use else None))
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -35,19 +36,24 @@ from llamaship_contract.names import ExitStatus
 logger = logging.getLogger(__name__)
 # The "listening" line is read by people and supervisors: it goes out under the name "llamaship".
 announce = logging.getLogger("llamaship")
-# The settings page's address carries the admin token: to the terminal only, never the log file.
+# The settings page's address carries the admin token: only to a terminal, never the log file.
 page_announce = logging.getLogger("llamaship.page")
 
 
-def announce_page(url: str) -> None:
-    """Say where the settings page is, token included, on stderr only (as Jupyter does)."""
+def announce_page(base: str, token: str) -> None:
+    """Say where the settings page is, as Jupyter does: with the token when stderr is a
+    terminal (a person reads it there); without it when stderr is captured (a supervisor, a
+    log file), naming `llamaship open` instead."""
     if not page_announce.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("llamaship: %(message)s"))
         page_announce.addHandler(handler)
         page_announce.propagate = False
         page_announce.setLevel(logging.INFO)
-    page_announce.info("settings page (keep this address private): %s", url)
+    if sys.stderr is not None and sys.stderr.isatty():
+        page_announce.info("settings page (keep this address private): %s", page_url(base, token))
+    else:
+        page_announce.info("settings page: %s/settings (`llamaship open` opens it)", base)
 
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -158,7 +164,7 @@ def serve(
 
     def started() -> None:
         announce.info("listening on %s", url)
-        announce_page(page_url(base_url(settings.host, port), app.state.admin_token))
+        announce_page(base_url(settings.host, port), app.state.admin_token)
         if not is_loopback(settings.host.strip("[]").lower()):
             announce.warning(
                 "listening on %s: any machine on the network can reach the API; admin calls "

@@ -210,8 +210,9 @@ function showQuickStart(models, caps) {
   const busy = !$("model-job").hidden;
   $("model-quick").hidden = Boolean(caps.model.id) || !model || (busy && !quickRunning);
   if ($("model-quick").hidden) return;
-  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}, ` +
-    `${megabytes(model.size)}), check it against its publisher's sha256 and start using it.`);
+  const size = model.size ? `, ${megabytes(model.size)}` : "";
+  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}${size}), ` +
+    "check it against its publisher's sha256 and start using it.");
   $("model-quick-button").disabled = !token || busy;
 }
 
@@ -396,8 +397,9 @@ async function pullModel(model) {
           say("model-message", `${model.name} is verified; loading it…`);
         }
       });
+    // The job's own words: a pull of the same file already running (without "use") says so.
     say("model-message", job.state === "succeeded"
-      ? `${model.name} is verified and in use.`
+      ? `${job.message}.`
       : `The download failed: ${job.message}`);
   } catch (error) {
     say("model-message", `The download failed: ${error.message}`);
