@@ -17,9 +17,10 @@ from llamaship.config import resolve_settings
 from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.launch.decide_vulkan import decide_vulkan
 from llamaship.overlay.best import install_best
+from llamaship.overlay.install import Installer
 from llamaship.overlay.select import NoMatchingOverlay, Target
 from llamaship.overlay.store import OverlayStore
-from llamaship.overlay.vulkan import BACKEND_PATH, installed_vulkan
+from llamaship.overlay.vulkan import BACKEND_PATH, VulkanInstaller, installed_vulkan
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport, VulkanDevice, VulkanReport
 from llamaship_contract.launch import BackendDevice, ProbeResult
@@ -112,7 +113,6 @@ def test_a_radeon_gets_the_vulkan_overlay_with_the_environment_of_its_launches(
     report = _report(RADEON)
     choice = vulkan_device_choice(report, resolve_settings(env={}))
     probe = ProbeRecorder()
-    from llamaship.overlay.vulkan import VulkanInstaller
 
     installer = VulkanInstaller(
         data_dirs, [release_keys.public], choice=choice, module_probe=probe, options=FAST_OPTIONS
@@ -136,14 +136,12 @@ def test_the_rule_ranks_cuda_first_for_an_nvidia_gpu(
     choice = vulkan_device_choice(report, resolve_settings(env={}))
     from overlay_kit.probe import import_probe
 
+    keys = [release_keys.public]
     best = install_best(
-        data_dirs,
-        [release_keys.public],
         str(mixed_release),
         _target(report, choice.device_index),
-        choice,
-        probe=import_probe,
-        options=FAST_OPTIONS,
+        cuda=Installer(data_dirs, keys, probe=import_probe, options=FAST_OPTIONS),
+        vulkan=VulkanInstaller(data_dirs, keys, choice=choice, options=FAST_OPTIONS),
     )
     assert best.kind == "cuda" and best.cuda is not None
     assert OverlayStore(data_dirs).vulkan() is None
@@ -157,12 +155,12 @@ def test_a_software_renderer_gets_no_overlay_unless_named(
     assert choice.device_index is None
     with pytest.raises(NoMatchingOverlay) as raised:
         install_best(
-            data_dirs,
-            [release_keys.public],
             str(mixed_release),
             _target(report, choice.device_index),
-            choice,
-            options=FAST_OPTIONS,
+            cuda=Installer(data_dirs, [release_keys.public], options=FAST_OPTIONS),
+            vulkan=VulkanInstaller(
+                data_dirs, [release_keys.public], choice=choice, options=FAST_OPTIONS
+            ),
         )
     message = str(raised.value)
     assert "cuda: " in message and "no NVIDIA GPU was detected" in message
@@ -177,7 +175,6 @@ def test_the_launch_uses_vulkan_only_for_a_usable_chosen_device(
     report = _report(RADEON)
     settings = resolve_settings(env={})
     choice = vulkan_device_choice(report, settings)
-    from llamaship.overlay.vulkan import VulkanInstaller
 
     VulkanInstaller(
         data_dirs,

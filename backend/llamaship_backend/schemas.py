@@ -211,7 +211,8 @@ class UpgradeOffer(BaseModel):
     model_config = _REPLY
 
     overlay_version: str
-    cuda_version: str
+    kind: Literal["cuda", "vulkan"] = Field(description="the overlay's kind, by the rule's rank")
+    cuda_version: str | None = Field(description="a CUDA overlay's CUDA version (null: Vulkan)")
     download_bytes: int = Field(description="archive bytes of the layers not yet installed")
     unpacked_bytes: int = Field(description="disk space those layers take once unpacked")
     active: bool = Field(description="this overlay is already the active one")

@@ -163,8 +163,9 @@ async function loadOffer() {
         `(${megabytes(offer.unpacked_bytes)} on disk)`
       : "Nothing to download: the layers are already here.";
     say("upgrade-size", size);
+    const backend = offer.kind === "vulkan" ? "Vulkan" : `CUDA ${offer.cuda_version}`;
     say("upgrade-text", `Install the GPU build of llama.cpp (overlay ${offer.overlay_version}, ` +
-      `CUDA ${offer.cuda_version}) so that models run on your graphics card.`);
+      `${backend}) so that models run on your graphics card.`);
   } catch (error) {
     say("upgrade-size", `The upgrade cannot be offered: ${error.message}`);
   }

@@ -125,10 +125,10 @@ def _install(args: argparse.Namespace) -> int:
     from llamaship.io.local_files import local_path
     from llamaship.io.trusted_keys import trusted_keys
     from llamaship.overlay.best import install_best
-    from llamaship.overlay.install import index_location_of
+    from llamaship.overlay.install import Installer, index_location_of
     from llamaship.overlay.select import Target
+    from llamaship.overlay.vulkan import VulkanInstaller
     from llamaship.paths import DataDirs
-    from llamaship_contract.overlay import LayerKind
 
     path = local_path(args.source)
     if path is not None:
@@ -140,15 +140,14 @@ def _install(args: argparse.Namespace) -> int:
     version = _bundle_llama_cpp_version(args.llama_cpp_version)
     target = Target.current(report, version, vulkan_device=choice.device_index)
     location = args.source if path is None else index_location_of(path)
-    kinds: tuple[LayerKind, ...] = ("cuda", "vulkan") if args.kind == "auto" else (args.kind,)
+    keys, progress = trusted_keys(args.trusted_keys), _ProgressPrinter()
     best = install_best(
-        dirs,
-        trusted_keys(args.trusted_keys),
         location,
         target,
-        choice,
-        kinds=kinds,
-        progress=_ProgressPrinter(),
+        cuda=Installer(dirs, keys, progress=progress) if args.kind in ("auto", "cuda") else None,
+        vulkan=VulkanInstaller(dirs, keys, choice=choice, progress=progress)
+        if args.kind in ("auto", "vulkan")
+        else None,
     )
     if best.vulkan is not None:
         print(

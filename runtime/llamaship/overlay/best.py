@@ -1,27 +1,17 @@
 """Install the best overlay this machine can run, by the one rule's ranking: a CUDA overlay for
 an NVIDIA GPU first, else a Vulkan overlay for the chosen Vulkan device.
 
-`overlay install` and the upgrade API use this; the launch ranks the same way.
+`overlay install`, the upgrade API and the launch rank the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
-from llamaship.detect.vulkan_choice import VulkanChoice
-from llamaship.overlay.install import (
-    Installer,
-    InstallOptions,
-    InstallResult,
-    ProbeFn,
-    ProgressFn,
-)
+from llamaship.overlay.install import Installer, InstallResult
 from llamaship.overlay.select import NoMatchingOverlay, Target
 from llamaship.overlay.vulkan import VulkanInstaller, VulkanOverlay
-from llamaship.paths import DataDirs
 from llamaship_contract.overlay import LayerKind
-from llamaship_contract.trust import TrustedKeys
 
 
 @dataclass(frozen=True)
@@ -39,35 +29,30 @@ class BestInstall:
         assert self.vulkan is not None
         return self.vulkan.overlay_version
 
+    @property
+    def changed(self) -> bool:
+        """Something new was installed (a Vulkan install always writes its pointer)."""
+        return self.cuda.changed if self.cuda is not None else True
+
 
 def install_best(
-    dirs: DataDirs,
-    trusted_keys: TrustedKeys | Sequence[str],
     index_location: str,
     target: Target,
-    choice: VulkanChoice,
     *,
-    kinds: Sequence[LayerKind] = ("cuda", "vulkan"),
-    probe: ProbeFn | None = None,
-    progress: ProgressFn | None = None,
-    options: InstallOptions | None = None,
+    cuda: Installer | None,
+    vulkan: VulkanInstaller | None,
 ) -> BestInstall:
-    """Try each kind in rank order; raise `NoMatchingOverlay` naming every kind's problems.
-
-    `probe` replaces the CUDA overlay's probe child (the Vulkan module's is the installer's).
-    """
+    """Try the CUDA installer, then the Vulkan one (each given one, in rank order); raise
+    `NoMatchingOverlay` naming every kind's problems when neither has an overlay for `target`."""
     problems: list[str] = []
-    for kind in kinds:
+    if cuda is not None:
         try:
-            if kind == "cuda":
-                installer = Installer(
-                    dirs, trusted_keys, probe=probe, progress=progress, options=options
-                )
-                return BestInstall("cuda", cuda=installer.install(index_location, target))
-            vulkan = VulkanInstaller(
-                dirs, trusted_keys, choice=choice, progress=progress, options=options
-            )
+            return BestInstall("cuda", cuda=cuda.install(index_location, target))
+        except NoMatchingOverlay as error:
+            problems.append(f"cuda: {error}")
+    if vulkan is not None:
+        try:
             return BestInstall("vulkan", vulkan=vulkan.install_vulkan(index_location, target))
         except NoMatchingOverlay as error:
-            problems.append(f"{kind}: {error}")
-    raise NoMatchingOverlay("; ".join(problems))
+            problems.append(f"vulkan: {error}")
+    raise NoMatchingOverlay("; ".join(problems) or "no overlay kind was asked for")
