@@ -196,3 +196,34 @@ def test_the_launch_uses_vulkan_only_for_a_usable_chosen_device(
     assert not quarantined.use and "quarantined: it crashed twice" in quarantined.reason
     assert not decide_vulkan(report, pointer, choice, None, "slower than the CPU").use
     assert not decide_vulkan(report, None, choice, None).use
+
+
+def test_overlay_status_shows_and_remove_deletes_the_vulkan_overlay(
+    mixed_release: Path,
+    release_keys: Keys,
+    data_dirs: DataDirs,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from llamaship.cli import main
+    from llamaship.cli.overlay import status_document
+    from llamaship.overlay.vulkan import VulkanInstaller
+
+    report = _report(RADEON)
+    choice = vulkan_device_choice(report, resolve_settings(env={}))
+    VulkanInstaller(
+        data_dirs,
+        [release_keys.public],
+        choice=choice,
+        module_probe=ProbeRecorder(),
+        options=FAST_OPTIONS,
+    ).install_vulkan(str(mixed_release), _target(report, choice.device_index))
+    store = OverlayStore(data_dirs)
+    assert status_document(store)["vulkan"]["module"] == "backends/libggml-vulkan.so"
+    monkeypatch.setenv("LLAMASHIP_HOME", str(data_dirs.home))
+    assert main(["overlay", "status"]) == 0
+    assert "vulkan: 0.3.36-vk-1 (Vulkan 1.2" in capsys.readouterr().out
+    assert main(["overlay", "remove", "--kind", "vulkan"]) == 0
+    assert "Vulkan overlay 0.3.36-vk-1 is removed" in capsys.readouterr().out
+    assert store.vulkan() is None and installed_vulkan(store) is None
+    assert not any(path.name.startswith("llama-vulkan") for path in store.layers_dir.iterdir())

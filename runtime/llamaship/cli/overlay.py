@@ -45,7 +45,15 @@ def add_parser(subparsers: Any) -> None:
     status = actions.add_parser("status", help="show the active and previous overlay")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     actions.add_parser("rollback", help="switch back to the previously active overlay")
-    actions.add_parser("remove", help="deactivate the overlay (run on CPU; rollback restores it)")
+    remove = actions.add_parser(
+        "remove", help="deactivate the overlay (run on CPU; rollback restores it)"
+    )
+    remove.add_argument(
+        "--kind",
+        choices=("cuda", "vulkan"),
+        default="cuda",
+        help="which overlay (default: cuda; a removed Vulkan overlay is deleted)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -186,9 +194,11 @@ def _describe(overlay: InstalledOverlay | None) -> dict[str, Any] | None:
 def status_document(store: OverlayStore) -> dict[str, Any]:
     """The overlay state as `overlay status --json` prints it."""
     accepted = store.accepted_serials()
+    vulkan = store.vulkan()
     return {
         "active": _describe(store.active()),
         "previous": _describe(store.previous()),
+        "vulkan": None if vulkan is None else vulkan.model_dump(mode="json", by_alias=True),
         "quarantined": store.quarantined(),
         "accepted_serials": {"index": accepted.index, "manifest": accepted.manifest},
     }
@@ -210,6 +220,13 @@ def _status(args: argparse.Namespace, store: OverlayStore) -> int:
                 f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
                 f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}"
             )
+    vulkan = document["vulkan"]
+    print(
+        "vulkan: none"
+        if vulkan is None
+        else f"vulkan: {vulkan['overlay_version']} (Vulkan {vulkan['requirements']['vulkan_api']}, "
+        f"llama_cpp {vulkan['llama_cpp_version']}, {vulkan['module']})"
+    )
     for version, reason in sorted(document["quarantined"].items()):
         print(f"quarantined: {version}: {reason}")
     return 0
@@ -227,6 +244,16 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay_command == "rollback":
         overlay = store.rollback()
         print(f"overlay {overlay.overlay_version} is active again; restart the app to use it")
+        return 0
+    if args.kind == "vulkan":
+        vulkan = store.vulkan()
+        store.set_vulkan(None)
+        print(
+            "no Vulkan overlay was installed"
+            if vulkan is None
+            else f"Vulkan overlay {vulkan.overlay_version} is removed (the next start runs "
+            "without it)"
+        )
         return 0
     removed = store.remove()
     if removed is None:

@@ -173,6 +173,12 @@ def _fall_back_to_cpu(
     plan.note(reason)
 
 
+def _stay_on_cpu(plan: Plan, reason: str) -> None:
+    """An installed Vulkan overlay is not used: its reason becomes the decision's."""
+    plan.note(reason)
+    plan.decision = Decision("cpu", f"{reason}; running on CPU", plan.decision.upgrade_available)
+
+
 def _prepare_vulkan(
     plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
@@ -189,7 +195,7 @@ def _prepare_vulkan(
         store.quarantine_reason(overlay.overlay_version),
     )
     if not verdict.use or choice.device_index is None:
-        plan.note(verdict.reason)
+        _stay_on_cpu(plan, verdict.reason)
         return
     measured = measured_choice(
         settings,
@@ -200,7 +206,7 @@ def _prepare_vulkan(
     )
     plan.measure, plan.measurement = measured.measure, measured.measurement
     if measured.variant == "cpu":
-        plan.note(measured.reason or f"Vulkan overlay {overlay.overlay_version} is not used")
+        _stay_on_cpu(plan, measured.reason or f"Vulkan overlay {overlay.overlay_version} is unused")
         return
     if measured.reason:
         plan.note(measured.reason)
