@@ -22,6 +22,7 @@ from fixtures_release import Release
 from hardware.fakes import FakeHardware
 from llamaship_build.gguf_models import Shape, write_llama_gguf
 from llamaship_build.launch import launched
+from llamaship_contract.names import ADMIN_TOKEN_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -78,7 +79,12 @@ def _launch_env(machine: FakeHardware, model: Path, **extra: str) -> Mapping[str
 
 
 def test_the_bundle_runs_a_model_on_lavapipe_only_when_told_and_keeps_the_faster_build(
-    bundle_executable: Path, lavapipe: FakeHardware, vulkan_release: Release, tiny_model: Path
+    bundle_executable: Path,
+    lavapipe: FakeHardware,
+    vulkan_release: Release,
+    tiny_model: Path,
+    browser_page: Any,
+    tmp_path: Path,
 ) -> None:
     # A software renderer is never chosen on its own: the install says why and changes nothing.
     refused = _install(bundle_executable, lavapipe, vulkan_release)
@@ -113,6 +119,17 @@ def test_the_bundle_runs_a_model_on_lavapipe_only_when_told_and_keeps_the_faster
         log = backend.log.read_text(errors="replace")
         assert re.search(r"Vulkan0 model buffer size", log), log[-3000:]
         assert "llvmpipe" in log
+        # The settings page says so too (docs/images/settings-vulkan.png is this screenshot).
+        token = (lavapipe.home / ADMIN_TOKEN_NAME).read_text()
+        browser_page.goto(f"{backend.url}/settings#token={token}")
+        browser_page.wait_for_function(
+            "document.getElementById('llama-variant').textContent.includes('vulkan build')"
+        )
+        assert browser_page.locator("#cuda-active").inner_text() == "Yes: Vulkan"
+        assert "llvmpipe" in browser_page.locator("#gpu-name").inner_text()
+        screenshot = tmp_path / "settings-vulkan.png"
+        browser_page.screenshot(path=str(screenshot), full_page=True)
+        print(f"settings page on Vulkan: {screenshot}")
 
     # A forced partial offload (one layer on the device, the rest on the CPU) loads too.
     partial = {**gpu, "LLAMACPP_N_GPU_LAYERS": "1"}

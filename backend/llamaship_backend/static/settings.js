@@ -67,14 +67,19 @@ function gibibytes(mib) {
   return `${(mib / 1024).toFixed(1)} GiB`;
 }
 
-function cudaActive(caps) {
-  return caps.llama_cpp.variant === "cuda" && caps.llama_cpp.gpu_offload === true;
+function gpuActive(caps) {
+  return caps.llama_cpp.variant !== "cpu" && caps.llama_cpp.gpu_offload === true;
 }
 
 function showGpu(caps) {
   const gpus = caps.gpus || [];
   const detection = caps.detection;
-  if (gpus.length === 0) {
+  const vulkan = (detection.vulkan && detection.vulkan.devices) || [];
+  if (gpus.length === 0 && vulkan.length > 0) {
+    say("gpu-name", vulkan.map((device) =>
+      `${device.name} (Vulkan ${device.api_version}, ${device.device_type})`).join(", "));
+    say("gpu-vram", vulkan.map((device) => gibibytes(device.memory_mb)).join(", "));
+  } else if (gpus.length === 0) {
     const why = (detection.errors || []).join("; ");
     say("gpu-name", why ? `none detected (${why})` : "none detected");
     say("gpu-vram", "—");
@@ -86,12 +91,12 @@ function showGpu(caps) {
   const driver = detection.driver_version;
   const cuda = detection.cuda_driver_version;
   say("gpu-driver", driver ? (cuda ? `${driver} (CUDA ${cuda})` : driver) : "not found");
-  const active = cudaActive(caps);
+  const active = gpuActive(caps);
   const cell = $("cuda-active");
   cell.dataset.active = String(active);
   cell.className = active ? "yes" : "no";
   if (active) {
-    cell.textContent = "Yes";
+    cell.textContent = caps.llama_cpp.variant === "vulkan" ? "Yes: Vulkan" : "Yes: CUDA";
   } else if (caps.llama_cpp.variant === "cuda") {
     cell.textContent = "No: the CUDA build is loaded but CUDA offloads nothing";
   } else {
