@@ -15,7 +15,7 @@ the driver). The release index (`llamaship_contract.release_index`) lists releas
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -90,51 +90,52 @@ def without_other_kinds(kind: LayerKind, data: dict[str, Any]) -> dict[str, Any]
     return {key: value for key, value in data.items() if key not in other}
 
 
-class _KindFacts(Protocol):
-    """The kind-specific fields a manifest and an index entry share (for `kind_problems`)."""
+class KindFacts(StrictDocument):
+    """What a release needs from a machine, as its layer manifests and its index entry state it:
+    the floors every kind has, and the facts of one kind (the other kind's stay empty)."""
 
-    @property
-    def cuda_version(self) -> str | None: ...
+    overlay_version: Text
+    serial: Count
+    min_vram_mb: Count
+    # The oldest glibc / libstdc++ (GLIBCXX) the layer's ELF libraries load on (Linux only).
+    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    # cuda: the CUDA version, driver floors per OS, and the architectures compiled.
+    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
+    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
+    cuda_archs: tuple[CudaArch, ...] = ()
+    ptx_archs: tuple[CudaArch, ...] = ()
+    # vulkan: the Vulkan API version the module needs and its shader features.
+    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
+    shader_features: tuple[ShaderFeature, ...] = ()
 
-    @property
-    def min_driver(self) -> Mapping[str, str]: ...
-
-    @property
-    def cuda_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def ptx_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def vulkan_api(self) -> str | None: ...
-
-    @property
-    def shader_features(self) -> tuple[str, ...]: ...
-
-
-def kind_problems(kind: str, facts: _KindFacts) -> list[str]:
-    """What a `kind` layer or release must state and must not: CUDA facts only for cuda."""
-    problems: list[str] = []
-    if kind == "cuda":
-        if facts.cuda_version is None:
-            problems.append("cuda_version: is required for a cuda layer")
-        if not facts.min_driver:
-            problems.append("min_driver: must name the oldest driver for at least one OS")
-        if not (facts.cuda_archs or facts.ptx_archs):
-            problems.append("cuda_archs: and ptx_archs are both empty: the layer runs on no GPU")
-        if facts.vulkan_api is not None or facts.shader_features:
-            problems.append("vulkan_api: and shader_features belong to vulkan layers only")
-    else:
-        if facts.vulkan_api is None:
-            problems.append("vulkan_api: is required for a vulkan layer")
-        if (
-            facts.cuda_version is not None
-            or facts.min_driver
-            or facts.cuda_archs
-            or (facts.ptx_archs)
-        ):
-            problems.append("cuda_version: and the other CUDA fields belong to cuda layers only")
-    return problems
+    def kind_problems(self, kind: str) -> list[str]:
+        """What a `kind` layer or release must state and must not: CUDA facts only for cuda."""
+        problems: list[str] = []
+        if kind == "cuda":
+            if self.cuda_version is None:
+                problems.append("cuda_version: is required for a cuda layer")
+            if not self.min_driver:
+                problems.append("min_driver: must name the oldest driver for at least one OS")
+            if not (self.cuda_archs or self.ptx_archs):
+                problems.append(
+                    "cuda_archs: and ptx_archs are both empty: the layer runs on no GPU"
+                )
+            if self.vulkan_api is not None or self.shader_features:
+                problems.append("vulkan_api: and shader_features belong to vulkan layers only")
+        else:
+            if self.vulkan_api is None:
+                problems.append("vulkan_api: is required for a vulkan layer")
+            if (
+                self.cuda_version is not None
+                or self.min_driver
+                or self.cuda_archs
+                or (self.ptx_archs)
+            ):
+                problems.append(
+                    "cuda_version: and the other CUDA fields belong to cuda layers only"
+                )
+        return problems
 
 
 class RequiredLayer(StrictDocument):
@@ -186,29 +187,15 @@ class VulkanRequirements(StrictDocument):
     min_vram_mb: Count
 
 
-class LayerManifest(StrictDocument):
+class LayerManifest(KindFacts):
     """A signed description of one overlay layer (`cuda-runtime`, `llama-cuda`, `llama-vulkan`)."""
 
     format: int
     layer: LayerName
-    overlay_version: Text
-    serial: Count
     requires: RequiredLayer | None
     llama_cpp_version: Text
     python_tag: Tag
     platform: Tag
-    min_vram_mb: Count
-    # The oldest glibc / libstdc++ (GLIBCXX) the layer's ELF libraries load on (Linux only).
-    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    # cuda layers: the CUDA version, driver floors per OS, and the architectures compiled.
-    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
-    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
-    cuda_archs: tuple[CudaArch, ...] = ()
-    ptx_archs: tuple[CudaArch, ...] = ()
-    # vulkan layers: the Vulkan API version the module needs and its shader features.
-    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
-    shader_features: tuple[ShaderFeature, ...] = ()
     archive: ArchiveRef
     unpacked_size: Count
     files: tuple[FileEntry, ...]
@@ -250,7 +237,7 @@ class LayerManifest(StrictDocument):
             )
         elif self.requires is not None and self.requires.layer != wanted:
             problems.append(f"requires.layer: must be {wanted} for a {self.layer} layer")
-        problems += kind_problems(KIND_OF_LAYER[self.layer], self)
+        problems += self.kind_problems(KIND_OF_LAYER[self.layer])
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -276,51 +263,7 @@ def dump_manifest(manifest: LayerManifest) -> bytes:
     return dump_document(manifest)
 
 
-class _CudaFacts(Protocol):
-    """What `requirements_for` reads: a cuda manifest's or index entry's fields."""
-
-    @property
-    def overlay_version(self) -> str: ...
-
-    @property
-    def serial(self) -> int: ...
-
-    @property
-    def cuda_version(self) -> str | None: ...
-
-    @property
-    def min_driver(self) -> Mapping[str, str]: ...
-
-    @property
-    def cuda_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def ptx_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def min_vram_mb(self) -> int: ...
-
-
-class _VulkanFacts(Protocol):
-    """What `vulkan_requirements` reads: a vulkan manifest's or index entry's fields."""
-
-    @property
-    def overlay_version(self) -> str: ...
-
-    @property
-    def serial(self) -> int: ...
-
-    @property
-    def vulkan_api(self) -> str | None: ...
-
-    @property
-    def shader_features(self) -> tuple[str, ...]: ...
-
-    @property
-    def min_vram_mb(self) -> int: ...
-
-
-def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
+def requirements_for(source: KindFacts, os_name: str) -> OverlayRequirements:
     """What the release of `source` needs from a machine running `os_name` ('linux', 'windows').
 
     Raises ManifestError when the overlay names no driver floor for that OS (not built for it).
@@ -349,7 +292,7 @@ def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
     )
 
 
-def vulkan_requirements(source: _VulkanFacts) -> VulkanRequirements:
+def vulkan_requirements(source: KindFacts) -> VulkanRequirements:
     """What the Vulkan release of `source` (its manifest or index entry) needs from a machine."""
     if source.vulkan_api is None:
         msg = f"overlay {source.overlay_version} is not a Vulkan overlay (it names no Vulkan API)"

@@ -43,6 +43,7 @@ from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import ProbeResult
 from llamaship_contract.names import INDEX_NAME
+from llamaship_contract.overlay import LayerKind
 from llamaship_contract.trust import TrustedKeys, trusted
 
 if TYPE_CHECKING:
@@ -153,21 +154,34 @@ class Installer:
         """
         with self.store.install_lock(timeout=self.options.lock_timeout_s):
             self.store.cleanup_leftovers()
-            self.report("index", message=f"reading the release index {index_location}")
             with Fetcher(self.options.limits) as fetcher:
-                available = find_overlay(
-                    index_location, self.store, target, self.trusted_keys, fetcher
-                )
-                self._observer("index")
-                version = available.entry.overlay_version
-                reason = self.store.quarantine_reason(version)
-                if skip_quarantined and reason is not None:
-                    msg = (
-                        f"overlay {version} is quarantined ({reason}); install it explicitly "
-                        "with `llamaship overlay install` to retry"
-                    )
-                    raise QuarantinedRelease(msg)
+                available = self.find(index_location, target, fetcher, "cuda", skip_quarantined)
                 return self._install(available, fetcher)
+
+    def find(
+        self,
+        index_location: str,
+        target: Target,
+        fetcher: Fetcher,
+        kind: LayerKind,
+        skip_quarantined: bool,
+    ) -> AvailableOverlay:
+        """The verified `kind` release for `target` (call under the install lock); a
+        quarantined one is refused when `skip_quarantined`."""
+        self.report("index", message=f"reading the release index {index_location}")
+        available = find_overlay(
+            index_location, self.store, target, self.trusted_keys, fetcher, kind=kind
+        )
+        self._observer("index")
+        version = available.entry.overlay_version
+        reason = self.store.quarantine_reason(version)
+        if skip_quarantined and reason is not None:
+            msg = (
+                f"overlay {version} is quarantined ({reason}); install it explicitly "
+                "with `llamaship overlay install` to retry"
+            )
+            raise QuarantinedRelease(msg)
+        return available
 
     def _install(self, available: AvailableOverlay, fetcher: Fetcher) -> InstallResult:
         record = available.record()

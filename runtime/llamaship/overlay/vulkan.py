@@ -25,9 +25,8 @@ from llamaship.overlay.install import (
     InstallOptions,
     ProbeRejected,
     ProgressFn,
-    QuarantinedRelease,
 )
-from llamaship.overlay.select import AvailableOverlay, Target, find_overlay
+from llamaship.overlay.select import AvailableOverlay, Target
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.errors import LlamashipError
@@ -118,18 +117,8 @@ class VulkanInstaller(Installer):
         """Install the Vulkan overlay the release `index_location` offers `target`."""
         with self.store.install_lock(timeout=self.options.lock_timeout_s):
             self.store.cleanup_leftovers()
-            self.report("index", message=f"reading the release index {index_location}")
             with Fetcher(self.options.limits) as fetcher:
-                available = find_overlay(
-                    index_location, self.store, target, self.trusted_keys, fetcher, kind="vulkan"
-                )
-                reason = self.store.quarantine_reason(available.entry.overlay_version)
-                if skip_quarantined and reason is not None:
-                    msg = (
-                        f"overlay {available.entry.overlay_version} is quarantined ({reason}); "
-                        "install it explicitly with `llamaship overlay install` to retry"
-                    )
-                    raise QuarantinedRelease(msg)
+                available = self.find(index_location, target, fetcher, "vulkan", skip_quarantined)
                 return self._install_vulkan(available, fetcher)
 
     def _install_vulkan(self, available: AvailableOverlay, fetcher: Fetcher) -> VulkanOverlay:
