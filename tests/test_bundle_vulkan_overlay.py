@@ -122,9 +122,7 @@ def test_the_bundle_runs_a_model_on_lavapipe_only_when_told_and_keeps_the_faster
         # The settings page says so too (docs/images/settings-vulkan.png is this screenshot).
         token = (lavapipe.home / ADMIN_TOKEN_NAME).read_text()
         browser_page.goto(f"{backend.url}/settings#token={token}")
-        browser_page.wait_for_function(
-            "document.getElementById('llama-variant').textContent.includes('vulkan build')"
-        )
+        browser_page.wait_for_selector("#llama-variant:has-text('vulkan build')", timeout=60000)
         assert browser_page.locator("#cuda-active").inner_text() == "Yes: Vulkan"
         assert "llvmpipe" in browser_page.locator("#gpu-name").inner_text()
         screenshot = tmp_path / "settings-vulkan.png"
