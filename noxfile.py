@@ -186,9 +186,21 @@ def reproducible_env(session: nox.Session) -> dict[str, str]:
 def release_bundle(session: nox.Session) -> None:
     """Release CI: the CPU bundle, reproducibly, and its per-OS named assets in dist/assets/."""
     build_env(session)
-    env = reproducible_env(session)
+    # The release index a release bundle looks in: this repository's GitHub Pages index.
+    pages = os.environ.get("LLAMASHIP_BUILD_RELEASE_INDEX_URL", "pages")
+    env = {**reproducible_env(session), "LLAMASHIP_BUILD_RELEASE_INDEX_URL": pages}
     session.run("python", "-m", "llamaship_build", "bundle", *session.posargs, env=env)
     session.run("python", "-m", "llamaship_build", "release-assets", "dist/assets", env=env)
+
+
+@nox.session(python=PYTHON, tags=["release"], default=False)
+def check_imports(session: nox.Session) -> None:
+    """Fail unless every library the binaries in a bundle or layer folder import is in that
+    folder or on a clean install of this OS (`-- DIR`; default dist/backend)."""
+    build_env(session)
+    session.run(
+        "python", "-m", "llamaship_build", "check-imports", *(session.posargs or ["dist/backend"])
+    )
 
 
 @nox.session(python=PYTHON, tags=["release"], default=False)

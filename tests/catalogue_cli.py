@@ -4,7 +4,7 @@ tests/trusting_cli.py does), and serving a model store whose catalogue is the JS
 CATALOGUE instead of the bundled one.
 
 Both go in through the Python API (`llamaship.cli.main(trusted_keys=..., serve_app=...)` and
-`llamaship_backend.server.serve(configure_app=...)`); a restart re-runs this same command line.
+`llamaship_backend.server.serve(model_store=...)`); a restart re-runs this same command line.
 """
 
 from __future__ import annotations
@@ -22,20 +22,14 @@ from llamaship_backend.cli import COMMANDS
 def serve_with_catalogue(catalogue_file: Path) -> Callable[[BootState, Callable[[], None]], int]:
     def serve_app(state: BootState, on_listening: Callable[[], None]) -> int:
         # Imported here, as the backend's own serve_app does: after the bootstrap chose llama_cpp.
-        from fastapi import FastAPI
-
         from llamaship.models.store import ModelStore
-        from llamaship_backend.routes_models import set_model_store
         from llamaship_backend.server import serve
         from llamaship_contract.document import parse_document
         from llamaship_contract.models import ModelCatalogue
 
         catalogue = parse_document(ModelCatalogue, catalogue_file.read_bytes(), str(catalogue_file))
-
-        def configure(app: FastAPI) -> None:
-            set_model_store(app, ModelStore(state.dirs.home, catalogue))
-
-        return serve(state, on_listening, configure_app=configure)
+        store = ModelStore(state.dirs.home, catalogue)
+        return serve(state, on_listening, model_store=store)
 
     return serve_app
 
@@ -45,7 +39,7 @@ if __name__ == "__main__":
     raise SystemExit(
         cli.main(
             arguments,
-            trusted_keys=(*bundled_trusted_keys(), key),
+            trusted_keys=(*bundled_trusted_keys().release, key),
             serve_app=serve_with_catalogue(Path(catalogue_path)),
             extra_commands=COMMANDS,
         )

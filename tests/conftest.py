@@ -11,4 +11,6 @@ pytest_plugins = [
     "fixtures_overlay_server",
     "fixtures_release",
     "fixtures_models",
+    "fixtures_browser",
+    "fixtures_vulkan",
 ]

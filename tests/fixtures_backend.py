@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from hardware.fakes import FakeHardware
 from llamaship.config import resolve_settings
 from llamaship.launch.outcome import BootState
+from llamaship.models.store import ModelStore
 from llamaship.paths import DataDirs
 from llamaship_backend.app import create_app
 from llamaship_backend.engine import Engine
@@ -100,11 +101,14 @@ class RunningBackend:
 
 @contextmanager
 def serving(
-    state: BootState, add_routes: Callable[[FastAPI], None] | None = None
+    state: BootState,
+    add_routes: Callable[[FastAPI], None] | None = None,
+    model_store: ModelStore | None = None,
 ) -> Iterator[RunningBackend]:
-    """Serve the app for `state` (plus the routes `add_routes` adds) until the block ends."""
+    """Serve the app for `state` (plus the routes `add_routes` adds, with `model_store`) until
+    the block ends."""
     engine = Engine(state)
-    app = create_app(state, engine)
+    app = create_app(state, engine, model_store=model_store)
     if add_routes is not None:
         add_routes(app)
     listener = bind_listener("127.0.0.1", 0)
@@ -124,16 +128,21 @@ def serving(
 
 @pytest.fixture
 def start_backend(tmp_path: Path) -> Iterator[Callable[..., RunningBackend]]:
-    """`start_backend(add_routes, LLAMASHIP_MODEL=...)`: a backend with these settings (and
-    routes), stopped at the end of the test."""
+    """`start_backend(add_routes, model_store=..., LLAMASHIP_MODEL=...)`: a backend with these
+    settings (and routes, and the model store `model_store(home)` makes), stopped at the end of
+    the test."""
     with ExitStack() as stack:
         homes = itertools.count()
 
         def start(
-            add_routes: Callable[[FastAPI], None] | None = None, **env: str
+            add_routes: Callable[[FastAPI], None] | None = None,
+            *,
+            model_store: Callable[[Path], ModelStore] | None = None,
+            **env: str,
         ) -> RunningBackend:
             home = tmp_path / f"home{next(homes)}"
-            return stack.enter_context(serving(no_gpu_boot_state(home, env), add_routes))
+            store = None if model_store is None else model_store(home)
+            return stack.enter_context(serving(no_gpu_boot_state(home, env), add_routes, store))
 
         yield start
 

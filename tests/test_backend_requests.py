@@ -10,7 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from fixtures_backend import RunningBackend
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 StartBackend = Callable[..., RunningBackend]
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}

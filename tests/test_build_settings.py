@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llamaship_build.errors import BuildError
 from llamaship_build.project import Project
 from llamaship_build.settings import VARIABLES, BuildSettings
 from llamaship_contract.signing import SIGNING_KEY_ENV
@@ -53,3 +54,27 @@ def test_the_checkout_can_be_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert Project.here().root == tmp_path.resolve()
     monkeypatch.delenv("LLAMASHIP_BUILD_ROOT")
     assert Project.here().root == PACKAGE.parents[1]
+
+
+def test_the_release_index_url_setting(tmp_path: Path) -> None:
+    from llamaship_build.release_location import pages_url, release_index_url
+
+    assert BuildSettings.resolve({}).release_index_url is None
+    pages = BuildSettings.resolve({"LLAMASHIP_BUILD_RELEASE_INDEX_URL": "pages"})
+    assert pages.release_index_url == "pages"
+    with pytest.raises(BuildError, match=r"LLAMASHIP_BUILD_RELEASE_INDEX_URL='http://x/r\.json'"):
+        BuildSettings.resolve({"LLAMASHIP_BUILD_RELEASE_INDEX_URL": "http://x/r.json"})
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n')
+    assert pages_url(pyproject) is None  # no [project.urls]: none is baked in
+    assert release_index_url("pages", pyproject) is None
+    pyproject.write_text(
+        '[project]\nname = "x"\n[project.urls]\nDocs = "https://example.org"\n'
+        'Source = "https://github.com/Some-Owner/llamaship.git"\n'
+    )
+    expected = "https://some-owner.github.io/llamaship/releases.json"
+    assert release_index_url("pages", pyproject) == expected
+    assert release_index_url("https://mirror.example/r.json", pyproject) == (
+        "https://mirror.example/r.json"
+    )
+    assert release_index_url(None, pyproject) is None

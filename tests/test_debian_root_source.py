@@ -197,7 +197,8 @@ def test_a_tarball_url_is_downloaded_and_checked(
     with pytest.raises(BuildError, match=r"not the expected f{64}: refused"):
         ensure_debian_root(tmp_path / "other", wrong, facts=ROOT_FACTS, check=pytest.fail)
     missing = _settings(
-        LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL=f"{url}/gone.tar.zst", LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256=sha256
+        LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL=f"{url}/gone.tar.zst",
+        LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256=sha256,
     )
     with pytest.raises(BuildError, match=r"cannot download .*gone.tar.zst: HTTP Error 404"):
         ensure_debian_root(tmp_path / "other", missing, facts=ROOT_FACTS, check=pytest.fail)

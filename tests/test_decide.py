@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from llamaship.launch.decide import OverlayRequirements, decide, default_threads, recommend
+from llamaship.launch.decide import decide, default_threads, recommend
 from llamaship_contract.detection import DetectionReport, GpuInfo, none_report
+from llamaship_contract.overlay import OverlayRequirements
 
 CU13 = OverlayRequirements(
     overlay_version="0.3.36-cu13.0-1",

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hardware.fakes import GTX_1060, RTX_3060, FakeGpu, FakeHardware
+from hardware.fakes import GTX_1060, RTX_3060, VK_RTX_3060, FakeGpu, FakeHardware
 from llamaship.detect.cache import read_cache, write_cache
 from llamaship.detect.fingerprint import compute_fingerprint
 from llamaship_contract.detection import none_report
@@ -78,6 +78,34 @@ def test_no_gpu_answer_does_not_outlive_nvidia_smi_appearing(hardware: FakeHardw
 
     assert report["source"] == "nvidia-smi"
     assert _gpu_names(report) == [GTX_1060.name]
+
+
+def test_no_vulkan_answer_does_not_outlive_a_vulkan_driver_install(hardware: FakeHardware) -> None:
+    hardware.vulkan_devices = [VK_RTX_3060]
+    assert hardware.detect()["vulkan"]["devices"] == []
+    assert hardware.detect()["cached"] is True  # "no Vulkan driver" is a conclusive answer
+
+    hardware.install_icd()  # a driver manifest appears in the loader's directory
+    report = hardware.detect()
+
+    assert report["cached"] is False
+    assert [device["name"] for device in report["vulkan"]["devices"]] == [VK_RTX_3060.name]
+
+
+def test_a_replaced_vulkan_driver_library_is_detected_again(hardware: FakeHardware) -> None:
+    """The manifest stays the same; the driver library it names is updated."""
+    hardware.install_icd()
+    hardware.vulkan_devices = [VK_RTX_3060]
+    assert hardware.detect()["cached"] is False
+    assert hardware.detect()["cached"] is True
+    calls = len(hardware.vulkan_calls())
+
+    library = hardware.lib_dir / "libfake_vulkan_icd.so"
+    status = library.stat()
+    os.utime(library, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+
+    assert hardware.detect()["cached"] is False
+    assert len(hardware.vulkan_calls()) > calls
 
 
 def _stale(text: str) -> str:
@@ -166,7 +194,8 @@ from llamaship.paths import DataDirs
 settings = resolve_settings()
 report = load_or_detect(settings, DataDirs(settings.home),
                         {"bundle": llamaship.__version__, "overlay": "none"})
-heavy = ["pynvml", "subprocess", "llamaship.detect.nvml", "llamaship.detect.smi"]
+heavy = ["pynvml", "subprocess", "ctypes", "llamaship.detect.nvml",
+         "llamaship.detect.smi", "llamaship.detect.vulkan", "llamaship.detect.vulkan_query"]
 print(json.dumps({"cached": report.cached, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
@@ -215,6 +244,26 @@ def test_fingerprint_follows_versions_and_nvidia_smi(tmp_path: Path) -> None:
     )
     assert compute_fingerprint({"bundle": "1"}, env) != base
     assert json.loads(json.dumps(base)) == base  # stored as JSON, compared after a round trip
+
+
+def test_fingerprint_follows_vulkan_manifests_and_the_libraries_they_name(tmp_path: Path) -> None:
+    icd_dir, lib_dir = tmp_path / "icd.d", tmp_path / "lib"
+    icd_dir.mkdir()
+    lib_dir.mkdir()
+    env = {"VK_DRIVER_FILES": str(icd_dir), "LD_LIBRARY_PATH": str(lib_dir)}
+    empty = compute_fingerprint({"bundle": "1"}, env)
+    manifest = icd_dir / "vendor_icd.json"
+    manifest.write_text('{"ICD": {"library_path": "libvendor_vulkan.so"}}')
+    named = compute_fingerprint({"bundle": "1"}, env)
+    (lib_dir / "libvendor_vulkan.so").write_bytes(b"driver")  # found like the loader finds it
+    installed = compute_fingerprint({"bundle": "1"}, env)
+
+    assert empty["vulkan_drivers"] == []
+    assert named != empty
+    assert installed != named
+    [[path, _, library]] = installed["vulkan_drivers"]  # type: ignore[misc]
+    assert (path, library[0]) == (str(manifest), str(lib_dir / "libvendor_vulkan.so"))
+    assert compute_fingerprint({"bundle": "1"}, {**env, "VK_LOADER_DEBUG": "all"}) != installed
 
 
 def test_cache_round_trip_marks_the_report_cached(tmp_path: Path) -> None:

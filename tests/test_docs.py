@@ -11,7 +11,7 @@ import pytest
 
 from llamaship.cli import build_parser
 from llamaship.config import OPTIONS
-from llamaship.config.options import BUILD_PREFIX, ENV_FILE_VARIABLE, REMOVED
+from llamaship.config.options import BUILD_PREFIX, IGNORED_ENV, REMOVED
 from llamaship_backend.cli import COMMANDS
 from llamaship_contract.names import ExitStatus
 
@@ -149,7 +149,7 @@ def _build_names() -> set[str]:
 
 
 def test_named_settings_exist() -> None:
-    known = {option.key for option in OPTIONS} | {ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY"}
+    known = {option.key for option in OPTIONS} | IGNORED_ENV
     known |= set(REMOVED) | _build_names()
     named = _named(_SETTING)
     assert named

@@ -177,7 +177,9 @@ def test_more_free_memory_never_means_fewer_layers(model_7b: Path) -> None:
 
 
 def fit_json(hardware: FakeHardware, model: Path, **extra: str) -> dict[str, Any]:
-    result = hardware.run_cli("fit", "--model", str(model), "--ctx", "4096", "--json", **extra)
+    result = hardware.run_cli(
+        "fit", "--model", str(model), "--ctx", "4096", "--variant", "cuda", "--json", **extra
+    )
     assert result.returncode == 0, result.stderr
     plan: dict[str, Any] = json.loads(result.stdout)
     return plan

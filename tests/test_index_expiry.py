@@ -14,8 +14,9 @@ from hardware.fakes import RTX_3060, FakeHardware
 from llamaship.io.fetch import Fetcher
 from llamaship.overlay.freshness import IndexExpired, ensure_unexpired
 from llamaship.overlay.install import Installer
+from llamaship.overlay.installed import AcceptedSerials
 from llamaship.overlay.select import find_overlay
-from llamaship.overlay.store import AcceptedSerials, OverlayStore
+from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_build.__main__ import main as build_main
 from llamaship_build.errors import BuildError

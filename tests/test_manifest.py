@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from llamaship.launch.decide import OverlayRequirements
 from llamaship_contract.overlay import (
+    OverlayRequirements,
     dump_manifest,
     layer_id,
     parse_manifest,
@@ -282,7 +282,7 @@ def to_requirements(manifest: Any, os_name: str) -> OverlayRequirements:
 
 def test_to_requirements_picks_the_os_driver() -> None:
     manifest = parse_manifest(encode(manifest_doc()))
-    assert to_requirements(manifest, "linux") == OverlayRequirements(
+    assert requirements_for(manifest, "linux") == OverlayRequirements(
         overlay_version="0.3.36-cu13.0-1",
         serial=7,
         cuda_version="13.0",
@@ -291,11 +291,11 @@ def test_to_requirements_picks_the_os_driver() -> None:
         ptx_archs=(),
         min_vram_mb=1024,
     )
-    assert to_requirements(manifest, "windows").min_driver == "580.88"
+    assert requirements_for(manifest, "windows").min_driver == "580.88"
     document = manifest_doc()
     document["min_driver"] = {"linux": "580.65.06"}
     with pytest.raises(ManifestError, match="no minimum driver for windows"):
-        to_requirements(parse_manifest(encode(document)), "windows")
+        requirements_for(parse_manifest(encode(document)), "windows")
 
 
 def entries_of(document: dict[str, Any]) -> Any:

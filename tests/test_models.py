@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from llamaship.config import load_settings
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
 from llamaship.io.fs import DiskSpaceError
 from llamaship.io.http_session import DownloadLimits
 from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
@@ -29,7 +29,7 @@ from llamaship.models.store import (
     UnverifiedModel,
 )
 from llamaship_contract.document import parse_document
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.models import ModelCatalogue
 from llamaship_contract.names import ExitStatus
 from models_kit import GEMMA_FILE, ONE_TRY, Gemma, ModelServer, files_under
@@ -208,12 +208,12 @@ def test_an_unverified_entry_needs_a_hash_or_an_explicit_acceptance(
     assert gguf_files(home) == ["gemma-unverified.gguf"]
 
 
-def test_the_bundled_catalogue_holds_the_defaults_marked_unverified() -> None:
+def test_the_bundled_catalogue_holds_the_defaults_verified_by_the_hub() -> None:
     store = ModelStore(Path("/nonexistent"))
     by_name = {entry.name: entry for entry in store.catalogue.models}
     assert set(by_name) == {"qwen3-0.6b", "nomic-embed-text-v1.5"}
     assert [entry.purpose for entry in by_name.values()] == ["chat", "embedding"]
-    assert all(entry.unverified and entry.sha256 is None for entry in by_name.values())
+    assert all(entry.hash_from == "hub" and entry.sha256 is None for entry in by_name.values())
     assert by_name["qwen3-0.6b"].url.startswith("https://huggingface.co/unsloth/Qwen3-0.6B-GGUF/")
 
 
@@ -290,7 +290,7 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     ("args", "status", "message"),
     [
         (("pull", "nope"), ExitStatus.CONFIG, "'nope' is not in the model catalogue"),
-        (("pull", "qwen3-0.6b"), ExitStatus.CONFIG, "pass --sha256 HASH"),
+        (("pull", "https://example.org/model.gguf"), ExitStatus.CONFIG, "pass --sha256 HASH"),
         (("use", "qwen3-0.6b"), ExitStatus.CONFIG, "'qwen3-0.6b' is not installed"),
         (("remove", "x"), ExitStatus.CONFIG, "'x' is not installed"),
         (

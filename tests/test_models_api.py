@@ -10,13 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 
 from fixtures_backend import RunningBackend
 from llamaship.config import load_settings
 from llamaship.models.settings import settings_path
 from llamaship.models.store import ModelStore
-from llamaship_backend.routes_models import set_model_store
 from models_kit import GEMMA_FILE, ONE_TRY, Gemma, ModelServer, files_under
 
 StartBackend = Callable[..., RunningBackend]
@@ -26,11 +24,10 @@ StartBackend = Callable[..., RunningBackend]
 def backend(start_backend: StartBackend, gemma: Gemma, model_server: ModelServer) -> RunningBackend:
     """A backend whose model store uses the test catalogue (the gemma GGUF on loopback)."""
 
-    def add_store(app: FastAPI) -> None:
-        home = app.state.boot_state.dirs.home
-        set_model_store(app, ModelStore(home, gemma.catalogue(model_server.url), limits=ONE_TRY))
+    def test_store(home: Path) -> ModelStore:
+        return ModelStore(home, gemma.catalogue(model_server.url), limits=ONE_TRY)
 
-    return start_backend(add_store)
+    return start_backend(model_store=test_store)
 
 
 def wait_for_job(client: httpx.Client, job_id: str) -> tuple[dict[str, Any], list[int]]:
@@ -83,7 +80,7 @@ def test_a_pull_job_reports_progress_and_the_model_is_then_used(
         "active": GEMMA_FILE,
         "name": "gemma3-270m",
         "path": str(home / "models" / GEMMA_FILE),
-        "restart_required": True,
+        "restart_required": False,
     }
     with backend.client() as client:
         after = client.get("/api/models").json()
@@ -218,7 +215,7 @@ def test_the_bundled_catalogue_is_served_by_default(start_backend: StartBackend)
     with backend.client() as client:
         models = client.get("/api/models").json()["models"]
     assert {model["name"] for model in models} == {"qwen3-0.6b", "nomic-embed-text-v1.5"}
-    assert all(model["unverified"] and not model["installed"] for model in models)
+    assert all(not model["unverified"] and not model["installed"] for model in models)
 
 
 def test_files_in_models_that_the_catalogue_does_not_know_are_listed(

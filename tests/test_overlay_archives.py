@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import DiskSpaceError
 from llamaship.overlay.extract import ArchiveError, extract_layer
 from llamaship.overlay.install import Installer, InstallOptions, install_from_path
-from llamaship.overlay.manifest import FileEntry, parse_manifest
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.layer_files import FileEntry
+from llamaship_contract.overlay import parse_manifest
 from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.child import start_installer
 from overlay_kit.probe import import_probe

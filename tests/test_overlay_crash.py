@@ -1,7 +1,7 @@
 """An installer killed (SIGKILL) at each step, two installers at once, and a crashing probe.
 
 The killed installer runs in a child process (`overlay_kit/child.py`) that pauses at a named
-step through the installer's checkpoint API (`llamaship.overlay.checkpoints`). The next start
+step through the installer's observer (`llamaship.overlay.checkpoints`). The next start
 cleans up; the previous overlay must still be active, nothing half-installed, nothing written
 outside the data dir; a new install works.
 """
@@ -9,12 +9,11 @@ outside the data dir; a new install works.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.checkpoints import STEPS, Step, set_checkpoint
+from llamaship.overlay.checkpoints import STEPS, Step
 from llamaship.overlay.install import Installer, ProbeRejected, QuarantinedRelease
 from llamaship.overlay.store import InstallBusy, OverlayStore
 from llamaship.paths import DataDirs
@@ -41,12 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def reached() -> Iterator[list[Step]]:
-    """The steps the installer reaches in this process, through the checkpoint API."""
-    steps: list[Step] = []
-    set_checkpoint(steps.append)
-    yield steps
-    set_checkpoint(None)
+def reached() -> list[Step]:
+    """The steps the installer reaches in this process, as its observer sees them."""
+    return []
 
 
 def test_checkpoints_are_reached_in_install_order(
@@ -57,7 +53,7 @@ def test_checkpoints_are_reached_in_install_order(
     reached: list[Step],
 ) -> None:
     releases.publish(overlay_server.root, V2)
-    install_release(v1_active, overlay_server.url + "releases.json", release_keys)
+    install_release(v1_active, overlay_server.url + "releases.json", release_keys, reached.append)
     assert reached == [
         "index",
         "download",
@@ -72,7 +68,7 @@ def test_checkpoints_are_reached_in_install_order(
 
 
 def test_shipped_code_has_no_test_switch() -> None:
-    """Tests pause the installer through `set_checkpoint`; no environment variable can."""
+    """Tests pause the installer through its `observer`; no environment variable can."""
     shipped = [
         path
         for folder in ("contract", "runtime", "backend")

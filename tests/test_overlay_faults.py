@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from llamaship.errors import LlamashipError
 from llamaship.io.transfer import DownloadError, DownloadIncomplete, IntegrityError
 from llamaship.overlay.install import Installer, InstallResult
 from llamaship.overlay.select import (
@@ -26,6 +25,7 @@ from llamaship.overlay.select import (
     Target,
 )
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.signing import SignatureError, sign
 from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.probe import import_probe

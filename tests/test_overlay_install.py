@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from llamaship.launch.probe import ProbeResult, run_probe
+from llamaship.launch.probe import run_probe
 from llamaship.overlay.install import Installer, InstallProgress, ProgressFn
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_build.release_index import write_release_index
+from llamaship_contract.launch import ProbeResult
 from overlay_kit.checks import assert_settled
 from overlay_kit.probe import import_probe
 from overlay_kit.releases import (

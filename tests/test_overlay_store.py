@@ -10,12 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from llamaship.overlay.store import (
-    PARTIAL_DOWNLOAD_MAX_AGE_S,
-    AcceptedSerials,
-    OverlayStore,
-    StoreError,
-)
+from llamaship.overlay.installed import AcceptedSerials
+from llamaship.overlay.store import PARTIAL_DOWNLOAD_MAX_AGE_S, OverlayStore, StoreError
 from llamaship.paths import DataDirs
 from overlay_kit.checks import assert_settled
 from overlay_kit.probe import install_release

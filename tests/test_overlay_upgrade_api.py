@@ -18,9 +18,9 @@ from fixtures_backend import admin_headers
 from hardware.fakes import RTX_3060, FakeHardware
 from llamaship.config import resolve_settings
 from llamaship.launch.outcome import BootState
+from llamaship.overlay.best import BestInstall
 from llamaship.overlay.install import (
     Installer,
-    InstallResult,
     ProbeRejected,
     ProgressFn,
     ensure_overlay,
@@ -161,12 +161,13 @@ def test_second_launch_does_not_wait_for_a_running_install(
 def installing(dirs: DataDirs, keys: Keys, index: Path, gate: threading.Event | None = None) -> Any:
     """Job work: a real install of `index`, held at its start until `gate` opens."""
 
-    def work(progress: ProgressFn) -> InstallResult:
+    def work(progress: ProgressFn) -> BestInstall:
         if gate is not None:
             assert gate.wait(60)
-        return Installer(
+        installer = Installer(
             dirs, [keys.public], probe=import_probe, progress=progress, options=FAST_OPTIONS
-        ).install(str(index), TARGET)
+        )
+        return BestInstall("cuda", cuda=installer.install(str(index), TARGET))
 
     return work
 
@@ -203,10 +204,10 @@ def test_one_job_at_a_time_and_its_progress(
 def test_failed_job_says_why(data_dirs: DataDirs) -> None:
     jobs = UpgradeJobs()
 
-    def refuse(progress: ProgressFn) -> InstallResult:
+    def refuse(progress: ProgressFn) -> BestInstall:
         raise ProbeRejected("overlay X was installed but its probe failed: it crashed")
 
-    def explode(progress: ProgressFn) -> InstallResult:
+    def explode(progress: ProgressFn) -> BestInstall:
         raise KeyError("surprise")
 
     failed = jobs.wait(jobs.start(refuse), timeout=60)

@@ -21,6 +21,7 @@ from llamaship_build.llama_wheel import normalize_wheel
 from llamaship_build.platforms import PLATFORMS
 from llamaship_build.project import Project
 from llamaship_build.spec import build_context, render_spec
+from llamaship_contract.trust import TrustedKeys
 from overlay_kit.probe import install_release
 from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 
@@ -184,7 +185,7 @@ def test_switching_works_while_old_layers_are_in_use_and_they_go_later(
 )
 def test_spec_names_each_os_llama_libraries(system: str, libraries: list[str]) -> None:
     project = Project.here()
-    context = build_context(project, PLATFORMS[system], ["key"])
+    context = build_context(project, PLATFORMS[system], TrustedKeys(release=("key",)))
     text = render_spec(project.templates, context)
     assert context["llama_libraries"] == libraries
     assert f"LLAMA_LIBRARIES = {libraries!r}".replace("'", '"') in text

@@ -8,16 +8,15 @@ libcuda.so.1 whose cuInit fails. Either way the probe reports no CUDA device and
 
 from __future__ import annotations
 
-import dataclasses
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from hardware.fake_cuda import compile_failing_libcuda, compile_stand_in_cublas
-from llamaship.launch.probe import NoCudaDevice, ProbeResult, check_cuda_devices, run_probe
+from llamaship.launch.probe import NoCudaDevice, check_cuda_devices, run_probe
 from llamaship_contract.detection import GpuInfo
-from llamaship_contract.launch import BackendDevice
+from llamaship_contract.launch import BackendDevice, ProbeResult
 from llamaship_contract.launch import ProbeResult as RecordedResult
 
 pytestmark = pytest.mark.slow
@@ -56,8 +55,8 @@ def cuda_build(
 
 
 def recorded(result: ProbeResult) -> RecordedResult:
-    """The result as the probe record keeps it."""
-    return RecordedResult.model_validate(dataclasses.asdict(result))
+    """The result as the probe record keeps it: the probe's own result (one declaration)."""
+    return result
 
 
 def test_without_libcuda_the_probe_reports_no_cuda_device_and_the_loaders_reason(

@@ -54,7 +54,7 @@ def test_the_tag_check_reads_pyproject(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "pyproject.toml").write_text('[project]\nversion = "2.0.0rc1"\n')
-    monkeypatch.setenv("LLAMASHIP_ROOT", str(tmp_path))
+    monkeypatch.setenv("LLAMASHIP_BUILD_ROOT", str(tmp_path))
     assert release_tag.main(["v2.0.0rc1"]) == 0
     assert "pre-release" in capsys.readouterr().out
     assert release_tag.main(["v2.0.0"]) == ExitStatus.BUILD_FAILED

@@ -257,3 +257,35 @@ def test_the_project_licence_is_mit_as_pyproject_says() -> None:
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License\n\nCopyright (c) the llamaship authors\n")
     assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_a_release_without_overlay_layers_signs_nothing_and_writes_no_index(
+    tmp_path: Path,
+) -> None:
+    """A failed overlay job never blocks the CPU bundles: signing finds no layers, writes no
+    index (the live one stays) and does not need the key."""
+    written = sign_release(
+        tmp_path / "overlay-not-built",
+        tmp_path / "release",
+        trusted_keys(Project(ROOT)),
+        serial=3,
+        base_url="",
+        key_file=None,
+        lifetime=timedelta(days=1),
+    )
+    assert written == []
+    assert not (tmp_path / "release").exists()
+    result = subprocess.run(
+        [
+            "sh",
+            str(ROOT / "scripts" / "split-index"),
+            str(tmp_path / "release"),
+            str(tmp_path / "i"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"GITHUB_OUTPUT": str(tmp_path / "outputs"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "outputs").read_text() == "index=no\n"

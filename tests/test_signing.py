@@ -13,6 +13,9 @@ from llamaship.cli import keys as cli_keys
 from llamaship.config import resolve_settings
 from llamaship.errors import ConfigError
 from llamaship.io.trusted_keys import bundled_trusted_keys, trusted_keys
+from llamaship_build.errors import BuildError
+from llamaship_build.project import Project
+from llamaship_build.spec import trusted_keys as source_trusted_keys
 from llamaship_contract.signing import (
     SignatureError,
     SigningKeyError,
@@ -22,6 +25,7 @@ from llamaship_contract.signing import (
     sign,
     verify,
 )
+from llamaship_contract.trust import TrustedKeys, parse_trusted_keys
 
 DATA = b'{"format":1,"layer":"llama-cuda"}'
 
@@ -107,11 +111,47 @@ def test_bad_private_key_is_refused_without_echoing_it() -> None:
 
 def test_trusted_keys_are_the_bundled_ones_unless_the_caller_passes_others() -> None:
     bundled = bundled_trusted_keys()
-    assert bundled, "llamaship/trusted_keys.json must hold the release public key(s)"
+    assert bundled.release, "llamaship/trusted_keys.json must hold the release public key(s)"
     _, extra = generate_keypair()
     assert trusted_keys() == bundled
-    assert trusted_keys([extra]) == (extra,)
-    assert trusted_keys(()) == ()
+    assert trusted_keys([extra]) == TrustedKeys(release=(extra,))
+    assert trusted_keys(TrustedKeys((extra,), (bundled.release[0],))).index == bundled.release
+    assert trusted_keys(()) == TrustedKeys(release=())
+
+
+def test_the_bundled_keys_and_the_source_trees_are_read_alike() -> None:
+    """The runtime's and the build's readers share the contract's parser: same keys."""
+    root = Path(__file__).resolve().parent.parent
+    assert source_trusted_keys(Project(root)) == bundled_trusted_keys()
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"not json", "it is not JSON"),
+        (b'{"release": []}', "must be a JSON object mapping 'release' and 'index'"),
+        (b'["c2hvcnQ="]', "must be a JSON object mapping 'release' and 'index'"),
+        (b'{"release": [7], "index": []}', "its 'release' list is not"),
+    ],
+)
+def test_a_malformed_trusted_keys_file_is_refused_by_the_runtime_and_the_build(
+    data: bytes, problem: str, tmp_path: Path
+) -> None:
+    with pytest.raises(SigningKeyError, match=f"^keys.json .*{problem}"):
+        parse_trusted_keys(data, "keys.json")
+    source = tmp_path / "runtime" / "llamaship" / "trusted_keys.json"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(data)
+    with pytest.raises(BuildError, match=problem):
+        source_trusted_keys(Project(tmp_path))
+
+
+def test_a_trusted_keys_file_lists_keys_by_role_in_their_order() -> None:
+    _, first = generate_keypair()
+    _, second = generate_keypair()
+    _, index = generate_keypair()
+    data = json.dumps({"release": [second, first], "index": [index]}).encode()
+    assert parse_trusted_keys(data, "keys.json") == TrustedKeys((second, first), (index,))
 
 
 @pytest.mark.parametrize("origin", ["environment", "env_file"])

@@ -10,7 +10,8 @@ import pytest
 
 from hardware.fakes import RTX_3060, FakeHardware
 from llamaship.overlay.install import Installer
-from llamaship.overlay.store import AcceptedSerials, OverlayStore
+from llamaship.overlay.installed import AcceptedSerials
+from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.names import ExitStatus
 from overlay_kit.probe import import_probe

@@ -15,4 +15,4 @@ from llamaship_backend.cli import main
 if __name__ == "__main__":
     keys, *arguments = sys.argv[1:]
     extra = [key.strip() for key in keys.split(",") if key.strip()]
-    raise SystemExit(main(arguments, trusted_keys=(*bundled_trusted_keys(), *extra)))
+    raise SystemExit(main(arguments, trusted_keys=(*bundled_trusted_keys().release, *extra)))

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from llamaship import __version__
 from llamaship.launch.outcome import BootState
+from llamaship.models.store import ModelStore
 from llamaship_backend import (
     routes_admin,
     routes_models,
@@ -21,10 +22,16 @@ from llamaship_backend.error_replies import install_error_replies
 from llamaship_backend.security import RequestGuard
 
 
-def create_app(state: BootState, engine: Engine) -> FastAPI:
-    """The backend app; `llamaship_backend.server.serve` runs it."""
+def create_app(
+    state: BootState, engine: Engine, *, model_store: ModelStore | None = None
+) -> FastAPI:
+    """The backend app; `llamaship_backend.server.serve` runs it.
+
+    `model_store`: the models `/api/models` lists and pulls (e.g. another catalogue); by
+    default the bundled catalogue's under LLAMASHIP_HOME, created on first use."""
     app = routed_app()
     attach(app, state, engine)
+    app.state.model_store = model_store
     # In front of routing: a refused request never reaches a route or has its body read.
     app.add_middleware(RequestGuard, configured_host=state.settings.host)
     return app

@@ -117,12 +117,34 @@ class Engine:
         self._embedding_llama: Llama | None = None
         self._plan: FitPlan | None = None
         self._shape: tuple[int, int] | None = None
+        self._model: Path | None = state.settings.model
+
+    @property
+    def model(self) -> Path | None:
+        """The model file this process serves: the configured one, or the last `switch_to`."""
+        return self._model
 
     @property
     def model_id(self) -> str | None:
-        """The name clients see for the configured model (its file name)."""
-        model = self._state.settings.model
-        return model.name if model is not None else None
+        """The name clients see for the served model (its file name)."""
+        return self._model.name if self._model is not None else None
+
+    def switch_to(self, path: Path) -> None:
+        """Serve `path` from now on, without a restart: the models in memory are freed and the
+        new chat model is loaded (and its plan fitted) before this returns; when that load
+        fails, the model served before stays and the error is raised."""
+        with self._lock:
+            validate_model_file(path)
+            before = (self._model, self._plan, self._shape)
+            self._close_models()
+            self._model, self._plan, self._shape = path, None, None
+            try:
+                self._chat_model()
+            except BaseException:
+                self._close_models()
+                self._model, self._plan, self._shape = before
+                raise
+        logger.info("now serving %s", path)
 
     @property
     def loaded(self) -> bool:
@@ -218,7 +240,7 @@ class Engine:
         remember(plan, key, state.settings.home)
 
     def _load(self, *, embedding: bool) -> Llama:
-        path = validate_model_file(self._state.settings.model)
+        path = validate_model_file(self._model)
         from llamaship.native import load_ggml_backends
 
         load_ggml_backends()
@@ -352,7 +374,7 @@ class Engine:
         and `cpu`) CPU only, same build; stored under LLAMASHIP_HOME. Both models are freed
         first: the benchmark needs the memory they hold (the next request loads them again)."""
         with self._lock:
-            path = validate_model_file(self._state.settings.model)
+            path = validate_model_file(self._model)
             if self._plan is None:
                 self._chat_model()  # settle the plan (fit, cache, back-off) as a request would
             self._close_models()

@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from llamaship.errors import LlamashipError
 from llamaship_backend.errors import BackendError
 from llamaship_backend.schemas import ErrorDetail, ErrorReply
+from llamaship_contract.errors import LlamashipError
 
 logger = logging.getLogger(__name__)
 

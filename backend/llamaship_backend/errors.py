@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 
 class BackendError(LlamashipError):

@@ -3,9 +3,13 @@
 - `GET /api/models`: every catalogue entry and installed file, which one is chosen and which
   one this process serves.
 - `POST /api/models/pull` (admin): 202 + a job id; `GET /api/models/pull/{job_id}` (admin)
-  polls it. Bad input (unknown name, unverified model without a hash) is refused at once.
-- `POST /api/models/use` (admin): save the choice in settings.json; it is served from the next
-  start (`restart_required`).
+  polls it. Bad input (unknown name, unverified model without a hash) is refused at once. With
+  `"use": true` the job then chooses the model and serves it, as `use` does: one call from
+  nothing to a model in use.
+- `POST /api/models/use` (admin): save the choice in settings.json and serve it now: the engine
+  loads it in this process (`restart_required` is false once it did).
+
+Hub files are verified against the sha256 the hub publishes (`LLAMASHIP_HUB_URL`).
 """
 
 from __future__ import annotations
@@ -13,18 +17,21 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 
 from llamaship.launch.outcome import BootState
+from llamaship.models.hub import Hub
 from llamaship.models.jobs import PullJobs
 from llamaship.models.store import (
+    InstalledModel,
     ModelError,
     ModelNotInstalled,
     ModelStore,
     UnknownModel,
     UnverifiedModel,
 )
-from llamaship_backend.dependencies import get_boot_state
+from llamaship_backend.dependencies import get_engine
+from llamaship_backend.engine import Engine
 from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError
 from llamaship_backend.schemas import (
@@ -69,18 +76,16 @@ class PullJobNotFound(BackendError):
     code = "pull_job_not_found"
 
 
-def set_model_store(app: FastAPI, store: ModelStore) -> None:
-    """Use `store` (e.g. with another catalogue) instead of the bundled catalogue's."""
-    app.state.model_store = store
-
-
 def get_model_store(request: Request) -> ModelStore:
-    """The app's model store (the bundled catalogue, LLAMASHIP_HOME), created on first use."""
+    """The app's model store (`create_app(model_store=...)`, else the bundled catalogue's under
+    LLAMASHIP_HOME, created on first use)."""
     with _state_lock:
         store: ModelStore | None = getattr(request.app.state, "model_store", None)
         if store is None:
             state: BootState = request.app.state.boot_state
-            store = ModelStore(state.dirs.home)
+            settings = state.settings
+            hub = Hub(settings.hub_url, allow_http=settings.hub_allow_http)
+            store = ModelStore(state.dirs.home, hub=hub)
             request.app.state.model_store = store
         return store
 
@@ -103,13 +108,20 @@ def _refusal(error: ModelError) -> BackendError:
     return ModelRequestInvalid(str(error))
 
 
+def _serve(store: ModelStore, engine: Engine, model: InstalledModel) -> None:
+    """Load `model` in this process, then save it as the choice (settings.json): a model that
+    does not load is not chosen."""
+    engine.switch_to(model.path)
+    store.use(model.path.name)
+
+
 @router.get("/api/models")
 def list_models(
-    state: Annotated[BootState, Depends(get_boot_state)],
+    engine: Annotated[Engine, Depends(get_engine)],
     store: Annotated[ModelStore, Depends(get_model_store)],
 ) -> ModelsReply:
     """The catalogue and the installed models; `active`: the chosen file (settings.json);
-    `serving`: the model file this process was started with."""
+    `serving`: the model file this process serves now."""
     installed = {model.path.name: model for model in store.installed()}
     active = store.active()
     models = []
@@ -117,7 +129,7 @@ def list_models(
         model = installed.pop(entry.file_name, None)
         models.append(
             ModelListing(
-                **entry.model_dump(mode="json"),
+                **entry.model_dump(mode="json", exclude={"hash_from"}),
                 in_catalogue=True,
                 installed=model is not None,
                 installed_size=None if model is None else model.size,
@@ -143,11 +155,16 @@ def list_models(
                 active=model.path.name == active,
             )
         )
-    serving = state.settings.model
+    serving = engine.model
+    try:
+        default_chat: str | None = store.default_chat().name
+    except UnknownModel:
+        default_chat = None
     return ModelsReply(
         models_dir=str(store.dir),
         active=active,
         serving=None if serving is None else str(serving),
+        default_chat=default_chat,
         models=models,
     )
 
@@ -157,14 +174,20 @@ def start_pull(
     body: PullBody,
     store: Annotated[ModelStore, Depends(get_model_store)],
     jobs: Annotated[PullJobs, Depends(get_pull_jobs)],
+    engine: Annotated[Engine, Depends(get_engine)],
 ) -> JobStarted:
-    """Start pulling a model; poll the job id. While that file is being pulled, the running
-    job's id."""
+    """Start pulling a model (`use`: then serve it); poll the job id. While that file is being
+    pulled, the running job's id."""
     try:
         source = store.source(body.name, body.sha256, body.accept_unverified)
     except ModelError as error:
         raise _refusal(error) from None
-    return JobStarted(job_id=jobs.start(store, source))
+
+    def serve(model: InstalledModel) -> str:
+        _serve(store, engine, model)
+        return f"{model.name} is verified and in use ({model.path})"
+
+    return JobStarted(job_id=jobs.start(store, source, serve if body.use else None))
 
 
 @router.get("/api/models/pull/{job_id}", dependencies=[Depends(require_admin)])
@@ -183,17 +206,18 @@ def pull_progress(
 @router.post("/api/models/use", dependencies=[Depends(require_admin)])
 def use_model(
     body: UseBody,
-    state: Annotated[BootState, Depends(get_boot_state)],
+    engine: Annotated[Engine, Depends(get_engine)],
     store: Annotated[ModelStore, Depends(get_model_store)],
 ) -> ModelChoice:
-    """Choose an installed model (settings.json); served from the next start."""
+    """Choose an installed model (settings.json) and serve it now (loaded in this process)."""
     try:
-        model = store.use(body.name)
+        model = store.find_installed(body.name)
     except ModelError as error:
         raise _refusal(error) from None
+    _serve(store, engine, model)
     return ModelChoice(
         active=model.path.name,
         name=model.name,
         path=str(model.path),
-        restart_required=state.settings.model != model.path,
+        restart_required=engine.model != model.path,
     )

@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from llamaship.launch.outcome import BootState
-from llamaship_backend.dependencies import get_boot_state, get_engine
+from llamaship_backend.dependencies import get_engine
 from llamaship_backend.engine import Engine
 from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.schemas import ChatCompletionRequest, EmbeddingRequest
@@ -22,9 +21,9 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 @router.get("/v1/models")
-def list_models(state: Annotated[BootState, Depends(get_boot_state)]) -> dict[str, Any]:
-    """The configured model, without loading it (an empty list when none is configured)."""
-    model = state.settings.model
+def list_models(engine: Annotated[Engine, Depends(get_engine)]) -> dict[str, Any]:
+    """The served model, without loading it (an empty list when none is configured)."""
+    model = engine.model
     data = []
     if model is not None:
         created = int(model.stat().st_mtime) if model.is_file() else 0

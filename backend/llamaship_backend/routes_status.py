@@ -7,9 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from llamaship.launch.outcome import BootState
+from llamaship.measure.job import MeasurementJob
 from llamaship.overlay.store import OverlayStore
 from llamaship_backend.benchmark import benchmark_summary
-from llamaship_backend.dependencies import get_boot_state, get_engine
+from llamaship_backend.dependencies import get_boot_state, get_engine, get_measurement
 from llamaship_backend.engine import Engine
 from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.schemas import HealthReply
@@ -41,9 +42,10 @@ def health() -> HealthReply:
 def capabilities(
     state: Annotated[BootState, Depends(get_boot_state)],
     engine: Annotated[Engine, Depends(get_engine)],
+    measurement: Annotated[MeasurementJob, Depends(get_measurement)],
 ) -> Capabilities:
     """The detection report, the cpu/cuda decision, the llama.cpp in use and the model."""
-    model = state.settings.model
+    model = engine.model
     return Capabilities(
         detection=state.report,
         gpus=state.report.gpus,
@@ -64,5 +66,6 @@ def capabilities(
         ),
         load_plan=engine.plan,
         benchmark=benchmark_summary(state.dirs.state, engine.model_id),
+        measurement=measurement.status(),
         events=tuple(state.events),
     )

@@ -13,17 +13,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 
-from llamaship.errors import LlamashipError
+from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.launch.outcome import BootState
-from llamaship.overlay.install import Installer, InstallResult, ProgressFn
+from llamaship.overlay.best import BestInstall, install_best
+from llamaship.overlay.install import Installer, ProgressFn
 from llamaship.overlay.jobs import UpgradeJobs
 from llamaship.overlay.offer import find_offer
 from llamaship.overlay.select import NoMatchingOverlay, Target
+from llamaship.overlay.vulkan import VulkanInstaller
 from llamaship_backend.dependencies import get_boot_state
 from llamaship_backend.error_replies import ERROR_RESPONSES
 from llamaship_backend.errors import BackendError
 from llamaship_backend.schemas import JobStarted, UpgradeJobProgress, UpgradeOffer
 from llamaship_backend.security import require_admin
+from llamaship_contract.errors import LlamashipError
 
 router = APIRouter(dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 _jobs_lock = threading.Lock()
@@ -81,8 +84,11 @@ def _release_url_and_target(state: BootState) -> tuple[str, Target]:
             "releases.json."
         )
         raise UpgradeNotConfigured(msg)
+    choice = vulkan_device_choice(state.report, state.settings)
     try:
-        return release_url, Target.current(state.report, state.llama_cpp_version)
+        return release_url, Target.current(
+            state.report, state.llama_cpp_version, vulkan_device=choice.device_index
+        )
     except NoMatchingOverlay as error:
         raise UpgradeUnavailable(str(error)) from None
 
@@ -98,6 +104,7 @@ def upgrade_offer(state: Annotated[BootState, Depends(get_boot_state)]) -> Upgra
         raise UpgradeUnavailable(str(error)) from None
     return UpgradeOffer(
         overlay_version=offer.overlay_version,
+        kind=offer.kind,
         cuda_version=offer.cuda_version,
         download_bytes=offer.download_bytes,
         unpacked_bytes=offer.unpacked_bytes,
@@ -112,14 +119,17 @@ def start_upgrade(
     jobs: Annotated[UpgradeJobs, Depends(get_upgrade_jobs)],
     make_installer: Annotated[InstallerFactory, Depends(get_installer_factory)],
 ) -> JobStarted:
-    """Start installing the newest CUDA overlay for this machine; poll the returned job id.
-
-    While an upgrade runs, this returns the running job's id.
+    """Start installing the best overlay for this machine (CUDA first, then Vulkan, by the
+    rule); poll the returned job id. While an upgrade runs, this returns the running job's id.
     """
     release_url, target = _release_url_and_target(state)
+    choice = vulkan_device_choice(state.report, state.settings)
 
-    def work(progress: ProgressFn) -> InstallResult:
-        return make_installer(state, progress).install(release_url, target)
+    def work(progress: ProgressFn) -> BestInstall:
+        vulkan = VulkanInstaller(state.dirs, state.trusted_keys, choice=choice, progress=progress)
+        return install_best(
+            release_url, target, cuda=make_installer(state, progress), vulkan=vulkan
+        )
 
     return JobStarted(job_id=jobs.start(work, running_overlay_version=state.overlay_version))
 

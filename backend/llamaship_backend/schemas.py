@@ -118,6 +118,10 @@ class PullBody(BaseModel):
     accept_unverified: bool = Field(
         default=False, description=("pull a model whose sha256 is unknown without checking it")
     )
+    use: bool = Field(
+        default=False,
+        description="once installed, choose it (settings.json) and serve it now, no restart",
+    )
 
 
 class UseBody(BaseModel):
@@ -207,7 +211,8 @@ class UpgradeOffer(BaseModel):
     model_config = _REPLY
 
     overlay_version: str
-    cuda_version: str
+    kind: Literal["cuda", "vulkan"] = Field(description="the overlay's kind, by the rule's rank")
+    cuda_version: str | None = Field(description="a CUDA overlay's CUDA version (null: Vulkan)")
     download_bytes: int = Field(description="archive bytes of the layers not yet installed")
     unpacked_bytes: int = Field(description="disk space those layers take once unpacked")
     active: bool = Field(description="this overlay is already the active one")
@@ -273,12 +278,15 @@ class ModelsReply(BaseModel):
 
     models_dir: str
     active: str | None = Field(description="the chosen file (settings.json)")
-    serving: str | None = Field(description="the model file this process was started with")
+    serving: str | None = Field(description="the model file this process serves now")
+    default_chat: str | None = Field(
+        description="the catalogue's default chat model: what the page offers to set up first"
+    )
     models: list[ModelListing]
 
 
 class ModelChoice(BaseModel):
-    """`POST /api/models/use`: the choice is saved and served from the next start."""
+    """`POST /api/models/use`: the choice is saved and served from now on."""
 
     model_config = _REPLY
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -21,18 +22,39 @@ import uvicorn
 from fastapi import FastAPI
 
 from llamaship.admin_token import token_path
-from llamaship.errors import LlamashipError
 from llamaship.launch.outcome import BootState
+from llamaship.models.store import ModelStore
+from llamaship.settings_page import base_url, page_url
 from llamaship_backend.app import create_app
-from llamaship_backend.dependencies import restart_of
+from llamaship_backend.dependencies import measurement_of, restart_of
 from llamaship_backend.engine import Engine
 from llamaship_backend.restart import RESTART_EXIT_CODE, exec_restart
 from llamaship_backend.security import is_loopback
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 logger = logging.getLogger(__name__)
 # The "listening" line is read by people and supervisors: it goes out under the name "llamaship".
 announce = logging.getLogger("llamaship")
+# The settings page's address carries the admin token: only to a terminal, never the log file.
+page_announce = logging.getLogger("llamaship.page")
+
+
+def announce_page(base: str, token: str) -> None:
+    """Say where the settings page is, as Jupyter does: with the token when stderr is a
+    terminal (a person reads it there); without it when stderr is captured (a supervisor, a
+    log file), naming `llamaship open` instead."""
+    if not page_announce.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("llamaship: %(message)s"))
+        page_announce.addHandler(handler)
+        page_announce.propagate = False
+        page_announce.setLevel(logging.INFO)
+    if sys.stderr is not None and sys.stderr.isatty():
+        page_announce.info("settings page (keep this address private): %s", page_url(base, token))
+    else:
+        page_announce.info("settings page: %s/settings (`llamaship open` opens it)", base)
+
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
@@ -94,6 +116,7 @@ class BackendServer(uvicorn.Server):
         super().__init__(config)
         self.listener = listener
         self._on_started = on_started
+        self._measurement = measurement_of(app)
         restart_of(app).bind(self.stop)
 
     def stop(self) -> None:
@@ -107,6 +130,12 @@ class BackendServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started and not self.should_exit:
             self._on_started()
+            # A usable but unmeasured GPU variant: measured in child processes while this serves.
+            self._measurement.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._measurement.stop()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises a caught SIGTERM/SIGINT after shutting down, so the process would
@@ -120,22 +149,22 @@ class BackendServer(uvicorn.Server):
 def serve(
     state: BootState,
     on_listening: Callable[[], None],
-    configure_app: Callable[[FastAPI], None] | None = None,
+    *,
+    model_store: ModelStore | None = None,
 ) -> int:
     """Serve until stopped; returns the exit status (or re-executes itself on restart).
 
-    `configure_app` may change the app before it serves (e.g. a test's model catalogue)."""
+    `model_store`: the models the app lists and pulls (default: the bundled catalogue's)."""
     settings = state.settings
     engine = Engine(state)
-    app = create_app(state, engine)
-    if configure_app is not None:
-        configure_app(app)
+    app = create_app(state, engine, model_store=model_store)
     listener = bind_listener(settings.host, settings.port)
     url = listening_url(listener)
     port = listener.getsockname()[1]
 
     def started() -> None:
         announce.info("listening on %s", url)
+        announce_page(base_url(settings.host, port), app.state.admin_token)
         if not is_loopback(settings.host.strip("[]").lower()):
             announce.warning(
                 "listening on %s: any machine on the network can reach the API; admin calls "

@@ -14,8 +14,9 @@ from llamaship_contract.bench import BenchSummary
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.document import Document
 from llamaship_contract.fit import FitPlan
+from llamaship_contract.measure import MeasurementStatus
 
-Variant = Literal["cpu", "cuda"]
+Variant = Literal["cpu", "cuda", "vulkan"]
 
 
 class DecisionInfo(Document):
@@ -74,4 +75,7 @@ class Capabilities(Document):
     """The plan the model was loaded with (after any out-of-memory back-off), and its reason."""
     benchmark: BenchSummary | None = None
     """The last benchmark of the configured model, if any."""
+    measurement: MeasurementStatus | None = None
+    """The GPU variant measured against the CPU build: in progress, done, or the cached result
+    this launch followed."""
     events: tuple[str, ...] = ()

@@ -11,6 +11,8 @@ from llamaship_contract.document import Document
 REPORT_SCHEMA: Final = 1
 
 Source = Literal["nvml", "nvidia-smi", "none"]
+VulkanSource = Literal["loader", "none"]
+VulkanDeviceType = Literal["discrete", "integrated", "virtual", "cpu", "other"]
 
 
 class GpuInfo(Document):
@@ -24,8 +26,36 @@ class GpuInfo(Document):
     compute_capability: str
 
 
+class VulkanDevice(Document):
+    """One Vulkan physical device, as the system's Vulkan loader lists it; memory in MiB.
+
+    `index` is the device's place in the loader's list: the number `GGML_VK_VISIBLE_DEVICES`
+    takes. `device_type` "cpu" is a software renderer (lavapipe, llvmpipe, SwiftShader).
+    """
+
+    index: int = Field(ge=0)
+    name: str
+    vendor_id: int = Field(ge=0)
+    vendor: str | None = None
+    device_id: int = Field(ge=0)
+    device_type: VulkanDeviceType
+    api_version: str
+    driver_version: str
+    memory_mb: int = Field(ge=0)
+    memory_free_mb: int | None = Field(default=None, ge=0)
+
+
+class VulkanReport(Document):
+    """What the Vulkan loader reported (`source` "loader"), or why nothing (`errors`)."""
+
+    source: VulkanSource = "none"
+    loader_version: str | None = None
+    devices: tuple[VulkanDevice, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
 class DetectionReport(Document):
-    """What the launch knows about the machine's NVIDIA driver and GPUs."""
+    """What the launch knows about the machine's GPUs: the NVIDIA driver's view and Vulkan's."""
 
     schema_: Literal[1] = Field(default=REPORT_SCHEMA, alias="schema")
     source: Source
@@ -34,8 +64,9 @@ class DetectionReport(Document):
     cuda_driver_version: str | None = None
     gpus: tuple[GpuInfo, ...] = ()
     errors: tuple[str, ...] = ()
+    vulkan: VulkanReport = VulkanReport()
 
 
 def none_report(errors: tuple[str, ...] | list[str] = ()) -> DetectionReport:
-    """The report of a machine where no source found a GPU."""
+    """The report of a machine where no NVIDIA source found a GPU."""
     return DetectionReport(source="none", errors=tuple(errors))

@@ -109,10 +109,10 @@ class LaunchStatus(Document):
 
     schema_: Literal[1] = Field(default=LAUNCH_SCHEMA, alias="schema")
     process: LaunchProcess
-    decision: Literal["cpu", "cuda"]
+    decision: Literal["cpu", "cuda", "vulkan"]
     reason: str
     upgrade_available: bool
-    variant: Literal["cpu", "cuda"] | None = Field(
+    variant: Literal["cpu", "cuda", "vulkan"] | None = Field(
         description="the llama.cpp build actually imported (None: not imported yet)"
     )
     overlay_version: str | None

@@ -3,7 +3,9 @@
 - `ModelCatalogue` (`llamaship/models/catalogue.json`, package data): the models `llamaship
   models pull NAME` knows, each with its URL, size, sha256, licence and purpose. An entry whose
   size or sha256 could not be checked when it was added is marked `unverified`; pulling it
-  needs an explicit hash or an explicit acceptance.
+  needs an explicit hash or an explicit acceptance. An entry on the Hugging Face hub may leave
+  both to the hub (`hash_from: hub`): the pull asks the hub for the publisher's sha256 and size
+  before it downloads, and refuses the file when the hub publishes none.
 - `UserSettings` (`LLAMASHIP_HOME/settings.json`): the choices the user makes in the app or
   with `llamaship models use`: the model, the GPU offload mode and the GPU upgrade consent.
   They are the lowest configuration layer: `.env`, the environment and the command line win.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, model_validator
@@ -42,6 +45,12 @@ ModelFileName = Annotated[
     ),
 ]
 HttpUrl = Annotated[str, Matches(r"https?://[^\s\x00]+", "an http:// or https:// URL")]
+HUB_ORIGIN: Final = "https://huggingface.co"
+HUB_FILE_URL: Final = re.compile(
+    r"https://huggingface\.co/[^/\s]+/[^/\s]+/resolve/[^/\s]+/[^\s?#]+"
+)
+"""A file on the hub: `https://huggingface.co/<owner>/<repo>/resolve/<revision>/<path>`."""
+HashSource = Literal["catalogue", "hub"]
 
 
 class CatalogueEntry(Document):
@@ -62,10 +71,24 @@ class CatalogueEntry(Document):
             "size or sha256 could not be checked: pulling needs --sha256 or --accept-unverified"
         ),
     )
+    hash_from: HashSource = Field(
+        default="catalogue",
+        description=(
+            "hub: size and sha256 (when null here) are the ones the Hugging Face hub publishes "
+            "for the url, asked before each pull; a size and sha256 given here win"
+        ),
+    )
 
     @model_validator(mode="after")
     def _pinned_unless_unverified(self) -> CatalogueEntry:
-        if not self.unverified:
+        if self.hash_from == "hub":
+            if not HUB_FILE_URL.fullmatch(self.url):
+                msg = (
+                    f"url: hash_from 'hub' needs a {HUB_ORIGIN}/<owner>/<repo>/resolve/"
+                    "<revision>/<file> URL"
+                )
+                raise ValueError(msg)
+        elif not self.unverified:
             missing = [name for name in ("size", "sha256") if getattr(self, name) is None]
             if missing:
                 raise ValueError(

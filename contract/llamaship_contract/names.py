@@ -6,6 +6,7 @@ from enum import IntEnum
 
 INDEX_NAME = "releases.json"
 SIGNATURE_SUFFIX = ".sig"
+TRUSTED_KEYS_NAME = "trusted_keys.json"  # the public keys a bundle trusts, by role
 ARCHIVE_SUFFIX = ".tar.zst"
 PART_SUFFIX = ".part"
 BUNDLE_MANIFEST_NAME = "bundle-manifest.json"

@@ -5,9 +5,7 @@ models and the runtime parses the bytes it verified. Field problems are all repo
 each under its field; the checks between fields (layer roots, `requires`, links, sizes, the
 facts each kind of layer must state) run once every field is valid and name their fields.
 
-A `files` entry may be a symbolic link inside the layer (`"link": "<relative target>"`): its
-`size` and `sha256` are those of the target, which must be a regular file listed in the same
-manifest. `unpacked_size` is the sum of the regular files' sizes.
+The files' own rules (links, sizes, roots) are `llamaship_contract.layer_files`'.
 
 Layers come in kinds: `cuda` (`cuda-runtime` + `llama-cuda`, NVIDIA) and `vulkan`
 (`llama-vulkan`, any GPU with a Vulkan driver: the backend module only; the loader comes with
@@ -16,9 +14,8 @@ the driver). The release index (`llamaship_contract.release_index`) lists releas
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import (
     Field,
@@ -29,7 +26,7 @@ from pydantic import (
 )
 
 from llamaship_contract.document import StrictDocument, dump_document
-from llamaship_contract.names import ARCHIVE_SUFFIX
+from llamaship_contract.layer_files import ArchiveRef, FileEntry, file_problems
 from llamaship_contract.overlay_fields import (
     Count,
     CudaArch,
@@ -45,7 +42,6 @@ from llamaship_contract.overlay_fields import (
     VersionFloor,
     VulkanApi,
     parse_signed,
-    safe_relative_path,
 )
 
 FORMAT = 2
@@ -94,85 +90,52 @@ def without_other_kinds(kind: LayerKind, data: dict[str, Any]) -> dict[str, Any]
     return {key: value for key, value in data.items() if key not in other}
 
 
-class _KindFacts(Protocol):
-    """The kind-specific fields a manifest and an index entry share (for `kind_problems`)."""
+class KindFacts(StrictDocument):
+    """What a release needs from a machine, as its layer manifests and its index entry state it:
+    the floors every kind has, and the facts of one kind (the other kind's stay empty)."""
 
-    @property
-    def cuda_version(self) -> str | None: ...
+    overlay_version: Text
+    serial: Count
+    min_vram_mb: Count
+    # The oldest glibc / libstdc++ (GLIBCXX) the layer's ELF libraries load on (Linux only).
+    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
+    # cuda: the CUDA version, driver floors per OS, and the architectures compiled.
+    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
+    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
+    cuda_archs: tuple[CudaArch, ...] = ()
+    ptx_archs: tuple[CudaArch, ...] = ()
+    # vulkan: the Vulkan API version the module needs and its shader features.
+    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
+    shader_features: tuple[ShaderFeature, ...] = ()
 
-    @property
-    def min_driver(self) -> Mapping[str, str]: ...
-
-    @property
-    def cuda_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def ptx_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def vulkan_api(self) -> str | None: ...
-
-    @property
-    def shader_features(self) -> tuple[str, ...]: ...
-
-
-def kind_problems(kind: str, facts: _KindFacts) -> list[str]:
-    """What a `kind` layer or release must state and must not: CUDA facts only for cuda."""
-    problems: list[str] = []
-    if kind == "cuda":
-        if facts.cuda_version is None:
-            problems.append("cuda_version: is required for a cuda layer")
-        if not facts.min_driver:
-            problems.append("min_driver: must name the oldest driver for at least one OS")
-        if not (facts.cuda_archs or facts.ptx_archs):
-            problems.append("cuda_archs: and ptx_archs are both empty: the layer runs on no GPU")
-        if facts.vulkan_api is not None or facts.shader_features:
-            problems.append("vulkan_api: and shader_features belong to vulkan layers only")
-    else:
-        if facts.vulkan_api is None:
-            problems.append("vulkan_api: is required for a vulkan layer")
-        if (
-            facts.cuda_version is not None
-            or facts.min_driver
-            or facts.cuda_archs
-            or (facts.ptx_archs)
-        ):
-            problems.append("cuda_version: and the other CUDA fields belong to cuda layers only")
-    return problems
-
-
-class ArchiveRef(StrictDocument):
-    """The compressed layer archive a manifest describes."""
-
-    name: str
-    size: int = Field(ge=1)
-    sha256: Sha256
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, name: str) -> str:
-        if safe_relative_path(name) or "/" in name or not name.endswith(ARCHIVE_SUFFIX):
-            msg = f"must be a plain file name ending in {ARCHIVE_SUFFIX}"
-            raise ValueError(msg)
-        return name
-
-
-class FileEntry(StrictDocument):
-    """One file of an unpacked layer; `link` is set for a symlink (relative target)."""
-
-    path: str
-    size: Count
-    sha256: Sha256
-    link: str | None = Field(default=None, min_length=1, exclude_if=lambda link: link is None)
-
-    @field_validator("path")
-    @classmethod
-    def _safe(cls, path: str) -> str:
-        unsafe = safe_relative_path(path)
-        if unsafe:
-            msg = f"{path[:80]!r} {unsafe}: it must stay inside the layer"
-            raise ValueError(msg)
-        return path
+    def kind_problems(self, kind: str) -> list[str]:
+        """What a `kind` layer or release must state and must not: CUDA facts only for cuda."""
+        problems: list[str] = []
+        if kind == "cuda":
+            if self.cuda_version is None:
+                problems.append("cuda_version: is required for a cuda layer")
+            if not self.min_driver:
+                problems.append("min_driver: must name the oldest driver for at least one OS")
+            if not (self.cuda_archs or self.ptx_archs):
+                problems.append(
+                    "cuda_archs: and ptx_archs are both empty: the layer runs on no GPU"
+                )
+            if self.vulkan_api is not None or self.shader_features:
+                problems.append("vulkan_api: and shader_features belong to vulkan layers only")
+        else:
+            if self.vulkan_api is None:
+                problems.append("vulkan_api: is required for a vulkan layer")
+            if (
+                self.cuda_version is not None
+                or self.min_driver
+                or self.cuda_archs
+                or (self.ptx_archs)
+            ):
+                problems.append(
+                    "cuda_version: and the other CUDA fields belong to cuda layers only"
+                )
+        return problems
 
 
 class RequiredLayer(StrictDocument):
@@ -210,76 +173,29 @@ class OverlayRequirements(StrictDocument):
     min_vram_mb: Count
 
 
-def _file_problems(
-    files: tuple[FileEntry, ...], unpacked_size: int, roots: tuple[str, ...]
-) -> list[str]:
-    problems: list[str] = []
-    by_path: dict[str, FileEntry] = {}
-    for position, entry in enumerate(files):
-        if entry.path.split("/")[0] not in roots:
-            problems.append(
-                f"files[{position}].path: {entry.path!r} is outside the layer's "
-                f"top-level directories ({', '.join(roots)})"
-            )
-        if entry.path in by_path:
-            problems.append(f"files: lists {entry.path!r} twice")
-        by_path[entry.path] = entry
-    for entry in files:
-        parents = entry.path.split("/")[:-1]
-        for depth in range(1, len(parents) + 1):
-            if "/".join(parents[:depth]) in by_path:
-                problems.append(
-                    f"files: {entry.path!r} lies under {'/'.join(parents[:depth])!r}"
-                    ", which is listed as a file"
-                )
-                break
-    for entry in files:
-        if entry.link is None:
-            continue
-        target_path = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), entry.link))
-        target = by_path.get(target_path)
-        if entry.link.startswith("/") or safe_relative_path(target_path) or target is None:
-            problems.append(
-                f"files: link {entry.path!r} -> {entry.link!r} must point to a "
-                "regular file listed in the same layer"
-            )
-        elif target.link is not None:
-            problems.append(f"files: link {entry.path!r} points to another link")
-        elif (target.size, target.sha256) != (entry.size, entry.sha256):
-            problems.append(f"files: link {entry.path!r} must repeat its target's size and sha256")
-    if not files:
-        problems.append("files: must list at least one file")
-    regular_bytes = sum(entry.size for entry in files if entry.link is None)
-    if files and regular_bytes != unpacked_size:
-        problems.append(
-            f"unpacked_size: is {unpacked_size} but the regular files add up to {regular_bytes}"
-        )
-    return problems
+class VulkanRequirements(StrictDocument):
+    """What a Vulkan overlay needs from the machine: its llama-vulkan manifest's facts.
+
+    The compatibility rule judges a detection report's Vulkan devices against it; the store's
+    `vulkan.json` keeps it beside the layer.
+    """
+
+    overlay_version: Text
+    serial: Count
+    vulkan_api: VulkanApi
+    shader_features: tuple[ShaderFeature, ...]
+    min_vram_mb: Count
 
 
-class LayerManifest(StrictDocument):
+class LayerManifest(KindFacts):
     """A signed description of one overlay layer (`cuda-runtime`, `llama-cuda`, `llama-vulkan`)."""
 
     format: int
     layer: LayerName
-    overlay_version: Text
-    serial: Count
     requires: RequiredLayer | None
     llama_cpp_version: Text
     python_tag: Tag
     platform: Tag
-    min_vram_mb: Count
-    # The oldest glibc / libstdc++ (GLIBCXX) the layer's ELF libraries load on (Linux only).
-    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    # cuda layers: the CUDA version, driver floors per OS, and the architectures compiled.
-    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
-    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
-    cuda_archs: tuple[CudaArch, ...] = ()
-    ptx_archs: tuple[CudaArch, ...] = ()
-    # vulkan layers: the Vulkan API version the module needs and its shader features.
-    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
-    shader_features: tuple[ShaderFeature, ...] = ()
     archive: ArchiveRef
     unpacked_size: Count
     files: tuple[FileEntry, ...]
@@ -311,7 +227,7 @@ class LayerManifest(StrictDocument):
 
     @model_validator(mode="after")
     def _consistent(self) -> LayerManifest:
-        problems = _file_problems(self.files, self.unpacked_size, LAYER_ROOTS[self.layer])
+        problems = file_problems(self.files, self.unpacked_size, LAYER_ROOTS[self.layer])
         wanted = REQUIRED_LAYER[self.layer]
         if wanted is None and self.requires is not None:
             problems.append(f"requires: must be null for a {self.layer} layer")
@@ -321,7 +237,7 @@ class LayerManifest(StrictDocument):
             )
         elif self.requires is not None and self.requires.layer != wanted:
             problems.append(f"requires.layer: must be {wanted} for a {self.layer} layer")
-        problems += kind_problems(KIND_OF_LAYER[self.layer], self)
+        problems += self.kind_problems(KIND_OF_LAYER[self.layer])
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -347,32 +263,7 @@ def dump_manifest(manifest: LayerManifest) -> bytes:
     return dump_document(manifest)
 
 
-class _CudaFacts(Protocol):
-    """What `requirements_for` reads: a cuda manifest's or index entry's fields."""
-
-    @property
-    def overlay_version(self) -> str: ...
-
-    @property
-    def serial(self) -> int: ...
-
-    @property
-    def cuda_version(self) -> str | None: ...
-
-    @property
-    def min_driver(self) -> Mapping[str, str]: ...
-
-    @property
-    def cuda_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def ptx_archs(self) -> tuple[str, ...]: ...
-
-    @property
-    def min_vram_mb(self) -> int: ...
-
-
-def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
+def requirements_for(source: KindFacts, os_name: str) -> OverlayRequirements:
     """What the release of `source` needs from a machine running `os_name` ('linux', 'windows').
 
     Raises ManifestError when the overlay names no driver floor for that OS (not built for it).
@@ -397,6 +288,20 @@ def requirements_for(source: _CudaFacts, os_name: str) -> OverlayRequirements:
         min_driver=min_driver,
         cuda_archs=source.cuda_archs,
         ptx_archs=source.ptx_archs,
+        min_vram_mb=source.min_vram_mb,
+    )
+
+
+def vulkan_requirements(source: KindFacts) -> VulkanRequirements:
+    """What the Vulkan release of `source` (its manifest or index entry) needs from a machine."""
+    if source.vulkan_api is None:
+        msg = f"overlay {source.overlay_version} is not a Vulkan overlay (it names no Vulkan API)"
+        raise ManifestError(msg)
+    return VulkanRequirements(
+        overlay_version=source.overlay_version,
+        serial=source.serial,
+        vulkan_api=source.vulkan_api,
+        shader_features=source.shader_features,
         min_vram_mb=source.min_vram_mb,
     )
 

@@ -15,6 +15,7 @@ from llamaship_contract.detection import DetectionReport
 from llamaship_contract.document import Document
 from llamaship_contract.fit import FitCacheRecord, FitPlan
 from llamaship_contract.launch import BootCount, LaunchStatus, ProbeRecord
+from llamaship_contract.measure import VariantMeasurement
 from llamaship_contract.models import ModelCatalogue, UserSettings
 from llamaship_contract.overlay import LayerManifest
 from llamaship_contract.release_index import ReleaseIndex, ReleaseList
@@ -23,6 +24,7 @@ from llamaship_contract.state import (
     DetectionCache,
     OverlayPointer,
     QuarantineList,
+    VulkanPointer,
 )
 
 DOCUMENTS: dict[str, type[Document]] = {
@@ -37,6 +39,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "bundle-manifest": BundleManifest,
     "capabilities": Capabilities,
     "overlay-pointer": OverlayPointer,
+    "vulkan-pointer": VulkanPointer,
     "quarantine": QuarantineList,
     "accepted-serials": AcceptedSerialsFile,
     "detection-cache": DetectionCache,
@@ -44,6 +47,7 @@ DOCUMENTS: dict[str, type[Document]] = {
     "fit-plan": FitPlan,
     "model-catalogue": ModelCatalogue,
     "user-settings": UserSettings,
+    "variant-measurement": VariantMeasurement,
 }
 
 

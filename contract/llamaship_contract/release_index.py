@@ -31,28 +31,21 @@ from pydantic import (
 from llamaship_contract.document import StrictDocument, dump_document
 from llamaship_contract.overlay import (
     KIND_LAYERS,
+    KindFacts,
     LayerKind,
     LayerName,
-    _absent,
-    kind_problems,
     without_other_kinds,
 )
 from llamaship_contract.overlay_fields import (
     Count,
-    CudaArch,
-    CudaVersion,
-    DriverVersion,
     LayerId,
     ManifestError,
     Sha256,
-    ShaderFeature,
     Tag,
     Text,
     Timestamp,
     Url,
     UtcTimestamp,
-    VersionFloor,
-    VulkanApi,
     parse_signed,
     safe_relative_path,
 )
@@ -96,7 +89,7 @@ class LayerRef(_Growing):
         return self
 
 
-class ReleaseEntry(_Growing):
+class ReleaseEntry(KindFacts):
     """One overlay release: its kind, identity, what it needs from a machine, and its layers.
 
     The requirements repeat the layer manifests', so a release is chosen, and a machine that
@@ -104,23 +97,14 @@ class ReleaseEntry(_Growing):
     signed manifests say the same.
     """
 
+    # A newer publisher may add fields: this reader ignores them (see the module docstring).
+    model_config = ConfigDict(extra="ignore")
+
     kind: LayerKind
     reader: int = Field(default=1, ge=1)
-    overlay_version: Text
-    serial: Count
     platform: Tag
     python_tag: Tag
     llama_cpp_version: Text
-    min_vram_mb: Count
-    glibc_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    glibcxx_floor: VersionFloor | None = Field(default=None, exclude_if=_absent)
-    # An OS this reader does not know is harmless: it is never this machine's.
-    cuda_version: CudaVersion | None = Field(default=None, exclude_if=_absent)
-    min_driver: dict[str, DriverVersion] = Field(default_factory=dict)
-    cuda_archs: tuple[CudaArch, ...] = ()
-    ptx_archs: tuple[CudaArch, ...] = ()
-    vulkan_api: VulkanApi | None = Field(default=None, exclude_if=_absent)
-    shader_features: tuple[ShaderFeature, ...] = ()
     layers: tuple[LayerRef, ...]
 
     @model_serializer(mode="wrap")
@@ -129,7 +113,7 @@ class ReleaseEntry(_Growing):
 
     @model_validator(mode="after")
     def _consistent(self) -> ReleaseEntry:
-        problems = kind_problems(self.kind, self)
+        problems = self.kind_problems(self.kind)
         names = sorted(ref.layer for ref in self.layers)
         wanted = KIND_LAYERS[self.kind]
         if names != sorted(wanted):

@@ -13,11 +13,12 @@ from pydantic import Field, model_validator
 
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.document import Document, StrictDocument
-from llamaship_contract.overlay import LAYER_NAMES, OverlayRequirements
-from llamaship_contract.overlay_fields import Count, LayerId, Text
+from llamaship_contract.overlay import LAYER_NAMES, OverlayRequirements, VulkanRequirements
+from llamaship_contract.overlay_fields import Count, LayerId, Text, safe_relative_path
 
 STATE_SCHEMA: Final = 1
 ACTIVE_FILE = "active.json"
+VULKAN_FILE = "vulkan.json"
 PREVIOUS_FILE = "previous.json"
 QUARANTINE_FILE = "quarantine.json"
 ACCEPTED_SERIAL_FILE = "accepted_serial.json"
@@ -43,6 +44,33 @@ class OverlayPointer(StrictDocument):
         ]
         if sorted(self.layers) != sorted(LAYER_NAMES):
             problems.append(f"layers: must map each of {', '.join(LAYER_NAMES)} to its layer id")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class VulkanPointer(StrictDocument):
+    """`vulkan.json`: the installed Vulkan overlay: its one layer, its backend module, its needs.
+
+    It sits beside `active.json` (the CUDA overlay): the launch chooses between the variants.
+    """
+
+    schema_: Literal[1] = Field(default=STATE_SCHEMA, alias="schema")
+    overlay_version: Text
+    serial: Count
+    llama_cpp_version: Text
+    layer: LayerId
+    module: Text
+    """The backend module's path inside the layer (`backends/libggml-vulkan.so`)."""
+    requirements: VulkanRequirements
+
+    @model_validator(mode="after")
+    def _module_in_backends(self) -> VulkanPointer:
+        problems = []
+        if not self.layer.startswith("llama-vulkan-"):
+            problems.append(f"layer: {self.layer!r} is not a llama-vulkan layer id")
+        if not self.module.startswith("backends/") or safe_relative_path(self.module):
+            problems.append(f"module: {self.module!r} must be a path under backends/")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from llamaship_contract.signing import SigningKeyError, public_key_valid
 
-TRUSTED_KEYS_NAME = "trusted_keys.json"
 ROLES = ("release", "index")
 
 

@@ -24,11 +24,13 @@ from llamaship_build.dedupe import link_duplicates
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import BUNDLE_FILES, ensure_fit_tool, install_fit_tool
 from llamaship_build.glibc import GLIBC, GLIBCXX, GlibcFloor, check_floor, glibc_floors
+from llamaship_build.imports_check import check_imports
 from llamaship_build.interpreter import llama_lib_dir, site_packages, versions
 from llamaship_build.inventory import inventory
 from llamaship_build.llama_wheel import PORTABLE, Pin, ensure_wheel
 from llamaship_build.notices import write_notices
 from llamaship_build.project import Project, cache_dir
+from llamaship_build.release_location import release_index_url
 from llamaship_build.settings import BuildSettings
 from llamaship_build.spec import write_spec
 from llamaship_build.strip import strip_binaries
@@ -59,6 +61,7 @@ def input_key(
     llama_wheel: Path,
     extra_trusted_keys: Sequence[str] = (),
     toolchain: Toolchain = HOST,
+    release_url: str | None = None,
 ) -> str:
     # A Debian root's directory name carries its recipe (a root rebuilt with a patched CPython
     # is another directory), so a new interpreter means a new bundle; no machine's paths.
@@ -67,6 +70,8 @@ def input_key(
     digest = hashlib.sha256(f"{toolchain.name}\0{recipe}\0".encode())
     for public_key in sorted(extra_trusted_keys):
         digest.update(b"extra trusted key\0" + public_key.encode() + b"\0")
+    if release_url is not None:
+        digest.update(b"release index\0" + release_url.encode() + b"\0")
     for relative in _INPUTS:
         top = project.root / relative
         files = (
@@ -220,7 +225,8 @@ def build_bundle(
 
     The release bundle goes to dist/ and trusts only runtime/llamaship/trusted_keys.json. A
     bundle for tests also trusts `extra_trusted_keys` (a build input, baked in like the
-    release keys) and must go to another `dist` directory.
+    release keys) and must go to another `dist` directory. Only a bundle in dist/ has the
+    release index URL of `LLAMASHIP_BUILD_RELEASE_INDEX_URL` baked in (`release_location`).
     """
     out = dist or project.dist
     if extra_trusted_keys and out.resolve() == project.dist.resolve():
@@ -235,7 +241,12 @@ def build_bundle(
     toolchain = select_toolchain(settings, cache_dir(), binds=(project.root,))
     pin = Pin.from_lock(locks.host_lock(project.requirements, "cpu"))
     llama_wheel = ensure_wheel(pin, PORTABLE, cache_dir() / "wheelhouse", toolchain)
-    key = input_key(project, llama_wheel, extra_trusted_keys, toolchain)
+    release_url = (
+        release_index_url(settings.release_index_url, project.root / "pyproject.toml")
+        if out.resolve() == project.dist.resolve()
+        else None
+    )
+    key = input_key(project, llama_wheel, extra_trusted_keys, toolchain, release_url)
     manifest_path = out / MANIFEST_NAME
     if not force and _is_current(manifest_path, key):
         _log.info("bundle is up to date (%s); nothing to do", manifest_path)
@@ -256,6 +267,7 @@ def build_bundle(
         target,
         project.root / ("backend.spec" if release else f"backend-{out.name}.spec"),
         extra_trusted_keys,
+        release_url,
     )
     staging_dist = work / "dist"
     shutil.rmtree(staging_dist, ignore_errors=True)
@@ -280,6 +292,11 @@ def build_bundle(
         strip_binaries(bundle_dir)
     if target.name != "windows":
         link_duplicates(bundle_dir)
+    # Every library its binaries import is in it or on a clean install (docs/platforms.md).
+    checked = check_imports(bundle_dir, target.name)
+    _log.info(
+        "imports: the %d binaries of the bundle load only its own and the OS's libraries", checked
+    )
     floors = None
     if target.name == "linux":  # what the user's system must provide (docs/platforms.md)
         floors = glibc_floors(bundle_dir, (GLIBC, GLIBCXX))

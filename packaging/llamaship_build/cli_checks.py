@@ -1,5 +1,5 @@
-"""`python -m llamaship_build` commands that check and measure builds: reproducibility and the
-benchmarks."""
+"""`python -m llamaship_build` commands that check and measure builds: reproducibility, the
+libraries the binaries import, and the benchmarks."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def _repro(args: argparse.Namespace, project: Project) -> int:
     if problems:
         raise NotReproducible("two builds of the same commit differ:\n  " + "\n  ".join(problems))
     print(f"reproducible: both builds in {work} gave byte-identical archives")
+    return 0
+
+
+def _check_imports(args: argparse.Namespace, project: Project) -> int:
+    from llamaship_build.imports_check import check_imports
+    from llamaship_build.platforms import current
+
+    platform = args.platform or current().name
+    checked = check_imports(args.directory, platform)
+    print(f"imports: the {checked} {platform} binaries in {args.directory} load nothing missing")
     return 0
 
 
@@ -79,6 +89,17 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also build the overlay layers from this CUDA wheel, twice",
     )
     repro.set_defaults(handler=_repro)
+    imports = commands.add_parser(
+        "check-imports",
+        help="fail unless every library the binaries in DIR import is in DIR or the OS's",
+    )
+    imports.add_argument("directory", type=Path, metavar="DIR", help="a bundle or layer")
+    imports.add_argument(
+        "--platform",
+        choices=("linux", "windows", "macos"),
+        help="whose binaries and system libraries (default: this machine's)",
+    )
+    imports.set_defaults(handler=_check_imports)
     bench = commands.add_parser("bench", help="measure the bundle; write docs/benchmarks.md")
     bench.add_argument("--launches", type=int, default=5, help="launches to time (median)")
     bench.add_argument("--rounds", type=int, default=3, help="alternating generation rounds")

@@ -61,7 +61,8 @@ def _host_build(glibc: str) -> str:
     floor = glibc or "its version"
     return (
         f"or build against {mine} with LLAMASHIP_BUILD_LINUX_TOOLCHAIN=host "
-        f"LLAMASHIP_BUILD_GLIBC_FLOOR={floor} and LLAMASHIP_BUILD_GLIBCXX_FLOOR raised to its libstdc++ "
+        f"LLAMASHIP_BUILD_GLIBC_FLOOR={floor} and LLAMASHIP_BUILD_GLIBCXX_FLOOR raised to its "
+        "libstdc++ "
         f"(the bundle then needs glibc >= {floor}; docs/platforms.md)"
     )
 

@@ -19,7 +19,7 @@ from typing import BinaryIO, cast
 from llamaship_build.archive import zstd_compressor
 from llamaship_build.errors import BuildError
 from llamaship_contract.hashing import sha256_of
-from llamaship_contract.overlay import ArchiveRef, FileEntry
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
 
 MTIME = 315532800  # 1980-01-01T00:00:00Z: fixed, so rebuilds are byte-identical
 DEFAULT_LEVEL = 19

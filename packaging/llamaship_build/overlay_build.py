@@ -22,6 +22,7 @@ from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
 from llamaship_build.glibc import GLIBC, GLIBCXX, glibc_floors
+from llamaship_build.imports_check import check_imports
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
 from llamaship_build.overlay_layers import (
     WheelInfo,
@@ -31,11 +32,10 @@ from llamaship_build.overlay_layers import (
     stage_runtime_layer,
 )
 from llamaship_contract.hashing import sha256_of
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import (
     FORMAT,
-    ArchiveRef,
-    FileEntry,
     LayerManifest,
     LayerName,
     RequiredLayer,
@@ -239,6 +239,9 @@ def build_overlay(
             raise BuildError(msg)
         runtime_root = staging / "cuda-runtime"
         stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
+        check_imports(runtime_root, "linux")
+        if runtime_libraries is None:  # a chosen subset leaves the other libraries out on purpose
+            check_imports(llama_root, "linux", alongside=(runtime_root,))
         runtime, written = _pack_layer(
             "cuda-runtime",
             runtime_root,

@@ -27,7 +27,11 @@ from pathlib import Path
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import ensure_fit_tool
 from llamaship_build.llama_wheel import Pin
-from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
+from llamaship_build.overlay_build import (
+    build_overlay,
+    download_runtime_wheels,
+    hash_checked_file,
+)
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
 from llamaship_contract.overlay import parse_manifest
@@ -111,7 +115,7 @@ def _from_wheel_index(project: Project, dest: Path) -> Path:
                 f"requirements/{SOURCES_FILE}"
             )
             raise BuildError(msg)
-    return next(dest.glob("llama_cpp_python-*.whl"))
+    return hash_checked_file(dest, "llama_cpp_python-*.whl", [source["sha256"]])
 
 
 def cuda_wheel(project: Project, options: OverlayOptions, scratch: Path) -> Path:

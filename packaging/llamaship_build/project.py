@@ -7,6 +7,11 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamaship_contract.names import TRUSTED_KEYS_NAME
+
+TRUSTED_KEYS_FILE = f"runtime/llamaship/{TRUSTED_KEYS_NAME}"
+"""The release public keys every bundle trusts (baked in by the spec), from the checkout root."""
+
 
 @dataclass(frozen=True)
 class Project:
@@ -25,6 +30,10 @@ class Project:
     @property
     def requirements(self) -> Path:
         return self.root / "requirements"
+
+    @property
+    def trusted_keys_file(self) -> Path:
+        return self.root / TRUSTED_KEYS_FILE
 
     @property
     def templates(self) -> Path:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.project import TRUSTED_KEYS_FILE
 from llamaship_contract.names import SIGNATURE_SUFFIX
 from llamaship_contract.overlay import parse_manifest
 from llamaship_contract.overlay_fields import ManifestError
@@ -26,7 +27,6 @@ from llamaship_contract.signing import (
 )
 from llamaship_contract.trust import TrustedKeys
 
-TRUSTED_KEYS_FILE = "runtime/llamaship/trusted_keys.json"
 DRY_RUN_NOTE = "no bundle trusts it: nothing it signed can be installed"
 _log = logging.getLogger(__name__)
 
@@ -90,6 +90,13 @@ def sign_release(
     """
     from llamaship_build.overlay_release import release
 
+    if not any(overlay_dir.glob("*.json")):
+        _log.warning(
+            "no overlay layers in %s: the release carries the bundles alone and no index is "
+            "written (the live index stays as it is)",
+            overlay_dir,
+        )
+        return []
     if dry_run:
         private, public = generate_keypair()
         _log.warning("dry run: signing with throwaway key %s (%s)", key_id(public), DRY_RUN_NOTE)

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.project import TRUSTED_KEYS_FILE
 from llamaship_build.release_index import index_over, write_signed
 from llamaship_contract.names import INDEX_NAME, SIGNATURE_SUFFIX
 from llamaship_contract.overlay_fields import ManifestError
@@ -98,9 +99,9 @@ def resign_index(
     signer = public_key_of(private)
     if signer not in trusted.index:
         msg = (
-            f"the signing key {key_id(signer)} is not an index key in "
-            "runtime/llamaship/trusted_keys.json: no released bundle would accept the "
-            f"re-signed index; set ${INDEX_KEY_ENV} to the index key (docs/releasing.md)"
+            f"the signing key {key_id(signer)} is not an index key in {TRUSTED_KEYS_FILE}: "
+            "no released bundle would accept the re-signed index; set "
+            f"${INDEX_KEY_ENV} to the index key (docs/releasing.md)"
         )
         raise BuildError(msg)
     try:

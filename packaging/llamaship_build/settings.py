@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
+from llamaship_build.release_location import setting_problem
 
 TOOLCHAINS = ("debian11", "host")
 # Every variable the build reads (here, and the signing key in the signing step only); the
@@ -26,6 +27,7 @@ VARIABLES = (
     "LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR",
     "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL",
     "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256",
+    "LLAMASHIP_BUILD_RELEASE_INDEX_URL",
     "LLAMASHIP_SIGNING_KEY",
 )
 OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
@@ -58,8 +60,9 @@ def _tarball_problems(tarball: str | None, sha256: str | None) -> list[str | Non
             ]
         if sha256 is None:
             return [
-                "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 "
-                "to the tarball's sha256 (the one you recorded when it was exported)"
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL is a URL: also set "
+                "LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256 to the tarball's sha256 (the one you "
+                "recorded when it was exported)"
             ]
     return []
 
@@ -90,13 +93,13 @@ class BuildSettings:
     running debootstrap."""
     debian_root_sha256: str | None = None
     """The tarball's sha256 (required for a URL; for a path, else the `.sha256` file beside it)."""
+    release_index_url: str | None = None
+    """The release index a release bundle looks for GPU overlays in: an https URL, `pages`
+    (this repository's GitHub Pages index) or None (`release_location`)."""
 
     @classmethod
     def resolve(cls, env: Mapping[str, str]) -> BuildSettings:
-        """Settings from `env` (`LLAMASHIP_BUILD_LINUX_TOOLCHAIN`, `LLAMASHIP_BUILD_GLIBC_FLOOR`,
-        `LLAMASHIP_BUILD_GLIBCXX_FLOOR`, `LLAMASHIP_BUILD_OVERLAY_SOURCE`, `LLAMASHIP_BUILD_CACHE`,
-        `LLAMASHIP_BUILD_ROOT`, `LLAMASHIP_BUILD_DEBIAN_MIRROR`, `LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR`,
-        `LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL`, `LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256`); all problems are
+        """Settings from `env` (the `LLAMASHIP_BUILD_*` names in `VARIABLES`); all problems are
         reported at once."""
         problems: list[str | None] = []
         toolchain = env.get("LLAMASHIP_BUILD_LINUX_TOOLCHAIN", cls.linux_toolchain).strip().lower()
@@ -108,7 +111,9 @@ class BuildSettings:
         glibc = env.get("LLAMASHIP_BUILD_GLIBC_FLOOR", cls.glibc_floor).strip()
         glibcxx = env.get("LLAMASHIP_BUILD_GLIBCXX_FLOOR", cls.glibcxx_floor).strip()
         problems.append(_version_problem("LLAMASHIP_BUILD_GLIBC_FLOOR", glibc, cls.glibc_floor))
-        problems.append(_version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor))
+        problems.append(
+            _version_problem("LLAMASHIP_BUILD_GLIBCXX_FLOOR", glibcxx, cls.glibcxx_floor)
+        )
         source = env.get("LLAMASHIP_BUILD_OVERLAY_SOURCE", "").strip() or None
         if source is not None and source not in OVERLAY_SOURCES:
             problems.append(
@@ -117,7 +122,9 @@ class BuildSettings:
             )
         cache = env.get("LLAMASHIP_BUILD_CACHE", "").strip()
         root = env.get("LLAMASHIP_BUILD_ROOT")
-        mirror = env.get("LLAMASHIP_BUILD_DEBIAN_MIRROR", "").strip().rstrip("/") or cls.debian_mirror
+        mirror = (
+            env.get("LLAMASHIP_BUILD_DEBIAN_MIRROR", "").strip().rstrip("/") or cls.debian_mirror
+        )
         security = (
             env.get("LLAMASHIP_BUILD_DEBIAN_SECURITY_MIRROR", "").strip().rstrip("/")
             or mirror + "-security"
@@ -127,6 +134,8 @@ class BuildSettings:
         tarball = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_TARBALL", "").strip() or None
         sha256 = env.get("LLAMASHIP_BUILD_DEBIAN_ROOT_SHA256", "").strip().lower() or None
         problems.extend(_tarball_problems(tarball, sha256))
+        release_index = env.get("LLAMASHIP_BUILD_RELEASE_INDEX_URL", "").strip()
+        problems.append(setting_problem(release_index))
         found = [problem for problem in problems if problem is not None]
         if found:
             raise BuildError("; ".join(found))
@@ -141,4 +150,5 @@ class BuildSettings:
             debian_security_mirror=security,
             debian_root_tarball=tarball,
             debian_root_sha256=sha256,
+            release_index_url=release_index or None,
         )

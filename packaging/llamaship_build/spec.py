@@ -13,7 +13,7 @@ from llamaship_build.fit_tool import BUNDLE_FILES
 from llamaship_build.platforms import TargetPlatform
 from llamaship_build.project import Project
 from llamaship_contract.signing import SigningKeyError
-from llamaship_contract.trust import TRUSTED_KEYS_NAME, TrustedKeys, parse_trusted_keys
+from llamaship_contract.trust import TrustedKeys, parse_trusted_keys
 
 TEMPLATE = "backend.spec.j2"
 ENTRY_SCRIPT = "packaging/pyinstaller/backend_entry.py"
@@ -46,7 +46,7 @@ METADATA_OF = ("llama_cpp_python", "llamaship")
 
 def trusted_keys(project: Project) -> TrustedKeys:
     """The public keys by role shipped in the source tree (runtime/llamaship/trusted_keys.json)."""
-    path = project.root / "runtime" / "llamaship" / TRUSTED_KEYS_NAME
+    path = project.trusted_keys_file
     try:
         return parse_trusted_keys(path.read_bytes(), str(path))
     except OSError as error:
@@ -56,8 +56,11 @@ def trusted_keys(project: Project) -> TrustedKeys:
         raise BuildError(str(error)) from None
 
 
-def build_context(project: Project, target: TargetPlatform, keys: TrustedKeys) -> dict[str, Any]:
-    """The one context the spec template is rendered from (sorted, no timestamps)."""
+def build_context(
+    project: Project, target: TargetPlatform, keys: TrustedKeys, release_url: str | None = None
+) -> dict[str, Any]:
+    """The one context the spec template is rendered from (sorted, no timestamps);
+    `release_url`: the release index baked in (`release_location`)."""
     return {
         "name": "backend",
         "variant": "cpu",
@@ -72,6 +75,7 @@ def build_context(project: Project, target: TargetPlatform, keys: TrustedKeys) -
         "metadata_of": list(METADATA_OF),
         "package_data": [list(item) for item in PACKAGE_DATA],
         "trusted_keys": {"index": sorted(keys.index), "release": sorted(keys.release)},
+        "release": {"release_url": release_url},
         "version": project.version(),
     }
 
@@ -91,13 +95,18 @@ def render_spec(templates: Path, context: dict[str, Any]) -> str:
 
 
 def write_spec(
-    project: Project, target: TargetPlatform, out: Path, extra_trusted_keys: Sequence[str] = ()
+    project: Project,
+    target: TargetPlatform,
+    out: Path,
+    extra_trusted_keys: Sequence[str] = (),
+    release_url: str | None = None,
 ) -> Path:
-    """Render the spec; `extra_trusted_keys` (test bundles only) join the release keys."""
+    """Render the spec; `extra_trusted_keys` (test bundles only) join the release keys;
+    `release_url` is the release index baked in (release bundles only)."""
     shipped = trusted_keys(project)
     keys = TrustedKeys(
         release=tuple(sorted({*shipped.release, *extra_trusted_keys})), index=shipped.index
     )
-    text = render_spec(project.templates, build_context(project, target, keys))
+    text = render_spec(project.templates, build_context(project, target, keys, release_url))
     out.write_text(text)
     return out

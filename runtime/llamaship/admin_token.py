@@ -17,7 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ADMIN_TOKEN_NAME, ExitStatus
 
 logger = logging.getLogger(__name__)

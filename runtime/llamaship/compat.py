@@ -13,15 +13,16 @@ from dataclasses import dataclass
 
 from llamaship.detect.libc import SystemLibraries
 from llamaship_contract.detection import DetectionReport, GpuInfo
-from llamaship_contract.overlay import OverlayRequirements
+from llamaship_contract.overlay import OverlayRequirements, VulkanRequirements
 
 _ARCH = re.compile(r"(\d+)(\d)([af]?)")
 
 
 @dataclass(frozen=True)
 class Usable:
-    """The overlay runs here: on `gpus` (most VRAM first, then lowest index); `skipped` says
-    why each other GPU cannot use it."""
+    """The overlay runs here: on `gpus` (most VRAM first, then lowest index; none for a Vulkan
+    overlay, which runs on the chosen Vulkan device); `skipped` says why each other GPU cannot
+    use it."""
 
     gpus: tuple[GpuInfo, ...]
     skipped: tuple[str, ...]
@@ -141,6 +142,45 @@ def gpu_problem(gpu: GpuInfo, requirements: OverlayRequirements) -> str | None:
             f"at least {requirements.min_vram_mb} MB"
         )
     return None
+
+
+def judge_vulkan(
+    report: DetectionReport, requirements: VulkanRequirements, device_index: int | None
+) -> Verdict:
+    """Whether the chosen Vulkan device (`device_index`, from the device choice) can run a
+    Vulkan overlay needing `requirements`. A usable verdict names no NVIDIA GPU."""
+    devices = {device.index: device for device in report.vulkan.devices}
+    if not devices:
+        return Unusable(
+            (
+                "no Vulkan device was detected: install or update the GPU driver (it brings "
+                "the Vulkan loader)",
+            )
+        )
+    device = devices.get(device_index) if device_index is not None else None
+    if device is None:
+        return Unusable(
+            (
+                "no Vulkan device is chosen for llama.cpp (software renderers are used only "
+                "when LLAMASHIP_VULKAN_DEVICE names them)",
+            )
+        )
+    label = f"Vulkan device {device.index} ({device.name})"
+    if older(device.api_version, requirements.vulkan_api):
+        return Unusable(
+            (
+                f"{label} supports Vulkan {device.api_version}; the overlay needs "
+                f"{requirements.vulkan_api} or newer: update the GPU driver",
+            )
+        )
+    if device.memory_mb < requirements.min_vram_mb:
+        return Unusable(
+            (
+                f"{label} has {device.memory_mb} MB of device memory; the overlay needs at "
+                f"least {requirements.min_vram_mb} MB",
+            )
+        )
+    return Usable((), ())
 
 
 def floor_problems(

@@ -3,9 +3,6 @@
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
-# The root is the contract's, so one `except LlamashipError` catches the contract's errors too.
-__all__ = ["ConfigError", "LlamashipError"]
-
 
 class ConfigError(LlamashipError):
     """A configuration value (default, .env, environment or CLI) is invalid."""

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 _log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
 from llamaship.launch.activate import Loader, add_dll_directories
+from llamaship_contract.errors import LlamashipError
 
 _log = logging.getLogger(__name__)
 

@@ -29,5 +29,10 @@ class DataDirs:
         return self.home / "state"
 
     @property
+    def measurements(self) -> Path:
+        """Cached GPU-variant measurements, one file per model x variant x driver."""
+        return self.state / "measurements"
+
+    @property
     def locks(self) -> Path:
         return self.home / "locks"

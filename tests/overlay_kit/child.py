@@ -2,7 +2,7 @@
 there, run under a file size limit, or measured for peak memory.
 
 Run as a script (`python child.py ARGS_JSON`), this file sets a checkpoint callback through the
-installer's Python API (`llamaship.overlay.checkpoints.set_checkpoint`) that prints
+installer's Python API (`Installer(observer=...)`, `llamaship.overlay.checkpoints`) that prints
 `PAUSED <step>` to stderr and waits to be killed, then calls `Installer.install`. The shipped
 code reads no environment variable for any of this.
 """
@@ -109,19 +109,20 @@ def _main(args: dict[str, Any]) -> int:
     import httpx  # noqa: F401
     import zstandard  # noqa: F401
 
-    from llamaship.errors import LlamashipError
-    from llamaship.overlay.checkpoints import set_checkpoint
     from llamaship.overlay.install import Installer
     from llamaship.paths import DataDirs
+    from llamaship_contract.errors import LlamashipError
     from overlay_kit.probe import import_probe
     from overlay_kit.releases import FAST_OPTIONS, TARGET
 
     pause_at = args["pause_at"]
-    if pause_at is not None:
-        set_checkpoint(lambda step: _pause(step) if step == pause_at else None)
     before = _max_rss_kib()
     installer = Installer(
-        DataDirs(Path(args["home"])), args["keys"], probe=import_probe, options=FAST_OPTIONS
+        DataDirs(Path(args["home"])),
+        args["keys"],
+        probe=import_probe,
+        options=FAST_OPTIONS,
+        observer=lambda step: _pause(step) if step == pause_at else None,
     )
     try:
         result = installer.install(args["index"], TARGET)

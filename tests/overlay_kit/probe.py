@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship.overlay.install import Installer
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from overlay_kit.releases import FAST_OPTIONS, TARGET, Keys
 
 
@@ -40,8 +41,10 @@ def import_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None
         raise FakeProbeFailed(f"llama_cpp came from {result.stdout.strip()}, not the overlay")
 
 
-def install_release(dirs: DataDirs, location: str, keys: Keys) -> None:
+def install_release(
+    dirs: DataDirs, location: str, keys: Keys, observer: InstallObserver = ignore_step
+) -> None:
     """Install the release at `location` with the fast test options and the import probe."""
-    Installer(dirs, [keys.public], probe=import_probe, options=FAST_OPTIONS).install(
-        location, TARGET
-    )
+    Installer(
+        dirs, [keys.public], probe=import_probe, options=FAST_OPTIONS, observer=observer
+    ).install(location, TARGET)

@@ -20,15 +20,8 @@ from llamaship.overlay.select import Target
 from llamaship_build.overlay_archive import MTIME, layer_files, write_layer_archive
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.detection import DetectionReport, GpuInfo
-from llamaship_contract.overlay import (
-    FORMAT,
-    ArchiveRef,
-    FileEntry,
-    LayerManifest,
-    RequiredLayer,
-    dump_manifest,
-    layer_id,
-)
+from llamaship_contract.layer_files import ArchiveRef, FileEntry
+from llamaship_contract.overlay import FORMAT, LayerManifest, RequiredLayer, dump_manifest, layer_id
 from llamaship_contract.release_index import (
     OVERLAYS_NAME,
     ReleaseEntry,
@@ -139,6 +132,19 @@ class ReleaseSpec:
     llama_overrides: Mapping[str, Any] = field(default_factory=dict)
     runtime_archive: ArchiveWriter | None = None
     llama_archive: ArchiveWriter | None = None
+
+
+@dataclass(frozen=True)
+class VulkanSpec:
+    """One Vulkan overlay release: a llama-vulkan layer around `module` (any bytes)."""
+
+    overlay_version: str = "0.3.36-vk-1"
+    serial: int = 1
+    llama_cpp_version: str = LLAMA_CPP_VERSION
+    platform: str = "linux_x86_64"
+    vulkan_api: str = "1.2"
+    min_vram_mb: int = 512
+    module: bytes = field(default_factory=lambda: _payload("ggml-vulkan"))
 
 
 def tar_zst(members: Sequence[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -268,6 +274,44 @@ class ReleaseFactory:
             out_dir, "llama-cuda", spec, llama, requires, spec.llama_overrides, spec.llama_archive
         )
         return [runtime_path, llama_path]
+
+    def vulkan_release(self, out_dir: Path, spec: VulkanSpec) -> list[Path]:
+        """The one llama-vulkan layer of `spec`; returns its manifest path."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        root = self._stage({"backends/libggml-vulkan.so": spec.module, "licenses/LICENSE": b"MIT"})
+        entries = layer_files(root)
+        stem = f"llama-vulkan-{spec.overlay_version}-{spec.platform}"
+        archive = write_layer_archive(root, entries, out_dir / f"{stem}.tar.zst", level=3)
+        manifest = LayerManifest(
+            format=FORMAT,
+            layer="llama-vulkan",
+            overlay_version=spec.overlay_version,
+            serial=spec.serial,
+            requires=None,
+            llama_cpp_version=spec.llama_cpp_version,
+            python_tag="py3",
+            platform=spec.platform,
+            min_vram_mb=spec.min_vram_mb,
+            glibc_floor="2.31",
+            vulkan_api=spec.vulkan_api,
+            shader_features=("coopmat", "integer_dot"),
+            archive=archive,
+            unpacked_size=sum(entry.size for entry in entries if entry.link is None),
+            files=entries,
+            created="2026-12-07T00:00:00Z",
+        )
+        manifest_path = out_dir / f"{stem}.json"
+        data = dump_manifest(manifest)
+        manifest_path.write_bytes(data)
+        manifest_path.with_name(manifest_path.name + ".sig").write_bytes(
+            sign(data, self.keys.private)
+        )
+        return [manifest_path]
+
+    def publish_releases(self, out_dir: Path, releases: Sequence[list[Path]], serial: int) -> Path:
+        """A release folder over already written releases (CUDA or Vulkan); returns the index."""
+        written = write_release_index(out_dir, releases, serial, self.keys.private, "")
+        return written[-2]
 
     def publish(self, out_dir: Path, *specs: ReleaseSpec, serial: int | None = None) -> Path:
         """A release folder with every spec and a signed releases.json; returns the index."""

@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 let token = null;
 let current = { caps: null, settings: null, models: null };
+let quickRunning = false;
 
 function takeToken() {
   const match = /(?:^#|&)token=([0-9a-fA-F]{16,256})(?:&|$)/.exec(window.location.hash);
@@ -66,14 +67,19 @@ function gibibytes(mib) {
   return `${(mib / 1024).toFixed(1)} GiB`;
 }
 
-function cudaActive(caps) {
-  return caps.llama_cpp.variant === "cuda" && caps.llama_cpp.gpu_offload === true;
+function gpuActive(caps) {
+  return caps.llama_cpp.variant !== "cpu" && caps.llama_cpp.gpu_offload === true;
 }
 
 function showGpu(caps) {
   const gpus = caps.gpus || [];
   const detection = caps.detection;
-  if (gpus.length === 0) {
+  const vulkan = (detection.vulkan && detection.vulkan.devices) || [];
+  if (gpus.length === 0 && vulkan.length > 0) {
+    say("gpu-name", vulkan.map((device) =>
+      `${device.name} (Vulkan ${device.api_version}, ${device.device_type})`).join(", "));
+    say("gpu-vram", vulkan.map((device) => gibibytes(device.memory_mb)).join(", "));
+  } else if (gpus.length === 0) {
     const why = (detection.errors || []).join("; ");
     say("gpu-name", why ? `none detected (${why})` : "none detected");
     say("gpu-vram", "—");
@@ -85,12 +91,12 @@ function showGpu(caps) {
   const driver = detection.driver_version;
   const cuda = detection.cuda_driver_version;
   say("gpu-driver", driver ? (cuda ? `${driver} (CUDA ${cuda})` : driver) : "not found");
-  const active = cudaActive(caps);
+  const active = gpuActive(caps);
   const cell = $("cuda-active");
   cell.dataset.active = String(active);
   cell.className = active ? "yes" : "no";
   if (active) {
-    cell.textContent = "Yes";
+    cell.textContent = caps.llama_cpp.variant === "vulkan" ? "Yes: Vulkan" : "Yes: CUDA";
   } else if (caps.llama_cpp.variant === "cuda") {
     cell.textContent = "No: the CUDA build is loaded but CUDA offloads nothing";
   } else {
@@ -108,6 +114,40 @@ function showGpu(caps) {
     say("overlay-version", "none");
   }
   say("decision-reason", caps.decision.reason);
+}
+
+// The measured choice: a GPU build timed against the CPU build once the server is up.
+let measureWatched = false;
+
+function showMeasurement(caps) {
+  const measurement = caps.measurement;
+  $("measure").hidden = !measurement || measurement.state === "idle";
+  if ($("measure").hidden) return;
+  $("measure-progress").hidden = measurement.state !== "running";
+  $("measure-progress").value = measurement.progress;
+  const prefix = { running: "Measuring: ", failed: "The measurement failed: " };
+  say("measure-message", (prefix[measurement.state] || "") + measurement.message);
+  if (measurement.restart_advised) {
+    const build = measurement.next_variant === "cpu" ? "CPU" : measurement.next_variant;
+    needRestart(`Restart the app to run the ${build} build, as measured above.`);
+  }
+  if (measurement.state === "running" && !measureWatched) watchMeasurement();
+}
+
+async function watchMeasurement() {
+  measureWatched = true;
+  try {
+    let caps;
+    do {
+      await sleep(1000);
+      caps = await api("/api/capabilities", { admin: false });
+      showMeasurement(caps);
+    } while (caps.measurement && caps.measurement.state === "running");
+  } catch (error) {
+    say("measure-message", `Cannot follow the measurement: ${error.message}`);
+  } finally {
+    measureWatched = false;
+  }
 }
 
 function showUpgrade(caps, settings) {
@@ -128,8 +168,9 @@ async function loadOffer() {
         `(${megabytes(offer.unpacked_bytes)} on disk)`
       : "Nothing to download: the layers are already here.";
     say("upgrade-size", size);
+    const backend = offer.kind === "vulkan" ? "Vulkan" : `CUDA ${offer.cuda_version}`;
     say("upgrade-text", `Install the GPU build of llama.cpp (overlay ${offer.overlay_version}, ` +
-      `CUDA ${offer.cuda_version}) so that models run on your graphics card.`);
+      `${backend}) so that models run on your graphics card.`);
   } catch (error) {
     say("upgrade-size", `The upgrade cannot be offered: ${error.message}`);
   }
@@ -161,7 +202,32 @@ function showModels(models, caps) {
   const active = models.models.find((model) => model.active);
   select.value = chosen || (active ? active.name : select.value);
   say("model-serving", caps.model.id ? caps.model.id : "no model yet: download one below");
+  showQuickStart(models, caps);
   updateModelButtons();
+}
+
+function defaultChat(models) {
+  return models.models.find((model) => model.name === models.default_chat);
+}
+
+// No model in use: one button downloads the default chat model, verifies it and serves it.
+function showQuickStart(models, caps) {
+  const model = defaultChat(models);
+  const busy = !$("model-job").hidden;
+  $("model-quick").hidden = Boolean(caps.model.id) || !model || (busy && !quickRunning);
+  if ($("model-quick").hidden) return;
+  const size = model.size ? `, ${megabytes(model.size)}` : "";
+  say("model-quick-text", `No model yet. Download ${model.name} (${model.purpose}${size}), ` +
+    "check it against its publisher's sha256 and start using it.");
+  $("model-quick-button").disabled = !token || busy;
+}
+
+async function quickStart() {
+  const model = current.models ? defaultChat(current.models) : null;
+  if (!model) return;
+  quickRunning = true;
+  await pullModel(model);
+  quickRunning = false;
 }
 
 function selectedModel() {
@@ -190,6 +256,7 @@ async function refresh() {
   ]);
   current = { caps, settings: settings.settings, models };
   showGpu(caps);
+  showMeasurement(caps);
   showUpgrade(caps, settings.settings);
   showSettings(settings.settings);
   showModels(models, caps);
@@ -317,24 +384,28 @@ async function saveOffload(event) {
   }
 }
 
-async function pullModel() {
-  const model = selectedModel();
+async function pullModel(model) {
   if (!model) return;
   $("model-job").hidden = false;
   updateModelButtons();
-  say("model-message", `Downloading ${model.name}…`);
+  $("model-quick-button").disabled = true;
+  say("model-message", `Asking the hub for ${model.name}'s sha256…`);
   try {
-    const started = await api("/api/models/pull", { method: "POST", body: { name: model.name } });
+    const started = await api("/api/models/pull",
+      { method: "POST", body: { name: model.name, use: true } });
     const job = await pollJob(`/api/models/pull/${started.job_id}`, "model-progress",
       (progress) => {
-        if (progress.bytes_total > 0) {
+        if (progress.bytes_total > 0 && progress.bytes_done < progress.bytes_total) {
           const percent = Math.floor((100 * progress.bytes_done) / progress.bytes_total);
           say("model-message", `Downloading ${model.name}: ${megabytes(progress.bytes_done)} of ` +
             `${megabytes(progress.bytes_total)} (${percent} %)`);
+        } else if (progress.bytes_total > 0) {
+          say("model-message", `${model.name} is verified; loading it…`);
         }
       });
+    // The job's own words: a pull of the same file already running (without "use") says so.
     say("model-message", job.state === "succeeded"
-      ? `${model.name} is downloaded. Choose "Use this model" to use it.`
+      ? `${job.message}.`
       : `The download failed: ${job.message}`);
   } catch (error) {
     say("model-message", `The download failed: ${error.message}`);
@@ -347,8 +418,9 @@ async function useModel() {
   const model = selectedModel();
   if (!model) return;
   try {
+    say("model-message", `Loading ${model.name}…`);
     const reply = await api("/api/models/use", { method: "POST", body: { name: model.name } });
-    say("model-message", `${reply.name} is chosen.`);
+    say("model-message", `${reply.name} is in use.`);
     if (reply.restart_required) needRestart(`Restart the app to load ${reply.name}.`);
     await refresh();
   } catch (error) {
@@ -378,7 +450,8 @@ async function benchmark() {
 async function start() {
   token = takeToken();
   if (!token) {
-    notice("Changes need the app's admin token: open this page from the app.");
+    notice("Changes need the app's admin token: open this page from the app, with the " +
+      "address the server prints when it starts, or with `llamaship open`.");
   }
   $("consent-enable").addEventListener("click", upgrade);
   $("consent-later").addEventListener("click", () => answerLater("later"));
@@ -390,7 +463,8 @@ async function start() {
   $("restart-button").addEventListener("click", restart);
   $("offload-form").addEventListener("submit", saveOffload);
   $("model-select").addEventListener("change", updateModelButtons);
-  $("model-pull").addEventListener("click", pullModel);
+  $("model-pull").addEventListener("click", () => pullModel(selectedModel()));
+  $("model-quick-button").addEventListener("click", quickStart);
   $("model-use").addEventListener("click", useModel);
   $("bench-run").addEventListener("click", benchmark);
   for (const id of ["consent-enable", "consent-later", "consent-never", "offload-save"]) {

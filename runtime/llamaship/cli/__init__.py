@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from llamaship import __version__
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 # Each command module exposes `add_parser(subparsers)` and `run(args) -> int`;
@@ -28,6 +28,9 @@ _COMMANDS = {
     "status": "llamaship.cli.status",
     "fit": "llamaship.cli.fit",
     "models": "llamaship.cli.models",
+    "vulkan-devices": "llamaship.cli.vulkan_devices",
+    "open": "llamaship.cli.open_page",
+    "measure-variant": "llamaship.cli.measure_variant",
 }
 _NO_DEFAULT_COMMAND = frozenset({"-h", "--help", "--version"})
 _ENV_FILE_HELP = (

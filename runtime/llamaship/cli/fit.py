@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--variant",
-        choices=("cpu", "cuda"),
+        choices=("cpu", "cuda", "vulkan"),
         help="plan for this build (default: what serve runs: cuda when a GPU is detected "
         "and the CUDA overlay is active, else cpu)",
     )
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from llamaship.fit import plan_load
     from llamaship.fit.plan import default_lib_dir
     from llamaship.fit.tool import find_tool
-    from llamaship.launch.bootstrap import detection_versions
+    from llamaship.launch.plan import detection_versions
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 

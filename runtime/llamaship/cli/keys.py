@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 PRIVATE_KEY_FILE = "signing-key.b64"

@@ -153,10 +153,12 @@ def _remove(store: ModelStore, name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llamaship.models.hub import Hub
     from llamaship.models.store import ModelStore
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request: noise here
-    store = ModelStore(_settings(args).home)
+    settings = _settings(args)
+    store = ModelStore(settings.home, hub=Hub(settings.hub_url, settings.hub_allow_http))
     if args.models_command == "list":
         return _list(store)
     if args.models_command == "pull":

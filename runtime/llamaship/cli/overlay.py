@@ -10,19 +10,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llamaship.config import Settings
     from llamaship.overlay.install import InstallProgress
-    from llamaship.overlay.store import InstalledOverlay, OverlayStore
+    from llamaship.overlay.store import OverlayStore
+from llamaship.overlay.installed import InstalledOverlay
 
 _LLAMA_DISTRIBUTION = "llama_cpp_python"
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser("overlay", help="install, inspect or remove the CUDA overlay")
+    parser = subparsers.add_parser(
+        "overlay", help="install, inspect or remove the GPU overlays (CUDA, Vulkan)"
+    )
     actions = parser.add_subparsers(dest="overlay_command", metavar="ACTION", required=True)
     install = actions.add_parser(
         "install",
         help="install the overlay from a release (directory, releases.json or URL)",
         description="Verify, download, unpack, probe and activate the overlay the signed "
-        "release index offers this machine. Progress goes to stderr.",
+        "release index offers this machine: a CUDA overlay for an NVIDIA GPU first, else a "
+        "Vulkan overlay for the chosen Vulkan device. Progress goes to stderr.",
     )
     install.add_argument(
         "source",
@@ -32,10 +36,24 @@ def add_parser(subparsers: Any) -> None:
         "--llama-cpp-version",
         help="the bundle's llama-cpp-python version (default: the installed one)",
     )
+    install.add_argument(
+        "--kind",
+        choices=("auto", "cuda", "vulkan"),
+        default="auto",
+        help="which overlay to install (default: auto, the best this machine can run)",
+    )
     status = actions.add_parser("status", help="show the active and previous overlay")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     actions.add_parser("rollback", help="switch back to the previously active overlay")
-    actions.add_parser("remove", help="deactivate the overlay (run on CPU; rollback restores it)")
+    remove = actions.add_parser(
+        "remove", help="deactivate the overlay (run on CPU; rollback restores it)"
+    )
+    remove.add_argument(
+        "--kind",
+        choices=("cuda", "vulkan"),
+        default="cuda",
+        help="which overlay (default: cuda; a removed Vulkan overlay is deleted)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -111,10 +129,13 @@ def interrupted(args: argparse.Namespace, prog: str) -> str:
 def _install(args: argparse.Namespace) -> int:
     import llamaship
     from llamaship.detect import load_or_detect
+    from llamaship.detect.vulkan_choice import vulkan_device_choice
     from llamaship.io.local_files import local_path
     from llamaship.io.trusted_keys import trusted_keys
+    from llamaship.overlay.best import install_best
     from llamaship.overlay.install import Installer, index_location_of
     from llamaship.overlay.select import Target
+    from llamaship.overlay.vulkan import VulkanInstaller
     from llamaship.paths import DataDirs
 
     path = local_path(args.source)
@@ -123,10 +144,27 @@ def _install(args: argparse.Namespace) -> int:
     settings = _settings(args)
     dirs = DataDirs(settings.home)
     report = load_or_detect(settings, dirs, {"bundle": llamaship.__version__})
-    target = Target.current(report, _bundle_llama_cpp_version(args.llama_cpp_version))
+    choice = vulkan_device_choice(report, settings)
+    version = _bundle_llama_cpp_version(args.llama_cpp_version)
+    target = Target.current(report, version, vulkan_device=choice.device_index)
     location = args.source if path is None else index_location_of(path)
-    installer = Installer(dirs, trusted_keys(args.trusted_keys), progress=_ProgressPrinter())
-    result = installer.install(location, target)
+    keys, progress = trusted_keys(args.trusted_keys), _ProgressPrinter()
+    best = install_best(
+        location,
+        target,
+        cuda=Installer(dirs, keys, progress=progress) if args.kind in ("auto", "cuda") else None,
+        vulkan=VulkanInstaller(dirs, keys, choice=choice, progress=progress)
+        if args.kind in ("auto", "vulkan")
+        else None,
+    )
+    if best.vulkan is not None:
+        print(
+            f"Vulkan overlay {best.overlay_version} is installed ({best.vulkan.module.name}); "
+            "restart the app to use it"
+        )
+        return 0
+    assert best.cuda is not None
+    result = best.cuda
     overlay = result.overlay
     if not result.changed:
         print(f"overlay {overlay.overlay_version} is already active")
@@ -156,9 +194,11 @@ def _describe(overlay: InstalledOverlay | None) -> dict[str, Any] | None:
 def status_document(store: OverlayStore) -> dict[str, Any]:
     """The overlay state as `overlay status --json` prints it."""
     accepted = store.accepted_serials()
+    vulkan = store.vulkan()
     return {
         "active": _describe(store.active()),
         "previous": _describe(store.previous()),
+        "vulkan": None if vulkan is None else vulkan.model_dump(mode="json", by_alias=True),
         "quarantined": store.quarantined(),
         "accepted_serials": {"index": accepted.index, "manifest": accepted.manifest},
     }
@@ -180,6 +220,13 @@ def _status(args: argparse.Namespace, store: OverlayStore) -> int:
                 f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
                 f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}"
             )
+    vulkan = document["vulkan"]
+    print(
+        "vulkan: none"
+        if vulkan is None
+        else f"vulkan: {vulkan['overlay_version']} (Vulkan {vulkan['requirements']['vulkan_api']}, "
+        f"llama_cpp {vulkan['llama_cpp_version']}, {vulkan['module']})"
+    )
     for version, reason in sorted(document["quarantined"].items()):
         print(f"quarantined: {version}: {reason}")
     return 0
@@ -197,6 +244,16 @@ def run(args: argparse.Namespace) -> int:
     if args.overlay_command == "rollback":
         overlay = store.rollback()
         print(f"overlay {overlay.overlay_version} is active again; restart the app to use it")
+        return 0
+    if args.kind == "vulkan":
+        vulkan = store.vulkan()
+        store.set_vulkan(None)
+        print(
+            "no Vulkan overlay was installed"
+            if vulkan is None
+            else f"Vulkan overlay {vulkan.overlay_version} is removed (the next start runs "
+            "without it)"
+        )
         return 0
     removed = store.remove()
     if removed is None:

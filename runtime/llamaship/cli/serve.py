@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from llamaship.cli.model_file import check_model
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 

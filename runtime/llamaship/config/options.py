@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from llamaship.config.values import (
+    VariantChoice,
     parse_bool,
     parse_layers,
     parse_megabytes,
@@ -21,6 +22,8 @@ from llamaship.config.values import (
     parse_text,
     parse_threads,
     parse_timeout,
+    parse_variant_choice,
+    parse_vulkan_device,
 )
 
 
@@ -79,7 +82,29 @@ OPTIONS: tuple[Option, ...] = (
         "release_url",
         parse_optional_text,
         "",
-        "URL (or file path) of the signed releases.json index the GPU overlay comes from.",
+        "URL (or file path) of the signed releases.json index the GPU overlay comes from "
+        "(unset: the one the bundle was built with; empty: none).",
+    ),
+    Option(
+        "LLAMASHIP_RELEASE_CHECK",
+        "release_check",
+        parse_bool,
+        "true",
+        "Check the release index for a GPU overlay at launch, at most once a day (true/false).",
+    ),
+    Option(
+        "LLAMASHIP_HUB_URL",
+        "hub_url",
+        parse_text,
+        "https://huggingface.co",
+        "The Hugging Face hub (or a mirror) models are pulled from and their sha256 asked of.",
+    ),
+    Option(
+        "LLAMASHIP_HUB_ALLOW_HTTP",
+        "hub_allow_http",
+        parse_bool,
+        "false",
+        "Accept a plain http:// LLAMASHIP_HUB_URL (a local test hub only; true/false).",
     ),
     Option(
         "AUTO_UPGRADE_GPU",
@@ -101,6 +126,21 @@ OPTIONS: tuple[Option, ...] = (
         parse_megabytes,
         "1024",
         "MiB the GPU fit leaves free on each GPU (for the desktop and other programs).",
+    ),
+    Option(
+        "LLAMASHIP_VULKAN_DEVICE",
+        "vulkan_device",
+        parse_vulkan_device,
+        "auto",
+        "Vulkan device for llama.cpp: auto (a discrete GPU, else an integrated one; never a "
+        "software renderer), none, its index or (part of) its name, as `detect` lists them.",
+    ),
+    Option(
+        "LLAMASHIP_VARIANT_CHOICE",
+        "variant_choice",
+        parse_variant_choice,
+        "measured",
+        "GPU or CPU build: measured (the GPU build only if it measured faster), gpu or cpu.",
     ),
     Option(
         "LLAMACPP_N_THREADS",
@@ -128,7 +168,8 @@ OPTIONS: tuple[Option, ...] = (
         "detection_timeout",
         parse_timeout,
         "5",
-        "Seconds nvidia-smi may take before it is killed and the launch goes on.",
+        "Seconds nvidia-smi (and the Vulkan device query) may take before it is killed and "
+        "the launch goes on.",
     ),
     Option(
         "LLAMASHIP_RESTART",
@@ -167,6 +208,11 @@ class Settings:
     restart: str
     port_file: Path | None
     vram_margin_mb: int = 1024
+    vulkan_device: str = "auto"
+    release_check: bool = True
+    hub_url: str = "https://huggingface.co"
+    hub_allow_http: bool = False
+    variant_choice: VariantChoice = "measured"
 
 
 BY_KEY = {option.key: option for option in OPTIONS}
@@ -178,7 +224,8 @@ OWN_PREFIXES = ("LLAMASHIP_", "LLAMACPP_", "GPU_DETECTION_")
 BUILD_PREFIX = "LLAMASHIP_BUILD_"
 # Other LLAMASHIP_ variables that are not options (read elsewhere): the explicit .env path and
 # the release signing key (the build's and `llamaship keys`' CI secret).
-IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY"})
+# The release signing keys are the build's (CI secrets), never a setting of the runtime.
+IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY", "LLAMASHIP_INDEX_KEY"})
 # Options without one of `OWN_PREFIXES`: a close misspelling of one is refused too (in `.env`
 # files; warned about in the environment, which other programs share).
 UNPREFIXED = tuple(option.key for option in OPTIONS if not option.key.startswith(OWN_PREFIXES))

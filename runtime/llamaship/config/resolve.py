@@ -174,6 +174,10 @@ def _settings_from(raw: Mapping[str, str]) -> Settings:
         problems = _path_problems(values)
     if problems:
         raise ConfigError(" ".join(problems))
+    if "LLAMASHIP_RELEASE_URL" not in raw:  # not set anywhere: the one baked into the bundle
+        from llamaship.bundled_release import bundled_release_url
+
+        values["release_url"] = bundled_release_url()
     return Settings(**values)
 
 

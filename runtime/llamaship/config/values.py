@@ -4,6 +4,9 @@ accepted (the resolver turns it into a `ConfigError` naming the key)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
+VariantChoice = Literal["measured", "gpu", "cpu"]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -108,4 +111,16 @@ def parse_restart_mode(value: str) -> str:
     lowered = value.strip().lower()
     if lowered not in {"exec", "exit"}:
         raise ValueError("'exec' (the backend re-executes itself) or 'exit' (exit code 75)")
+    return lowered
+
+
+def parse_vulkan_device(value: str) -> str:
+    text = value.strip()
+    return text.lower() if text.lower() in {"auto", "none"} else (text or "auto")
+
+
+def parse_variant_choice(value: str) -> str:
+    lowered = value.strip().lower()
+    if lowered not in {"measured", "gpu", "cpu"}:
+        raise ValueError("'measured' (the GPU build only if it measured faster), 'gpu' or 'cpu'")
     return lowered

@@ -1,10 +1,10 @@
 """Why one detection source gave no answer; `detect_gpus` records these in the report."""
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 
 class DetectionError(LlamashipError):
-    """A detection source (NVML, nvidia-smi) gave no usable answer."""
+    """A detection source (NVML, nvidia-smi, the Vulkan loader) gave no usable answer."""
 
 
 class SourceMissing(DetectionError):
@@ -13,3 +13,11 @@ class SourceMissing(DetectionError):
 
 class SourceFailed(DetectionError):
     """The source is installed but failed, hung or answered garbage: worth retrying next launch."""
+
+
+class NoDriver(SourceMissing):
+    """The Vulkan loader is installed but found no Vulkan driver it could load."""
+
+
+class LoaderError(SourceFailed):
+    """The Vulkan loader answered with an error (vkCreateInstance or the device list failed)."""

@@ -1,4 +1,4 @@
-"""Find the NVIDIA driver's files the way the loader and the shell would, with stat() only."""
+"""Find the GPU drivers' files the way the loader and the shell would, with stat() only."""
 
 from __future__ import annotations
 
@@ -36,12 +36,26 @@ def _windows_nvml_candidates(env: Mapping[str, str]) -> list[Path]:
     ]
 
 
+def library_candidates(name: str, env: Mapping[str, str]) -> list[Path]:
+    """Where the Linux dynamic loader looks for the library `name`, in its order."""
+    dirs = [entry for entry in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if entry]
+    return [Path(directory, name) for directory in (*dirs, *_LINUX_LIBRARY_DIRS)]
+
+
+def find_library(name: str, env: Mapping[str, str]) -> Path | None:
+    """The library `name` the dynamic loader would open (Windows: from System32), or None."""
+    if sys.platform == "win32":
+        candidates = [Path(env.get("WINDIR", "C:/Windows"), "System32", name)]
+    else:
+        candidates = library_candidates(name, env)
+    return next((path for path in candidates if path.is_file()), None)
+
+
 def nvml_library_candidates(env: Mapping[str, str]) -> list[Path]:
     """The paths NVML would be loaded from, in the order the loader tries them."""
     if sys.platform == "win32":
         return _windows_nvml_candidates(env)
-    dirs = [entry for entry in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if entry]
-    return [Path(directory, NVML_LIBRARY_LINUX) for directory in (*dirs, *_LINUX_LIBRARY_DIRS)]
+    return library_candidates(NVML_LIBRARY_LINUX, env)
 
 
 def find_nvml_library(env: Mapping[str, str]) -> Path | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 
 class FitError(LlamashipError):

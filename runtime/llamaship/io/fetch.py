@@ -139,6 +139,26 @@ class Fetcher:
             raise DownloadError(msg)
         return int(length)
 
+    def head(self, url: str, *, what: str) -> httpx.Response:
+        """The answer to a HEAD on an http(s) URL, redirects NOT followed (the caller reads the
+        headers of a redirect itself), bounded like a small file."""
+        import httpx
+
+        shown = printable(url)
+
+        async def ask() -> httpx.Response:
+            return await self._session.client().head(url, follow_redirects=False)
+
+        try:
+            return self._session.run(ask, self.limits.small_file_deadline_s)
+        except Expired:
+            limit = self.limits.small_file_deadline_s
+            msg = f"{shown} did not answer within {limit:g} s; try again later"
+            raise DownloadError(msg) from None
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            msg = f"cannot reach the {what} at {shown}: {describe(error)}"
+            raise DownloadError(msg) from None
+
     # -- archives -----------------------------------------------------------------------------
 
     def fetch(

@@ -7,10 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 # Write errors that mean "no room": disk full, quota exceeded, file size limit (RLIMIT_FSIZE).
@@ -58,9 +59,17 @@ def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
 
 
-def ensure_free_space(directory: Path, needed: int, what: str) -> None:
-    """Raise `DiskSpaceError` unless `directory`'s file system has `needed` bytes free."""
-    free = shutil.disk_usage(directory).free
+def free_bytes(directory: Path) -> int:
+    """The bytes free for this user on `directory`'s file system."""
+    return shutil.disk_usage(directory).free
+
+
+def ensure_free_space(
+    directory: Path, needed: int, what: str, free_space: Callable[[Path], int] = free_bytes
+) -> None:
+    """Raise `DiskSpaceError` unless `directory`'s file system has `needed` bytes free
+    (`free_space` measures it)."""
+    free = free_space(directory)
     if free < needed:
         msg = (
             f"not enough disk space for {what}: it needs {_mib(needed)} in {directory}, "

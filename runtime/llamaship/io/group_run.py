@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -19,11 +19,13 @@ def run_in_group(
     *,
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run `command` with no stdin; its exit status, stdout and stderr.
 
     Raises `OSError` when it cannot be started, and `subprocess.TimeoutExpired` after killing
-    its process group when it outlives `timeout`.
+    its process group when it outlives `timeout`. `on_start` receives the process once it
+    runs, so another thread can end it early with `kill_group`.
     """
     creationflags = 0
     if sys.platform == "win32":
@@ -38,6 +40,8 @@ def run_in_group(
         env=env,
         creationflags=creationflags,
     )
+    if on_start is not None:
+        on_start(process)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -46,7 +50,8 @@ def run_in_group(
     return process.returncode, stdout, stderr
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill the process group of a process `run_in_group` started (from any thread)."""
     if sys.platform != "win32":  # on Windows, Popen.kill() ends the process (no children here)
         import signal
 
@@ -55,6 +60,10 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
         except ProcessLookupError:
             pass  # the group already exited
     process.kill()
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    kill_group(process)
     # Wait for the process only: a descendant that escaped the group may hold a pipe open.
     process.wait()
     for pipe in (process.stdout, process.stderr):

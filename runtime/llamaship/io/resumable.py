@@ -34,7 +34,6 @@ from llamaship.io.transfer import (
     IntegrityError,
     ProgressFn,
 )
-from llamaship.overlay.checkpoints import checkpoint
 from llamaship_contract.names import PART_SUFFIX
 from llamaship_contract.textsafe import printable
 
@@ -271,11 +270,10 @@ class _Download:
             digest.update(chunk)
             done += len(chunk)
             self.received = done
+            if done == len(chunk) + offset:
+                handle.flush()  # the first chunk is on disk when progress first reports
             if self.progress is not None:
                 self.progress(done, size)
-            if done == len(chunk) + offset:
-                handle.flush()
-                checkpoint("download")
         return done
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 
 ProgressFn = Callable[[int, int], None]

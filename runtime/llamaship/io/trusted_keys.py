@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib import resources
 
+from llamaship_contract.names import TRUSTED_KEYS_NAME
 from llamaship_contract.signing import SigningKeyError
-from llamaship_contract.trust import TRUSTED_KEYS_NAME, TrustedKeys, parse_trusted_keys, trusted
+from llamaship_contract.trust import TrustedKeys, parse_trusted_keys, trusted
 
 
 def bundled_trusted_keys() -> TrustedKeys:

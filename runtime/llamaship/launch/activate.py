@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 
 # Load order: each library's dependencies first.
 _PRELOAD_ORDER = ("libcudart", "libcublasLt", "libcublas")

@@ -1,136 +1,81 @@
 """Launch-time bootstrap: before anything imports llama_cpp, choose the build and activate it.
 
 Order: clean what an interrupted install left -> boot counting: count the earlier launches of
-the active overlay that died while its code ran, quarantine it after `boot_counting.BOOT_TRIES` in a
-row -> detect GPUs (cached) -> decide cpu/cuda -> install the overlay first if the user
-consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock, adopted inside
-it) -> probe it once per overlay and driver (not again after the installer's probe) -> record
-this launch as booting the overlay -> activate -> import llama_cpp and load its backends. Any
-failure on the way ends on the CPU build. The decision, its reason and every event are logged
+the active overlay that died while its code ran, quarantine it after `BOOT_TRIES` in a row ->
+detect GPUs (cached) -> decide cpu/cuda (`llamaship.launch.plan`) -> install the overlay first
+if the user consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock,
+adopted inside it) -> probe it once per overlay and driver (not again after the installer's
+probe) -> record this launch as booting the overlay -> activate -> else, without a CUDA
+overlay to run, the Vulkan overlay when the rule allows (its module and device go into the
+environment) -> import llama_cpp and load its backends. Any failure on the way ends on the
+CPU build. The decision, its reason and every event are logged
 at INFO and written to the launch status (`llamaship status`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from llamaship import __version__
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
-from llamaship.errors import LlamashipError
+from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
-from llamaship.launch.decide import Decision, OverlayRequirements, decide, recommend
+from llamaship.launch.decide import Decision, decide, recommend
+from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
+from llamaship.launch.plan import (
+    Plan,
+    available_overlay,
+    bundle_llama_cpp_version,
+    detection_versions,
+    quarantine_reason,
+)
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
 from llamaship.launch.probe_record import ensure_probed
 from llamaship.launch.status import LaunchTracker
+from llamaship.measure.choice import measured_choice
+from llamaship.measure.run import vulkan_setup
 from llamaship.native import LoadedBackends, load_ggml_backends
-from llamaship.overlay.store import InstalledOverlay, OverlayStore
+from llamaship.overlay.store import OverlayStore
+from llamaship.overlay.vulkan import installed_vulkan, vulkan_environment
 from llamaship.paths import DataDirs
-from llamaship_contract.detection import DetectionReport
-from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.launch import BootCount
+from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger(__name__)
 # A second launch waits this long for the first to finish its decision, then boots on CPU.
 LAUNCH_LOCK_TIMEOUT_S = 20.0
-AVAILABILITY_TIMEOUT_S = 3.0
 
 
-@dataclass
-class _Plan:
-    """The bootstrap's working state while it decides."""
-
-    report: DetectionReport
-    decision: Decision
-    installed: InstalledOverlay | None
-    events: list[str]
-    available: OverlayRequirements | None = None
-    install: bool = False
-    tries_left: int | None = None
-    last_failure: LaunchProcess | None = None
-
-    def note(self, event: str) -> None:
-        """An event of this launch: logged now, shown by /api/capabilities and `status`."""
-        _log.info("%s", event)
-        self.events.append(event)
+def _count_boots(plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
+    """Boot counting for the installed overlays (CUDA, Vulkan): count earlier launches that died
+    running each; quarantine one after `BOOT_TRIES` in a row."""
+    vulkan = installed_vulkan(store)
+    for installed, is_cuda in (
+        (plan.installed.overlay_version if plan.installed else None, True),
+        (vulkan.overlay_version if vulkan else None, False),
+    ):
+        if installed is None or store.quarantine_reason(installed) is not None:
+            continue
+        count = _count_one(plan, dirs, store, tracker, installed)
+        if count is not None and is_cuda:
+            plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
 
 
-def detection_versions(installed: InstalledOverlay | None) -> dict[str, str]:
-    """Versions that join the detection cache's fingerprint: a new bundle or overlay re-detects."""
-    return {"bundle": __version__, "overlay": installed.overlay_version if installed else "none"}
-
-
-def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
-    """The decision from what is installed, without asking the release server."""
-    installed = store.active()
-    return decide(
-        report,
-        installed.requirements if installed else None,
-        None,
-        _quarantine_reason(store, installed, None),
-    )
-
-
-def bundle_llama_cpp_version() -> str:
-    """llama-cpp-python's version in this bundle, read without importing it."""
-    try:
-        return version("llama_cpp_python")
-    except PackageNotFoundError:
-        msg = "llama-cpp-python is not installed: reinstall the application"
-        raise LlamashipError(msg) from None
-
-
-def _available(
-    settings: Settings, store: OverlayStore, plan: _Plan, keys: TrustedKeys
-) -> OverlayRequirements | None:
-    """The overlay the release index offers this machine (signed, checked), if any."""
-    from llamaship.io.fetch import Fetcher
-    from llamaship.io.http_session import DownloadLimits
-    from llamaship.overlay.select import Target, find_overlay
-
-    assert settings.release_url is not None
-    limits = DownloadLimits(
-        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
-        read_timeout_s=AVAILABILITY_TIMEOUT_S,
-        max_attempts=1,
-    )
-    try:
-        target = Target.current(plan.report, bundle_llama_cpp_version())
-        with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads, in total
-            found = find_overlay(settings.release_url, store, target, keys, fetcher)
-    except (LlamashipError, OSError) as error:
-        plan.note(f"could not check for a CUDA overlay: {error}")
-        return None
-    return found.requirements
-
-
-def _quarantine_reason(
-    store: OverlayStore, installed: InstalledOverlay | None, available: OverlayRequirements | None
-) -> str | None:
-    version_of = (
-        installed.overlay_version
-        if installed
-        else (available.overlay_version if available else None)
-    )
-    return store.quarantine_reason(version_of) if version_of else None
-
-
-def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker) -> None:
-    """Boot counting for the active overlay: count earlier launches that died running it."""
-    installed = plan.installed
-    if installed is None or store.quarantine_reason(installed.overlay_version) is not None:
-        return
-    version_of = installed.overlay_version
+def _count_one(
+    plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker, version_of: str
+) -> BootCount | None:
+    """Count overlay `version_of`'s failed launches; None once it is quarantined."""
     assessment = boot_counting.assess(dirs, version_of, tracker.me)
     count = assessment.count
     for failed in assessment.counted:
@@ -152,8 +97,8 @@ def _count_boots(plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: Laun
         store.quarantine(version_of, reason)
         boot_counting.forget(dirs, version_of)
         plan.note(f"overlay {version_of} quarantined: {reason}")
-        return
-    plan.tries_left, plan.last_failure = count.tries_left, count.last_failure
+        return None
+    return count
 
 
 def _plan(
@@ -166,12 +111,12 @@ def _plan(
     *,
     after_install: bool = False,
     available: OverlayRequirements | None = None,
-) -> _Plan:
+) -> Plan:
     """Decide (call under the launch lock); `install` says AUTO_UPGRADE_GPU should run first."""
     store.cleanup_leftovers()
     installed = store.active()
     report = load_or_detect(settings, dirs, detection_versions(installed))
-    plan = _Plan(report, Decision("cpu", "", False), installed, events, available)
+    plan = Plan(report, Decision("cpu", "", False), installed, events, available)
     _count_boots(plan, dirs, store, tracker)
 
     def plan_decision() -> Decision:
@@ -179,23 +124,19 @@ def _plan(
             report,
             installed.requirements if installed else None,
             plan.available,
-            _quarantine_reason(store, installed, plan.available),
+            quarantine_reason(store, installed, plan.available),
+            plan.unchecked,
         )
 
     plan.decision = plan_decision()
-    if (
-        not after_install
-        and plan.decision.variant == "cpu"
-        and report.gpus
-        and settings.release_url
-    ):
-        plan.available = _available(settings, store, plan, keys)
+    if not after_install and plan.decision.variant == "cpu" and report.gpus:
+        plan.available = available_overlay(settings, dirs, store, plan, keys)
         plan.decision = plan_decision()
         plan.install = plan.decision.upgrade_available and settings.auto_upgrade_gpu
     return plan
 
 
-def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: TrustedKeys) -> None:
+def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: Plan, keys: TrustedKeys) -> None:
     """AUTO_UPGRADE_GPU: download, verify, probe and install (the installer's own lock only)."""
     from llamaship.overlay.install import ensure_overlay
 
@@ -214,8 +155,69 @@ def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: _Plan, keys: Trusted
     plan.note(f"AUTO_UPGRADE_GPU: {outcome.message}")
 
 
+def _fall_back_to_cpu(
+    plan: Plan,
+    tracker: LaunchTracker,
+    reason: str,
+    *,
+    quarantine: tuple[OverlayStore, str] | None = None,
+) -> None:
+    """Run this launch on the CPU build: it no longer counts against an overlay, and `reason`
+    becomes the decision's (logged, one of the launch's events). `quarantine=(store, problem)`
+    first quarantines the planned overlay for `problem`."""
+    tracker.counting(None)
+    if quarantine is not None and plan.installed is not None:
+        store, problem = quarantine
+        store.quarantine(plan.installed.overlay_version, problem)
+    plan.decision = Decision("cpu", reason, False)
+    plan.note(reason)
+
+
+def _stay_on_cpu(plan: Plan, reason: str) -> None:
+    """An installed Vulkan overlay is not used: its reason becomes the decision's."""
+    plan.note(reason)
+    plan.decision = Decision("cpu", f"{reason}; running on CPU", plan.decision.upgrade_available)
+
+
+def _prepare_vulkan(
+    plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
+) -> None:
+    """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
+    device go into the environment every llama.cpp process of this launch inherits)."""
+    overlay = installed_vulkan(store)
+    if overlay is None:
+        return
+    choice = vulkan_device_choice(plan.report, settings)
+    verdict = decide_vulkan(
+        plan.report,
+        overlay.pointer,
+        choice,
+        store.quarantine_reason(overlay.overlay_version),
+    )
+    if not verdict.use or choice.device_index is None:
+        _stay_on_cpu(plan, verdict.reason)
+        return
+    measured = measured_choice(
+        settings,
+        DataDirs(settings.home),
+        vulkan_setup(overlay.module, choice.device_index),
+        vulkan_driver(plan.report, choice.device_index),
+        recommend(plan.report, "vulkan", settings.n_gpu_layers, settings.n_threads)[1],
+    )
+    plan.measure, plan.measurement = measured.measure, measured.measurement
+    if measured.variant == "cpu":
+        _stay_on_cpu(plan, measured.reason or f"Vulkan overlay {overlay.overlay_version} is unused")
+        return
+    if measured.reason:
+        plan.note(measured.reason)
+    os.environ.update(vulkan_environment(overlay, choice))
+    tracker.counting(overlay.overlay_version)
+    plan.vulkan = overlay
+    plan.decision = Decision("vulkan", verdict.reason, plan.decision.upgrade_available)
+
+
 def _prepare_overlay(
-    plan: _Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, dirs: DataDirs, store: OverlayStore, tracker: LaunchTracker
 ) -> None:
     """Probe (when needed), record the launch as booting it and activate; else fall back."""
     installed = plan.installed
@@ -227,23 +229,19 @@ def _prepare_overlay(
         tracker.counting(installed.overlay_version)
         activate(installed.llama_dir, installed.runtime_lib_dir)
     except NoCudaDevice as error:  # the driver's fault, not the overlay's: no quarantine
-        tracker.counting(None)
-        plan.decision = Decision("cpu", str(error), False)
-        plan.note(plan.decision.reason)
+        _fall_back_to_cpu(plan, tracker, str(error))
     except LlamashipError as error:
-        tracker.counting(None)
-        store.quarantine(installed.overlay_version, str(error))
-        plan.decision = Decision(
-            "cpu",
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             f"overlay {installed.overlay_version} was quarantined: {error}; running on "
             "CPU. `llamaship overlay remove` deletes it",
-            False,
+            quarantine=(store, str(error)),
         )
-        plan.note(plan.decision.reason)
 
 
 def _import_llama(
-    plan: _Plan, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, store: OverlayStore, tracker: LaunchTracker
 ) -> tuple[Any, LoadedBackends]:
     """Import llama_cpp (the overlay's when active) and register its backends."""
     installed = plan.installed
@@ -255,15 +253,13 @@ def _import_llama(
         if plan.decision.variant != "cuda" or installed is None:
             raise
         deactivate(installed.llama_dir)
-        tracker.counting(None)
-        reason = f"its llama_cpp failed to load: {error}"
-        store.quarantine(installed.overlay_version, reason)
-        plan.decision = Decision(
-            "cpu",
-            f"overlay {installed.overlay_version} was quarantined: {reason}; running on CPU",
-            False,
+        problem = f"its llama_cpp failed to load: {error}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"overlay {installed.overlay_version} was quarantined: {problem}; running on CPU",
+            quarantine=(store, problem),
         )
-        plan.note(plan.decision.reason)
         import llama_cpp
 
         loaded = load_ggml_backends()
@@ -285,7 +281,7 @@ def _choose(
     store: OverlayStore,
     keys: TrustedKeys,
     tracker: LaunchTracker,
-) -> _Plan:
+) -> Plan:
     """Decide and prepare under the launch lock; an install runs between two holds of it."""
     from filelock import Timeout
 
@@ -295,6 +291,8 @@ def _choose(
             plan = _plan(settings, dirs, store, keys, tracker, events)
             if not plan.install and plan.decision.variant == "cuda":
                 _prepare_overlay(plan, dirs, store, tracker)
+            if not plan.install and plan.decision.variant == "cpu":
+                _prepare_vulkan(plan, settings, store, tracker)
         if plan.install:
             _auto_upgrade(settings, dirs, plan, keys)
             with _launch_lock(dirs):  # adopt what is active now (this or another install)
@@ -310,19 +308,17 @@ def _choose(
                 )
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
+                if plan.decision.variant == "cpu":
+                    _prepare_vulkan(plan, settings, store, tracker)
     except Timeout:
-        tracker.counting(None)
-        reason = (
+        report = load_or_detect(settings, dirs, detection_versions(None))
+        plan = Plan(report, Decision("cpu", "", False), None, events)
+        _fall_back_to_cpu(
+            plan,
+            tracker,
             "another launch held the launch lock for too long (an overlay install?); "
-            "running on CPU this time"
+            "running on CPU this time",
         )
-        plan = _Plan(
-            load_or_detect(settings, dirs, detection_versions(None)),
-            Decision("cpu", reason, False),
-            None,
-            events,
-        )
-        plan.note(reason)
     return plan
 
 
@@ -358,19 +354,9 @@ def boot(
             tries_left=plan.tries_left,
         )
 
-    explain(
-        None,
-        plan.installed.overlay_version
-        if plan.decision.variant == "cuda" and plan.installed
-        else None,
-        None,
-    )
+    explain(None, _planned_overlay(plan), None)
     llama_cpp, loaded = _import_llama(plan, store, tracker)
-    overlay_active = plan.installed is not None and imported_from(plan.installed.llama_dir)
-    if not overlay_active:
-        tracker.counting(None)
-    variant: Variant = "cuda" if overlay_active else "cpu"
-    overlay_version = plan.installed.overlay_version if overlay_active and plan.installed else None
+    variant, overlay_version = _running(plan, loaded, store, tracker)
     _log.info(
         "running llama.cpp %s (%s) from %s",
         llama_cpp.__version__,
@@ -399,8 +385,40 @@ def boot(
         cpu_backend=loaded.cpu_library,
         trusted_keys=keys,
         health=tracker,
-        last_failure=plan.last_failure if overlay_active else None,
+        last_failure=plan.last_failure if variant == "cuda" else None,
+        measure=plan.measure,
+        measurement=plan.measurement,
     )
+
+
+def _planned_overlay(plan: Plan) -> str | None:
+    if plan.decision.variant == "cuda" and plan.installed:
+        return plan.installed.overlay_version
+    return (
+        plan.vulkan.overlay_version if plan.decision.variant == "vulkan" and plan.vulkan else None
+    )
+
+
+def _running(
+    plan: Plan, loaded: LoadedBackends, store: OverlayStore, tracker: LaunchTracker
+) -> tuple[Variant, str | None]:
+    """The variant this process runs on now, and its overlay; a Vulkan module that ggml did not
+    load quarantines its overlay (the launch goes on, on the CPU build)."""
+    if plan.installed is not None and imported_from(plan.installed.llama_dir):
+        return "cuda", plan.installed.overlay_version
+    if plan.vulkan is not None:
+        if "Vulkan" in loaded.backends:
+            return "vulkan", plan.vulkan.overlay_version
+        problem = f"llama.cpp did not load its backend module {plan.vulkan.module.name}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"Vulkan overlay {plan.vulkan.overlay_version} was quarantined: {problem}; "
+            "running on CPU",
+        )
+        store.quarantine(plan.vulkan.overlay_version, problem)
+    tracker.counting(None)
+    return "cpu", None
 
 
 def mark_healthy(state: BootState) -> None:

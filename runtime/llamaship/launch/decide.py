@@ -11,8 +11,6 @@ from llamaship.launch.outcome import Variant
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.overlay import OverlayRequirements
 
-__all__ = ["Decision", "OverlayRequirements", "decide", "default_threads", "recommend"]
-
 UPGRADE_HINT = "POST /api/admin/upgrade-gpu or `llamaship overlay install`"
 
 
@@ -57,17 +55,23 @@ def decide(
     installed: OverlayRequirements | None,
     available: OverlayRequirements | None,
     quarantine_reason: str | None,
+    unchecked: str | None = None,
 ) -> Decision:
     """Boot cuda only when the installed overlay can run on a detected GPU; else cpu, and why.
 
     `quarantine_reason` says why the installed overlay (or, with none installed, the available
     one) was quarantined. `upgrade_available` is true when an overlay this machine can use is
-    available and newer than the installed one (or none is installed).
+    available and newer than the installed one (or none is installed). `unchecked` says why no
+    release index was read (then `available` is None for that reason, not for want of one).
     """
     if not report.gpus:
         return Decision("cpu", _no_gpu_reason(report), False)
 
     if installed is None:
+        if available is None and unchecked is not None:
+            return Decision(
+                "cpu", f"no CUDA overlay is installed and {unchecked}; running on CPU", False
+            )
         if available is None:
             return Decision(
                 "cpu",
@@ -161,9 +165,9 @@ def recommend(
 ) -> tuple[int, int]:
     """(n_gpu_layers, n_threads): the user's settings where given, else sensible defaults.
 
-    The CPU variant offloads nothing; the cuda variant offloads every layer (-1) by default.
+    The CPU variant offloads nothing; a GPU variant offloads every layer (-1) by default.
     """
-    if variant == "cuda" and report.gpus:
+    if (variant == "cuda" and report.gpus) or variant == "vulkan":
         layers = -1 if n_gpu_layers_setting is None else n_gpu_layers_setting
     else:
         layers = 0

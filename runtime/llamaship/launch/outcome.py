@@ -17,12 +17,14 @@ from typing import Any, Literal, Protocol
 
 from llamaship.config import Settings
 from llamaship.io.trusted_keys import bundled_trusted_keys
+from llamaship.measure.run import MeasureRequest
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
 from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.measure import VariantMeasurement
 from llamaship_contract.trust import TrustedKeys
 
-Variant = Literal["cpu", "cuda"]
+Variant = Literal["cpu", "cuda", "vulkan"]
 
 
 class LaunchHealth(Protocol):
@@ -75,6 +77,11 @@ class BootState:
     trusted_keys: TrustedKeys = field(default_factory=bundled_trusted_keys)
     """The release keys overlays must be signed with: the bundled ones unless `boot()` was
     given others through the Python API."""
+    measure: MeasureRequest | None = None
+    """A GPU variant usable but unmeasured for the model and driver: the backend measures it
+    against the CPU build once the server is up (`llamaship.measure.job`)."""
+    measurement: VariantMeasurement | None = None
+    """The cached measurement this launch's choice followed, if any."""
 
     def previous_load_failure(self, model: Path) -> LaunchProcess | None:
         """The earlier launch that died while loading `model` on this overlay, with the plan

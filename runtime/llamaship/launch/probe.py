@@ -9,18 +9,17 @@ launch runs the CPU bundle until the driver changes (the probe record is keyed b
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llamaship.errors import LlamashipError
 from llamaship_contract.detection import GpuInfo
-from llamaship_contract.launch import ProbeResult as ProbeRecordResult
+from llamaship_contract.document import parse_document
+from llamaship_contract.errors import ContractError, LlamashipError
+from llamaship_contract.launch import BackendDevice, ProbeResult
 
 _DEVICE_TYPES = {1: "gpu", 2: "igpu", 3: "accel"}  # enum ggml_backend_dev_type; 0 is the CPU
 VRAM_TOLERANCE = 0.10  # CUDA's total can be below NVML's (memory the driver reserves)
@@ -37,30 +36,6 @@ class NoCudaDevice(LlamashipError):
     quarantining the overlay, and probes again when the driver changes."""
 
 
-@dataclass(frozen=True)
-class BackendDevice:
-    """A non-CPU device a ggml backend registered; memory in bytes."""
-
-    backend: str
-    name: str
-    description: str
-    memory_total: int
-    memory_free: int
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """What the probe process saw with the overlay active."""
-
-    llama_cpp_version: str
-    llama_cpp_path: str
-    backends: tuple[str, ...]
-    devices: tuple[str, ...]
-    gpu_devices: tuple[BackendDevice, ...] = ()
-    cuda_error: str | None = None
-    libraries: tuple[str, ...] = ()
-
-
 def _self_command() -> list[str]:
     if getattr(sys, "frozen", False):  # the bundle's `backend` executable
         return [sys.executable]
@@ -69,22 +44,35 @@ def _self_command() -> list[str]:
 
 def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
     """Import the overlay's llama_cpp and load its backends in a subprocess."""
-    command = [
-        *_self_command(),
-        "probe",
+    arguments = [
         "--llama-dir",
         os.fspath(llama_dir),
         "--runtime-lib-dir",
         os.fspath(runtime_lib_dir),
     ]
+    return _run_child(arguments, timeout, None)
+
+
+def run_module_probe(module: Path, environment: Mapping[str, str], timeout: float) -> ProbeResult:
+    """Load the bundle's llama.cpp plus the backend module `module` (a Vulkan overlay) in a
+    subprocess whose environment adds `environment` (GGML_BACKEND_PATH, the device list)."""
+    return _run_child(
+        ["--backend-module", os.fspath(module)], timeout, {**os.environ, **environment}
+    )
+
+
+def _run_child(
+    arguments: Sequence[str], timeout: float, environment: Mapping[str, str] | None
+) -> ProbeResult:
+    command = [*_self_command(), "probe", *arguments]
     try:
         result = subprocess.run(
             command,
             capture_output=True,
-            text=True,
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
+            env=None if environment is None else dict(environment),
         )
     except subprocess.TimeoutExpired:
         msg = f"the overlay probe did not finish within {timeout:g} s (hung while loading)"
@@ -93,23 +81,16 @@ def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeRe
         name = signal.Signals(-result.returncode).name
         msg = f"the overlay probe crashed ({name}) while loading the overlay's llama.cpp"
         raise ProbeFailed(msg)
-    last_line = (result.stdout.strip().splitlines() or [""])[-1]
+    # The child writes its `ProbeResult` as the last line of stdout, in UTF-8.
+    last_line = (result.stdout.decode(errors="replace").strip().splitlines() or [""])[-1]
     if result.returncode != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        stderr = result.stderr.decode(errors="replace")
+        detail = (stderr.strip().splitlines() or ["no output"])[-1]
         msg = f"the overlay probe failed (exit {result.returncode}): {detail}"
         raise ProbeFailed(msg)
     try:
-        seen = json.loads(last_line)
-        return ProbeResult(
-            seen["llama_cpp_version"],
-            seen["llama_cpp_path"],
-            tuple(seen["backends"]),
-            tuple(seen["devices"]),
-            tuple(BackendDevice(**device) for device in seen["gpu_devices"]),
-            seen["cuda_error"],
-            tuple(seen["libraries"]),
-        )
-    except (ValueError, KeyError, TypeError):
+        return parse_document(ProbeResult, last_line, "the overlay probe's result")
+    except ContractError:
         msg = f"the overlay probe printed no result (last line: {last_line!r})"
         raise ProbeFailed(msg) from None
 
@@ -182,7 +163,7 @@ def _short(name: str) -> str:
     return name.lower().removeprefix("nvidia ").strip()
 
 
-def check_cuda_devices(gpus: Sequence[GpuInfo], result: ProbeRecordResult | None) -> list[str]:
+def check_cuda_devices(gpus: Sequence[GpuInfo], result: ProbeResult | None) -> list[str]:
     """Raise `NoCudaDevice` unless the probe's CUDA devices include the GPUs NVML reported
     (same name, VRAM within 10 %); return a note for each GPU CUDA does not show.
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ from typing import Literal
 from llamaship.detect.fingerprint import compute_fingerprint
 from llamaship.io.fs import atomic_write_bytes
 from llamaship.launch import probe
-from llamaship.overlay.store import InstalledOverlay
+from llamaship.overlay.installed import InstalledOverlay
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document
 from llamaship_contract.errors import ContractError
@@ -27,7 +26,7 @@ from llamaship_contract.launch import ProbeKey, ProbeRecord, ProbeResult
 _log = logging.getLogger(__name__)
 PROBE_RECORD = "probe.json"
 PROBE_TIMEOUT_S = 120.0  # first CUDA initialisation can be slow
-ProbeRunner = Callable[[Path, Path, float], probe.ProbeResult | None]
+ProbeRunner = Callable[[Path, Path, float], ProbeResult | None]
 """`(llama_dir, runtime_lib_dir, timeout_s)`; raises `ProbeFailed` when the overlay fails."""
 
 
@@ -55,11 +54,10 @@ def record_passed(
     overlay: InstalledOverlay,
     dirs: DataDirs,
     by: Literal["install", "launch"],
-    result: probe.ProbeResult | None = None,
+    result: ProbeResult | None = None,
 ) -> ProbeRecord:
     """Remember that `overlay` passed its probe with this driver (and what the probe saw)."""
-    details = None if result is None else ProbeResult.model_validate(asdict(result))
-    record = ProbeRecord(key=probe_key(overlay), by=by, at=datetime.now(UTC), result=details)
+    record = ProbeRecord(key=probe_key(overlay), by=by, at=datetime.now(UTC), result=result)
     atomic_write_bytes(dirs.state / PROBE_RECORD, dump_document_pretty(record))
     return record
 

@@ -19,14 +19,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import atomic_write_bytes
 from llamaship.launch import boot_counting
 from llamaship.launch.boot_counting import ProcessIdentity
 from llamaship.launch.log import CONSOLE_SKIPS
 from llamaship.paths import DataDirs
 from llamaship_contract.document import dump_document_pretty, parse_document
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.launch import LaunchPhase, LaunchStatus
 from llamaship_contract.names import ExitStatus
 

@@ -7,12 +7,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llamaship.jobs import JobBoard, JobState
-from llamaship.models.store import ModelStore, PullSource
+from llamaship.models.store import InstalledModel, ModelStore, PullSource
+
+AfterPull = Callable[[InstalledModel], str]
+"""Runs in the job once the model is installed (e.g. to serve it); returns the job's message."""
 
 
 @dataclass
@@ -32,12 +35,13 @@ class PullJobs:
     def __init__(self) -> None:
         self._board = JobBoard[_Job]("model-pull")
 
-    def start(self, store: ModelStore, source: PullSource) -> str:
-        """Start pulling `source`; while that file is being pulled, its running job's id."""
+    def start(self, store: ModelStore, source: PullSource, then: AfterPull | None = None) -> str:
+        """Start pulling `source` (then `then`, in the same job); while that file is being
+        pulled, its running job's id."""
         return self._board.start(
             source.file_name,
             lambda: _Job(id=uuid.uuid4().hex, model=source.name, file_name=source.file_name),
-            lambda job: self._pull(job, store, source),
+            lambda job: self._pull(job, store, source, then),
         )
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -48,7 +52,9 @@ class PullJobs:
         """Block until the job ends (or `timeout` passes); its progress. For tests and shutdown."""
         return self._board.wait(job_id, timeout)
 
-    def _pull(self, job: _Job, store: ModelStore, source: PullSource) -> str:
+    def _pull(
+        self, job: _Job, store: ModelStore, source: PullSource, then: AfterPull | None
+    ) -> str:
         def progress(done: int, total: int) -> None:
             def change(job: _Job) -> None:
                 job.bytes_done, job.bytes_total = done, total
@@ -60,6 +66,9 @@ class PullJobs:
 
         def complete(job: _Job) -> None:
             job.bytes_done = job.bytes_total = model.size
+            job.message = "verified and installed" + ("; loading it" if then else "")
 
         self._board.update(job, complete)
+        if then is not None:
+            return then(model)
         return f"{model.name} is installed ({model.path})"

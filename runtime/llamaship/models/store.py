@@ -6,6 +6,11 @@ checked before each attempt, `Range` + `If-Range` resume) into `models/.partial/
 checks the sha256 and the GGUF magic, then renames the file into `models/` in one step: a file
 in `models/` is always whole. An interrupted pull keeps its `.part` for the next one; a wrong
 hash or a non-GGUF file leaves nothing behind. `use` records the choice in settings.json.
+
+The sha256 comes from the catalogue, from the user (`--sha256`), or from the hub (`hub.py`:
+asked before the download, for catalogue entries with `hash_from: hub` and hub URLs). The
+hash and size the hub published are recorded in `models/.verified/<file>.json` before the
+download: an installed copy is checked against them without asking the hub again.
 """
 
 from __future__ import annotations
@@ -16,20 +21,23 @@ import os
 import re
 import stat
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from llamaship.errors import ConfigError, LlamashipError
+from llamaship.errors import ConfigError
 from llamaship.io.fetch import Fetcher
-from llamaship.io.fs import fsync_dir
+from llamaship.io.fs import ensure_free_space, free_bytes, fsync_dir
 from llamaship.io.http_session import DownloadLimits
 from llamaship.io.local_files import verify_file
-from llamaship.io.transfer import IntegrityError, ProgressFn
+from llamaship.io.transfer import FetchedFile, IntegrityError, ProgressFn
+from llamaship.models import verified
 from llamaship.models.catalogue import bundled_catalogue
+from llamaship.models.hub import Hub, HubHashMissing, published_file
 from llamaship.models.settings import models_dir, read_user_settings, update_user_settings
 from llamaship.paths import DataDirs
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.models import CatalogueEntry, ModelCatalogue
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
 from llamaship_contract.textsafe import printable
@@ -66,6 +74,10 @@ class NotAGguf(ModelError):
     """The download is not a GGUF model file."""
 
 
+class ModelIntegrityError(IntegrityError):
+    """The download does not match the sha256 the model was pulled with."""
+
+
 class PullBusy(LlamashipError):
     """Another pull of the same file is running."""
 
@@ -79,7 +91,12 @@ class PullSource:
     file_name: str
     size: int | None
     sha256: str | None
-    """None: pulled unverified (the user accepted that)."""
+    """None: the hub is asked (`hub_url`), or pulled unverified (the user accepted that)."""
+    hub_url: str | None = None
+    """Where the hub publishes the sha256 and size, asked before downloading (none known)."""
+    accept_unverified: bool = False
+    vouched_by: str = "the catalogue"
+    """Who gave the sha256, for messages: the catalogue, --sha256, the hub."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +118,17 @@ class ModelStore:
         catalogue: ModelCatalogue | None = None,
         *,
         limits: DownloadLimits | None = None,
+        hub: Hub | None = None,
+        free_space: Callable[[Path], int] = free_bytes,
     ) -> None:
+        """`hub`: where hub files come from and their hashes are asked (default: the real
+        hub); `free_space` measures the bytes free in a directory (checked before a pull)."""
         self.home = home
         self.dir = models_dir(home)
         self.catalogue = bundled_catalogue() if catalogue is None else catalogue
         self.limits = limits
+        self.hub = Hub() if hub is None else hub
+        self.free_space = free_space
 
     @property
     def partial_dir(self) -> Path:
@@ -144,6 +167,14 @@ class ModelStore:
         """The file name chosen in settings.json, if any."""
         return read_user_settings(self.home).model
 
+    def default_chat(self) -> CatalogueEntry:
+        """The catalogue's first chat model: what the one-click setup pulls."""
+        entry = next((e for e in self.catalogue.models if e.purpose == "chat"), None)
+        if entry is None:
+            msg = "the model catalogue has no chat model: pull one by URL with --sha256"
+            raise UnknownModel(msg)
+        return entry
+
     # -- pulling -----------------------------------------------------------------------------
 
     def source(
@@ -165,6 +196,7 @@ class ModelStore:
             entry = self.catalogue.find(name_or_url)
             if entry is None:
                 raise self._unknown(name_or_url)
+        url = self.hub.locate(entry.url) or entry.url
         if entry.sha256 is not None:
             if sha256 is not None and sha256 != entry.sha256:
                 msg = (
@@ -172,9 +204,16 @@ class ModelStore:
                     f"({entry.sha256}); leave --sha256 out to use the catalogue's"
                 )
                 raise ModelError(msg)
-            return PullSource(entry.name, entry.url, entry.file_name, entry.size, entry.sha256)
+            return PullSource(entry.name, url, entry.file_name, entry.size, entry.sha256)
+        if sha256 is None and entry.hash_from == "hub":
+            hub_url = self.hub.locate(entry.url)
+            return PullSource(
+                entry.name, url, entry.file_name, entry.size, None, hub_url, accept_unverified
+            )
         self._refuse_unverified(entry.name, sha256, accept_unverified)
-        return PullSource(entry.name, entry.url, entry.file_name, entry.size, sha256)
+        return PullSource(
+            entry.name, url, entry.file_name, entry.size, sha256, vouched_by="--sha256"
+        )
 
     def _url_source(self, url: str, sha256: str | None, accept_unverified: bool) -> PullSource:
         path = urllib.parse.urlsplit(url).path
@@ -185,8 +224,11 @@ class ModelStore:
                 "digits, '.', '_', '-'): point it at the .gguf file itself"
             )
             raise ModelError(msg)
+        hub_url = self.hub.locate(url)
+        if sha256 is None and hub_url is not None:
+            return PullSource(file_name, hub_url, file_name, None, None, hub_url, accept_unverified)
         self._refuse_unverified(file_name, sha256, accept_unverified)
-        return PullSource(file_name, url, file_name, None, sha256)
+        return PullSource(file_name, url, file_name, None, sha256, vouched_by="--sha256")
 
     def _refuse_unverified(self, name: str, sha256: str | None, accept_unverified: bool) -> None:
         if sha256 is None and not accept_unverified:
@@ -217,23 +259,24 @@ class ModelStore:
         installed copy that checks out is kept as it is."""
         dest = self.dir / source.file_name
         with self._pull_lock(source.file_name):
-            if self._intact(dest, source):
+            recorded = self._recorded(source)
+            if recorded is not None and self._intact(dest, recorded):
                 _log.info("%s is already installed", source.name)
                 return self._installed(dest)
             self.partial_dir.mkdir(parents=True, exist_ok=True)
             try:
                 with Fetcher(self.limits) as fetcher:
+                    source = self._vouched(source, fetcher)
+                    if self._intact(dest, source):
+                        _log.info("%s is already installed", source.name)
+                        self._record(source)
+                        return self._installed(dest)
                     size = source.size or fetcher.content_length(
                         source.url, max_size=MAX_MODEL_SIZE, what=f"model {source.name}"
                     )
-                    fetched = fetcher.fetch(
-                        source.url,
-                        self.partial_dir,
-                        source.file_name,
-                        size=size,
-                        sha256=source.sha256,
-                        progress=progress,
-                    )
+                    self._check_space(source, size)
+                    self._record(source)
+                    fetched = self._fetch(fetcher, source, size, progress)
                 _check_gguf(fetched.path, source.name)
                 os.replace(fetched.path, dest)
                 fsync_dir(self.dir)
@@ -248,11 +291,81 @@ class ModelStore:
             )
         return self._installed(dest)
 
+    def _vouched(self, source: PullSource, fetcher: Fetcher) -> PullSource:
+        """`source` with the sha256 and size the hub publishes, when it has none of its own."""
+        if source.sha256 is not None or source.hub_url is None:
+            return source
+        try:
+            published = published_file(fetcher, source.hub_url, f"model {source.name}")
+        except HubHashMissing:
+            if not source.accept_unverified:
+                raise
+            self._refuse_unverified(source.name, None, accept_unverified=True)
+            return source
+        if source.size is not None and source.size != published.size:
+            msg = (
+                f"the hub publishes {published.size} bytes for {source.name}, the catalogue "
+                f"says {source.size}: the hub holds another file; update the application"
+            )
+            raise ModelError(msg)
+        return replace(source, sha256=published.sha256, size=published.size, vouched_by="the hub")
+
+    def _check_space(self, source: PullSource, size: int) -> None:
+        part = self.partial_dir / f"{source.file_name}{PART_SUFFIX}"
+        kept = part.stat().st_size if part.is_file() else 0
+        needed = max(size - kept, 0)
+        ensure_free_space(self.partial_dir, needed, f"the model {source.name}", self.free_space)
+
+    def _fetch(
+        self, fetcher: Fetcher, source: PullSource, size: int, progress: ProgressFn | None
+    ) -> FetchedFile:
+        try:
+            return fetcher.fetch(
+                source.url,
+                self.partial_dir,
+                source.file_name,
+                size=size,
+                sha256=source.sha256,
+                progress=progress,
+            )
+        except IntegrityError:
+            verified.forget(self.dir, source.file_name)
+            msg = (
+                f"the download of {printable(source.name, 200)} is corrupted or was tampered "
+                f"with: it does not match the sha256 {source.vouched_by} gives "
+                f"({source.sha256}); it was deleted. Pull it again; "
+                "if this repeats, the server or a proxy on the way delivers another file: "
+                "try another network, or tell the model's publisher"
+            )
+            raise ModelIntegrityError(msg) from None
+
+    def _record(self, source: PullSource) -> None:
+        """Keep the sha256 and size the hub published for this pull beside the model (the
+        catalogue's and the user's are given again on the next pull)."""
+        if source.hub_url is not None and source.sha256 is not None and source.size is not None:
+            record = verified.Verified(source.url, source.sha256, source.size, source.vouched_by)
+            verified.save(self.dir, source.file_name, record)
+
+    def _recorded(self, source: PullSource) -> PullSource | None:
+        """`source` with the sha256 and size an earlier pull of the same URL recorded (itself
+        when it brings its own sha256; None without a matching record)."""
+        if source.sha256 is not None:
+            return source
+        record = verified.load(self.dir, source.file_name)
+        if record is None or record.url != source.url:
+            return None
+        return replace(source, sha256=record.sha256, size=record.size, vouched_by=record.vouched_by)
+
+    def verified_sha256(self, file_name: str) -> str | None:
+        """The sha256 the installed `file_name` was verified against, if it was."""
+        record = verified.load(self.dir, file_name)
+        return None if record is None else record.sha256
+
     def _intact(self, dest: Path, source: PullSource) -> bool:
         if not dest.is_file():
             return False
         if source.sha256 is None:
-            return True
+            return source.hub_url is None  # an unverified pull keeps what it has
         try:
             verify_file(
                 dest, source.size or dest.stat().st_size, source.sha256, f"model {source.name}"
@@ -305,6 +418,7 @@ class ModelStore:
             raise ConfigError(msg) from None
         for leftover in (f"{model.path.name}{PART_SUFFIX}", f"{model.path.name}{PART_SUFFIX}.meta"):
             (self.partial_dir / leftover).unlink(missing_ok=True)
+        verified.forget(self.dir, model.path.name)
         _remove_if_empty(self.partial_dir)
         fsync_dir(self.dir)
         return model

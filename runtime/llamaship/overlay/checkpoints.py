@@ -1,11 +1,11 @@
 """Named steps of an overlay install, where a caller may observe or interrupt it.
 
-The installer calls `checkpoint(step)` as it reaches each step; with no callback set (the
-application never sets one) that does nothing. Tests set one through `set_checkpoint`, e.g. to
-pause a child process at a step and SIGKILL it there. Steps, in install order:
+A caller passes an `InstallObserver` to the `Installer` (`observer=`); the installer tells it
+each step as it reaches it, in the installing thread (a test pauses a child process at a step
+and SIGKILLs it there). Without one, nothing is called. Steps, in install order:
 
 - `index`: the release index and both manifests are verified, nothing downloaded yet;
-- `download`: mid-download, the first chunk of the first archive is on disk (`*.part`);
+- `download`: mid-download, the first chunk of an archive is on disk (`*.part`);
 - `extract`: mid-extraction, the first file of a layer is written in its `.staging-*` dir;
 - `renamed`: the new layers are renamed into `layers/<id>`, before the probe;
 - `probed`: the probe passed, before the pointers change;
@@ -14,25 +14,17 @@ pause a child process at a step and SIGKILL it there. Steps, in install order:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 Step = Literal["index", "download", "extract", "renamed", "probed", "switch"]
 STEPS: tuple[Step, ...] = get_args(Step)
 
-CheckpointFn = Callable[[Step], None]
-"""Called with the step the installer reached, in the installing thread."""
 
-_callback: CheckpointFn | None = None
+class InstallObserver(Protocol):
+    """Called with each step the installer reaches, in the installing thread."""
 
-
-def set_checkpoint(callback: CheckpointFn | None) -> None:
-    """Call `callback` at every step from now on (None: stop calling anything)."""
-    global _callback  # one process-wide observer, set by the program embedding the installer
-    _callback = callback
+    def __call__(self, step: Step, /) -> None: ...
 
 
-def checkpoint(step: Step) -> None:
-    """The installer reached `step`: tell the callback, if one is set."""
-    if _callback is not None:
-        _callback(step)
+def ignore_step(step: Step, /) -> None:
+    """The observer of an install nobody watches."""

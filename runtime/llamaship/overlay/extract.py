@@ -20,16 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import (
     STORAGE_FULL_ERRNOS,
     DiskSpaceError,
     ensure_free_space,
     fsync_dir,
 )
-from llamaship.overlay.checkpoints import checkpoint
-from llamaship.overlay.manifest import FileEntry, LayerManifest, safe_relative_path
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.layer_files import FileEntry
 from llamaship_contract.names import ExitStatus
+from llamaship_contract.overlay import LayerManifest
+from llamaship_contract.overlay_fields import safe_relative_path
 
 if TYPE_CHECKING:
     import tarfile
@@ -86,8 +88,9 @@ def _parents(path: str) -> Iterator[str]:
 class _Extraction:
     """The state of one archive's extraction into `staging`."""
 
-    def __init__(self, staging: Path, manifest: LayerManifest) -> None:
+    def __init__(self, staging: Path, manifest: LayerManifest, observer: InstallObserver) -> None:
         self.staging = staging
+        self.observer = observer
         self.manifest = manifest
         self.what = f"layer archive {manifest.archive.name}"
         self.expected: dict[str, FileEntry] = {entry.path: entry for entry in manifest.files}
@@ -163,7 +166,7 @@ class _Extraction:
         self.written += member.size
         self.hashes[name] = _write(source, target, executable=bool(member.mode & 0o111))
         if len(self.hashes) == 1:
-            checkpoint("extract")
+            self.observer("extract")
 
     def verify(self) -> None:
         """Check the unpacked tree against the manifest; one error lists every problem."""
@@ -215,8 +218,10 @@ def extract_layer(
     *,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
     max_entries: int = MAX_ENTRIES,
+    observer: InstallObserver = ignore_step,
 ) -> None:
-    """Unpack `archive` (already verified against `manifest.archive`) into empty `staging`.
+    """Unpack `archive` (already verified against `manifest.archive`) into empty `staging`;
+    `observer` is told `extract` once the first file is written.
 
     Raises ArchiveError (unsafe or mismatched content), DiskSpaceError; on error the caller
     discards `staging`.
@@ -234,7 +239,7 @@ def extract_layer(
         msg = f"staging directory {staging} is not empty"
         raise ArchiveError(msg)
     ensure_free_space(staging, manifest.unpacked_size, f"unpacking {manifest.archive.name}")
-    state = _Extraction(staging, manifest)
+    state = _Extraction(staging, manifest, observer)
     entry_limit = min(max_entries, len(state.expected) + len(state.dirs))
     stream_limit = (
         manifest.unpacked_size + _TAR_BYTES_AT_END + _TAR_BYTES_PER_ENTRY * (entry_limit + 1)

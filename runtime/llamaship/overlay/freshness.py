@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from llamaship.errors import LlamashipError
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import ExitStatus
 from llamaship_contract.release_index import ReleaseIndex
 

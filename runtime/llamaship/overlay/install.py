@@ -11,7 +11,8 @@ Pipeline (one installer at a time: the store's install lock; a second one waits
    the version;
 5. switch `active.json` atomically, keeping the old one as `previous.json`.
 Anything that fails leaves the previous overlay (or none: CPU) active and removes what it
-created. The steps a caller may observe are listed in `llamaship.overlay.checkpoints`.
+created. The steps a caller may observe (`Installer(observer=...)`) are listed in
+`llamaship.overlay.checkpoints`.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import ensure_free_space
 from llamaship.io.http_session import DownloadLimits
 from llamaship.io.transfer import FetchedFile
-from llamaship.overlay.checkpoints import checkpoint
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
 from llamaship.overlay.extract import MAX_UNPACKED_BYTES, extract_layer
+from llamaship.overlay.installed import InstalledOverlay, OverlayRecord
 from llamaship.overlay.select import (
     AvailableOverlay,
     InstallError,
@@ -36,25 +37,22 @@ from llamaship.overlay.select import (
     VerifiedLayer,
     find_overlay,
 )
-from llamaship.overlay.store import (
-    INSTALL_LOCK_TIMEOUT_S,
-    InstalledOverlay,
-    OverlayRecord,
-    OverlayStore,
-)
+from llamaship.overlay.store import INSTALL_LOCK_TIMEOUT_S, OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.launch import ProbeResult
 from llamaship_contract.names import INDEX_NAME
+from llamaship_contract.overlay import LayerKind
 from llamaship_contract.trust import TrustedKeys, trusted
 
 if TYPE_CHECKING:
     from llamaship.config import Settings
-    from llamaship.launch.probe import ProbeResult
 
 _log = logging.getLogger(__name__)
 
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
-ProbeFn = Callable[[Path, Path, float], "ProbeResult | None"]
+ProbeFn = Callable[[Path, Path, float], ProbeResult | None]
 """`(llama_dir, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
 
 
@@ -116,13 +114,16 @@ class Installer:
         probe: ProbeFn | None = None,
         progress: ProgressFn | None = None,
         options: InstallOptions | None = None,
+        observer: InstallObserver = ignore_step,
     ) -> None:
+        """`observer` is told each step the install reaches (`llamaship.overlay.checkpoints`)."""
         self.dirs = dirs
         self.store = OverlayStore(dirs)
         self.trusted_keys = trusted(trusted_keys)
         self.probe = probe or _default_probe
         self.options = options or InstallOptions()
         self._progress = progress
+        self._observer = observer
         self._last = InstallProgress("index", 0, 0, "")
 
     def report(
@@ -153,21 +154,34 @@ class Installer:
         """
         with self.store.install_lock(timeout=self.options.lock_timeout_s):
             self.store.cleanup_leftovers()
-            self.report("index", message=f"reading the release index {index_location}")
             with Fetcher(self.options.limits) as fetcher:
-                available = find_overlay(
-                    index_location, self.store, target, self.trusted_keys, fetcher
-                )
-                checkpoint("index")
-                version = available.entry.overlay_version
-                reason = self.store.quarantine_reason(version)
-                if skip_quarantined and reason is not None:
-                    msg = (
-                        f"overlay {version} is quarantined ({reason}); install it explicitly "
-                        "with `llamaship overlay install` to retry"
-                    )
-                    raise QuarantinedRelease(msg)
+                available = self.find(index_location, target, fetcher, "cuda", skip_quarantined)
                 return self._install(available, fetcher)
+
+    def find(
+        self,
+        index_location: str,
+        target: Target,
+        fetcher: Fetcher,
+        kind: LayerKind,
+        skip_quarantined: bool,
+    ) -> AvailableOverlay:
+        """The verified `kind` release for `target` (call under the install lock); a
+        quarantined one is refused when `skip_quarantined`."""
+        self.report("index", message=f"reading the release index {index_location}")
+        available = find_overlay(
+            index_location, self.store, target, self.trusted_keys, fetcher, kind=kind
+        )
+        self._observer("index")
+        version = available.entry.overlay_version
+        reason = self.store.quarantine_reason(version)
+        if skip_quarantined and reason is not None:
+            msg = (
+                f"overlay {version} is quarantined ({reason}); install it explicitly "
+                "with `llamaship overlay install` to retry"
+            )
+            raise QuarantinedRelease(msg)
+        return available
 
     def _install(self, available: AvailableOverlay, fetcher: Fetcher) -> InstallResult:
         record = available.record()
@@ -189,11 +203,11 @@ class Installer:
             self._fetch(missing, fetcher, fetched)
             for layer in missing:
                 self._unpack(layer, fetched.pop(layer.id))
-            checkpoint("renamed")
+            self._observer("renamed")
             self._probe(record)
-            checkpoint("probed")
+            self._observer("probed")
             self.report("activate", message=f"activating overlay {record.overlay_version}")
-            installed = self.store.activate(record)
+            installed = self.store.activate(record, self._observer)
             activated = True
         finally:
             for leftover in fetched.values():
@@ -237,19 +251,30 @@ class Installer:
                 message=f"fetching {archive.name} ({archive.size} bytes)",
             )
 
-            def progress(done: int, _total: int, base: int = finished) -> None:
-                self.report(done=base + done)
-
             fetched[layer.id] = fetcher.fetch(
                 layer.archive_location,
                 self.dirs.downloads,
                 archive.name,
                 size=archive.size,
                 sha256=archive.sha256,
-                progress=progress,
+                progress=self._archive_progress(finished),
             )
             finished += archive.size
             self.report("verify", done=finished, message=f"{archive.name}: size and sha256 match")
+
+    def _archive_progress(self, base: int) -> Callable[[int, int], None]:
+        """Progress of one archive's download, counted from `base`; the first report (its first
+        chunk is on disk) tells the observer `download`."""
+        started = False
+
+        def progress(done: int, _total: int) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                self._observer("download")
+            self.report(done=base + done)
+
+        return progress
 
     def _unpack(self, layer: VerifiedLayer, archive: FetchedFile) -> None:
         self.report("extract", message=f"unpacking {layer.manifest.archive.name}")
@@ -260,6 +285,7 @@ class Installer:
                 staging,
                 layer.manifest,
                 max_unpacked_bytes=self.options.max_unpacked_bytes,
+                observer=self._observer,
             )
             self.store.commit_layer(staging, layer.id)
         except BaseException:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from llamaship.jobs import JobBoard, JobState
-from llamaship.overlay.install import InstallProgress, InstallResult, Phase, ProgressFn
+from llamaship.overlay.best import BestInstall
+from llamaship.overlay.install import InstallProgress, Phase, ProgressFn
 
-UpgradeWork = Callable[[ProgressFn], InstallResult]
-"""Runs one install, reporting progress; e.g. `Installer(...).install` bound to its arguments."""
+UpgradeWork = Callable[[ProgressFn], BestInstall]
+"""Runs one install, reporting progress; e.g. `install_best` bound to its arguments."""
 
 
 @dataclass
@@ -66,7 +67,7 @@ class UpgradeJobs:
             self._board.update(job, change)
 
         result = work(progress)
-        version = result.overlay.overlay_version
+        version = result.overlay_version
         restart = version != running_overlay_version
 
         def done(job: _Job) -> None:

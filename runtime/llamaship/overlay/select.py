@@ -18,7 +18,6 @@ import platform
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llamaship.compat import (
     Unusable,
@@ -26,25 +25,29 @@ from llamaship.compat import (
     Verdict,
     floor_problems,
     judge,
+    judge_vulkan,
     older,
     version_key,
 )
 from llamaship.detect.libc import SystemLibraries
-from llamaship.errors import LlamashipError
 from llamaship.io.fetch import Fetcher
 from llamaship.io.local_files import resolve_location
 from llamaship.io.transfer import DownloadError
 from llamaship.overlay.freshness import ensure_unexpired
-from llamaship.overlay.store import OverlayRecord, OverlayStore
+from llamaship.overlay.installed import OverlayRecord
+from llamaship.overlay.store import OverlayStore
 from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
 from llamaship_contract.names import SIGNATURE_SUFFIX, ExitStatus
 from llamaship_contract.overlay import (
     KIND_LAYERS,
     REQUIRED_LAYER,
     LayerKind,
     LayerManifest,
+    OverlayRequirements,
     parse_manifest,
     requirements_for,
+    vulkan_requirements,
 )
 from llamaship_contract.overlay_fields import ManifestError
 from llamaship_contract.release_index import (
@@ -57,9 +60,6 @@ from llamaship_contract.release_index import (
 )
 from llamaship_contract.signing import SignatureError, verify
 from llamaship_contract.trust import TrustedKeys, trusted
-
-if TYPE_CHECKING:
-    from llamaship.launch.decide import OverlayRequirements
 
 _log = logging.getLogger(__name__)
 
@@ -102,9 +102,13 @@ class Target:
     llama_cpp_version: str
     machine: DetectionReport
     libraries: SystemLibraries = field(default_factory=SystemLibraries)
+    vulkan_device: int | None = None
+    """The Vulkan device llama.cpp would use (`llamaship.detect.vulkan_choice`), or None."""
 
     @classmethod
-    def current(cls, report: DetectionReport, llama_cpp_version: str) -> Target:
+    def current(
+        cls, report: DetectionReport, llama_cpp_version: str, vulkan_device: int | None = None
+    ) -> Target:
         """The target of the running process; raises NoMatchingOverlay on an unknown OS/CPU."""
         key = ("linux" if sys.platform.startswith("linux") else sys.platform, platform.machine())
         if key not in _PLATFORMS:
@@ -122,6 +126,7 @@ class Target:
             llama_cpp_version=llama_cpp_version,
             machine=report,
             libraries=SystemLibraries.current(),
+            vulkan_device=vulkan_device,
         )
 
 
@@ -146,9 +151,14 @@ class AvailableOverlay:
     index_serial: int
     entry: ReleaseEntry
     layers: tuple[VerifiedLayer, ...]
-    requirements: OverlayRequirements
+    requirements: OverlayRequirements | None
+    """A CUDA overlay's needs (None for a Vulkan overlay: `vulkan_requirements(entry)`)."""
 
     def record(self) -> OverlayRecord:
+        """The CUDA overlay's pointer record."""
+        if self.requirements is None:
+            msg = f"overlay {self.entry.overlay_version} is not a CUDA overlay"
+            raise InstallError(msg)
         return OverlayRecord(
             overlay_version=self.entry.overlay_version,
             serial=self.entry.serial,
@@ -170,6 +180,8 @@ def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
     if floors:
         return Unusable(floors)
     try:
+        if entry.kind == "vulkan":
+            return judge_vulkan(target.machine, vulkan_requirements(entry), target.vulkan_device)
         requirements = requirements_for(entry, target.os_name)
     except ManifestError as error:
         return Unusable((str(error),))
@@ -211,7 +223,10 @@ def pick_release(
         )
         msg = f"no overlay in the release index {origin} can run on this machine: {problems}"
         raise NoMatchingOverlay(msg)
-    return max(usable, key=lambda entry: (version_key(entry.cuda_version), entry.serial))
+    return max(
+        usable,
+        key=lambda entry: (version_key(entry.cuda_version or entry.vulkan_api), entry.serial),
+    )
 
 
 def _manifest_problems(manifest: LayerManifest, ref: LayerRef, entry: ReleaseEntry) -> list[str]:
@@ -384,5 +399,7 @@ def find_overlay(
         index_serial=index_serial,
         entry=entry,
         layers=tuple(layers),
-        requirements=requirements_for(layers[-1].manifest, target.os_name),
+        requirements=(
+            requirements_for(layers[-1].manifest, target.os_name) if entry.kind == "cuda" else None
+        ),
     )

@@ -22,33 +22,40 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from llamaship.errors import LlamashipError
 from llamaship.io.fs import TEMP_SUFFIX, atomic_write_bytes, fsync_dir
+from llamaship.overlay.checkpoints import InstallObserver, ignore_step
+from llamaship.overlay.installed import (
+    LLAMA_LAYER,
+    RUNTIME_LAYER,
+    AcceptedSerials,
+    InstalledOverlay,
+    OverlayRecord,
+    runtime_lib_subdir,
+)
 from llamaship.paths import DataDirs
 from llamaship_contract.document import (
     Document,
     dump_document_pretty,
     parse_document,
 )
-from llamaship_contract.errors import ContractError
+from llamaship_contract.errors import ContractError, LlamashipError
 from llamaship_contract.names import PART_SUFFIX, ExitStatus
-from llamaship_contract.overlay import OverlayRequirements
 from llamaship_contract.state import (
     ACCEPTED_SERIAL_FILE,
     ACTIVE_FILE,
     PREVIOUS_FILE,
     QUARANTINE_FILE,
+    VULKAN_FILE,
     AcceptedSerialsFile,
     OverlayPointer,
     QuarantineList,
+    VulkanPointer,
 )
 
 if TYPE_CHECKING:
@@ -56,10 +63,8 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-RUNTIME_LAYER = "cuda-runtime"
-LLAMA_LAYER = "llama-cuda"
 # The files this module writes atomically; their temp files are leftovers after a crash.
-_POINTER_FILES = (ACTIVE_FILE, PREVIOUS_FILE, QUARANTINE_FILE)
+_POINTER_FILES = (ACTIVE_FILE, PREVIOUS_FILE, QUARANTINE_FILE, VULKAN_FILE)
 _STATE_FILES = (ACCEPTED_SERIAL_FILE,)
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
@@ -85,57 +90,11 @@ class InstallBusy(StoreError):
     exit_code = ExitStatus.INSTALL_BUSY
 
 
-OverlayRecord = OverlayPointer
-"""What a pointer file (`active.json`, `previous.json`) says an overlay is made of."""
-
-
-@dataclass(frozen=True)
-class AcceptedSerials:
-    """The newest release index and layer manifest serials this machine has accepted."""
-
-    index: int = 0
-    manifest: int = 0
-
-
-@dataclass(frozen=True)
-class InstalledOverlay:
-    """An overlay whose pointer is valid and whose layer directories exist."""
-
-    record: OverlayRecord
-    llama_dir: Path
-    runtime_lib_dir: Path
-
-    @property
-    def overlay_version(self) -> str:
-        return self.record.overlay_version
-
-    @property
-    def serial(self) -> int:
-        return self.record.serial
-
-    @property
-    def llama_cpp_version(self) -> str:
-        return self.record.llama_cpp_version
-
-    @property
-    def requirements(self) -> OverlayRequirements:
-        return self.record.requirements
-
-    @property
-    def layers(self) -> Mapping[str, str]:
-        return self.record.layers
-
-
 D = TypeVar("D", bound=Document)
 
 
 def _write(path: Path, document: Document) -> None:
     atomic_write_bytes(path, dump_document_pretty(document))
-
-
-def runtime_lib_subdir() -> str:
-    """Where the cuda-runtime layer keeps its libraries on this OS (the loader's search dir)."""
-    return "bin" if sys.platform == "win32" else "lib"
 
 
 class OverlayStore:
@@ -303,20 +262,34 @@ class OverlayStore:
             if entries.pop(version, None) is not None:
                 _write(self.root / QUARANTINE_FILE, QuarantineList(overlays=entries))
 
-    def activate(self, record: OverlayRecord) -> InstalledOverlay:
-        """Make `record` active, keeping the current active overlay as the previous one."""
-        from llamaship.overlay.checkpoints import checkpoint
-
+    def activate(
+        self, record: OverlayRecord, observer: InstallObserver = ignore_step
+    ) -> InstalledOverlay:
+        """Make `record` active, keeping the current active overlay as the previous one
+        (`observer` is told `switch` between the two writes)."""
         with self.install_lock():
             installed = self.installed(record)
             current = self._read_record(ACTIVE_FILE)
             if current is not None and current != record:
                 _write(self.root / PREVIOUS_FILE, current)
-            checkpoint("switch")
+            observer("switch")
             _write(self.root / ACTIVE_FILE, record)
             self.collect_garbage()
         _log.info("overlay %s is active", record.overlay_version)
         return installed
+
+    def vulkan(self) -> VulkanPointer | None:
+        """The installed Vulkan overlay's pointer (`vulkan.json`), or None."""
+        return self._read_state(self.root / VULKAN_FILE, VulkanPointer)
+
+    def set_vulkan(self, pointer: VulkanPointer | None) -> None:
+        """Install `pointer` as the Vulkan overlay, or remove it (None); unused layers go."""
+        with self.install_lock():
+            if pointer is None:
+                self._unlink_durably(self.root / VULKAN_FILE)
+            else:
+                _write(self.root / VULKAN_FILE, pointer)
+            self.collect_garbage()
 
     def rollback(self) -> InstalledOverlay:
         """Swap the active and the previous overlay; raises StoreError if there is no previous."""
@@ -390,6 +363,9 @@ class OverlayStore:
             record = self._read_record(name)
             if record is not None:
                 referenced.update(record.layers.values())
+        vulkan = self.vulkan()
+        if vulkan is not None:
+            referenced.add(vulkan.layer)
         removed: list[str] = []
         if self.layers_dir.is_dir():
             for layer in sorted(self.layers_dir.iterdir()):

@@ -1,0 +1,168 @@
+"""What the launch decision reads, and its working state: the detection report, the installed
+overlays, the release index's offer (checked at most once a day), quarantine reasons.
+
+`llamaship.launch.bootstrap` runs the launch; `detect` and `fit` ask the same questions here
+without activating anything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+from llamaship import __version__
+from llamaship.config import Settings
+from llamaship.launch.decide import Decision, decide
+from llamaship.measure.run import MeasureRequest
+from llamaship.overlay.installed import InstalledOverlay
+from llamaship.overlay.store import OverlayStore
+from llamaship.overlay.vulkan import VulkanOverlay
+from llamaship.paths import DataDirs
+from llamaship_contract.detection import DetectionReport
+from llamaship_contract.errors import LlamashipError
+from llamaship_contract.launch import LaunchProcess
+from llamaship_contract.measure import VariantMeasurement
+from llamaship_contract.overlay import OverlayRequirements
+from llamaship_contract.trust import TrustedKeys
+
+_log = logging.getLogger("llamaship.launch.bootstrap")
+AVAILABILITY_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Plan:
+    """The bootstrap's working state while it decides."""
+
+    report: DetectionReport
+    decision: Decision
+    installed: InstalledOverlay | None
+    events: list[str]
+    available: OverlayRequirements | None = None
+    vulkan: VulkanOverlay | None = None
+    measure: MeasureRequest | None = None
+    """The Vulkan variant is usable but unmeasured: the backend measures it once serving."""
+    measurement: VariantMeasurement | None = None
+    install: bool = False
+    tries_left: int | None = None
+    last_failure: LaunchProcess | None = None
+    unchecked: str | None = None
+    """Why no release index was read (the decision says so instead of "none offers one")."""
+
+    def note(self, event: str) -> None:
+        """An event of this launch: logged now, shown by /api/capabilities and `status`."""
+        _log.info("%s", event)
+        self.events.append(event)
+
+
+def detection_versions(installed: InstalledOverlay | None) -> dict[str, str]:
+    """Versions that join the detection cache's fingerprint: a new bundle or overlay re-detects."""
+    return {"bundle": __version__, "overlay": installed.overlay_version if installed else "none"}
+
+
+def offline_decision(report: DetectionReport, store: OverlayStore) -> Decision:
+    """The decision from what is installed, without asking the release server."""
+    installed = store.active()
+    return decide(
+        report,
+        installed.requirements if installed else None,
+        None,
+        quarantine_reason(store, installed, None),
+        "no release index was checked (offline decision)",
+    )
+
+
+def release_decision(
+    settings: Settings,
+    report: DetectionReport,
+    keys: TrustedKeys | Sequence[str] | None = None,
+) -> Decision:
+    """The decision a launch would make now, the release index checked as a launch checks it
+    (at most once a day, `LLAMASHIP_RELEASE_CHECK`), without installing or activating."""
+    from llamaship.io import trusted_keys as signing
+
+    dirs = DataDirs(settings.home)
+    store = OverlayStore(dirs)
+    plan = Plan(report, Decision("cpu", "", False), store.active(), [])
+    installed = plan.installed
+    available = None
+    if installed is None and report.gpus:
+        available = available_overlay(settings, dirs, store, plan, signing.trusted_keys(keys))
+    return decide(
+        report,
+        installed.requirements if installed else None,
+        available,
+        quarantine_reason(store, installed, available),
+        plan.unchecked,
+    )
+
+
+def bundle_llama_cpp_version() -> str:
+    """llama-cpp-python's version in this bundle, read without importing it."""
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        msg = "llama-cpp-python is not installed: reinstall the application"
+        raise LlamashipError(msg) from None
+
+
+def available_overlay(
+    settings: Settings,
+    dirs: DataDirs,
+    store: OverlayStore,
+    plan: Plan,
+    keys: TrustedKeys,
+) -> OverlayRequirements | None:
+    """The overlay the release index offers this machine (signed, checked), if any: asked at
+    most once a day (`release_check`); `plan.unchecked` says why it was not asked."""
+    from llamaship.io.fetch import Fetcher
+    from llamaship.io.http_session import DownloadLimits
+    from llamaship.launch.release_check import check_release
+    from llamaship.overlay.select import (
+        IncompatibleOverlay,
+        NoMatchingOverlay,
+        Target,
+        find_overlay,
+    )
+
+    limits = DownloadLimits(
+        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
+        read_timeout_s=AVAILABILITY_TIMEOUT_S,
+        max_attempts=1,
+    )
+    target = Target.current(plan.report, bundle_llama_cpp_version())
+
+    def lookup(url: str) -> OverlayRequirements | None:
+        try:
+            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
+                return find_overlay(url, store, target, keys, fetcher).requirements
+        except (NoMatchingOverlay, IncompatibleOverlay) as error:
+            plan.note(f"the release index offers no CUDA overlay for this machine: {error}")
+            return None
+
+    fingerprint = json.dumps(
+        [
+            __version__,
+            target.llama_cpp_version,
+            plan.report.cuda_driver_version,
+            sorted(gpu.compute_capability for gpu in plan.report.gpus),
+        ]
+    )
+    check = check_release(settings, dirs.state, fingerprint, lookup)
+    if check.note is not None:
+        plan.note(check.note)
+    plan.unchecked = check.unchecked
+    return check.available
+
+
+def quarantine_reason(
+    store: OverlayStore, installed: InstalledOverlay | None, available: OverlayRequirements | None
+) -> str | None:
+    version_of = (
+        installed.overlay_version
+        if installed
+        else (available.overlay_version if available else None)
+    )
+    return store.quarantine_reason(version_of) if version_of else None

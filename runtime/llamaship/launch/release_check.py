@@ -1,0 +1,142 @@
+"""The launch's look at the release index for a GPU overlay: at most once a day, with an off
+switch, and saying so when no index was looked at.
+
+`check_release` reads the index (through `lookup`, the bootstrap's bounded `find_overlay`) only
+when the last answer for the same index, bundle and GPUs is a day old or more; that answer (the
+offered overlay's requirements, none, or why the index could not be read) is kept in
+`LLAMASHIP_HOME/state/release-check.json`. `LLAMASHIP_RELEASE_CHECK=false` turns the check
+off. `ReleaseCheck.unchecked` says why no index was read, so that the decision never claims
+that no release offers an overlay when none was checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from llamaship.config import Settings
+from llamaship.io.fs import atomic_write_json
+from llamaship_contract.document import parse_document
+from llamaship_contract.errors import ContractError, LlamashipError
+from llamaship_contract.overlay import OverlayRequirements
+
+_log = logging.getLogger(__name__)
+
+CHECK_FILE = "release-check.json"
+CHECK_INTERVAL_S = 24 * 3600
+_MAX_SIZE = 64 * 1024
+
+Lookup = Callable[[str], OverlayRequirements | None]
+"""Reads the index at a URL: the overlay it offers this machine, or None when it offers none;
+raises (`LlamashipError`, `OSError`) when the index cannot be read or trusted."""
+
+
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """What the release index offers, or why it was not looked at."""
+
+    available: OverlayRequirements | None
+    unchecked: str | None
+    """Why no release index was read (None: one was, now or within the last day)."""
+    note: str | None = None
+    """An event for the launch (a failed read)."""
+
+
+def check_file(state_dir: Path) -> Path:
+    return state_dir / CHECK_FILE
+
+
+def _when(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def check_release(
+    settings: Settings,
+    state_dir: Path,
+    fingerprint: str,
+    lookup: Lookup,
+    *,
+    now: Callable[[], float] = time.time,
+) -> ReleaseCheck:
+    """The overlay the release index offers (`lookup`), from the cache when the last check of
+    the same index for the same `fingerprint` (bundle, GPUs) is less than a day old."""
+    url = settings.release_url
+    if url is None:
+        return ReleaseCheck(
+            None,
+            "no release index was checked: this build names none (set LLAMASHIP_RELEASE_URL "
+            "to the releases.json of the GPU overlays)",
+        )
+    if not settings.release_check:
+        return ReleaseCheck(None, "no release index was checked: LLAMASHIP_RELEASE_CHECK is off")
+    key = hashlib.sha256(f"{url}\n{fingerprint}".encode()).hexdigest()
+    path = check_file(state_dir)
+    moment = now()
+    cached = _cached(path, key, moment)
+    if cached is not None:
+        return cached
+    try:
+        available = lookup(url)
+    except (LlamashipError, OSError) as error:
+        _save(path, key, moment, None, str(error))
+        return ReleaseCheck(
+            None,
+            f"the release index could not be checked ({error}); the next launch after "
+            f"{_when(moment + CHECK_INTERVAL_S)} tries again",
+            f"could not check for a CUDA overlay: {error}",
+        )
+    _save(path, key, moment, available, None)
+    return ReleaseCheck(available, None)
+
+
+def _save(
+    path: Path, key: str, moment: float, available: OverlayRequirements | None, error: str | None
+) -> None:
+    record = {
+        "key": key,
+        "checked_at": moment,
+        # As JSON text: strict documents take tuples back only from JSON.
+        "available": None if available is None else available.model_dump_json(),
+        "error": error,
+    }
+    try:
+        atomic_write_json(path, record)
+    except OSError as problem:  # a read-only home: the next launch checks again
+        _log.warning("cannot keep the release check in %s: %s", path, problem)
+
+
+def _cached(path: Path, key: str, moment: float) -> ReleaseCheck | None:
+    """The stored answer when it is for `key` and less than a day old (else None)."""
+    try:
+        with path.open("rb") as handle:
+            record = json.loads(handle.read(_MAX_SIZE))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    checked_at = record.get("checked_at")
+    if not isinstance(checked_at, int | float) or not 0 <= moment - checked_at < CHECK_INTERVAL_S:
+        return None
+    error = record.get("error")
+    if isinstance(error, str):
+        return ReleaseCheck(
+            None,
+            f"the release index could not be checked at {_when(checked_at)} ({error}); the "
+            f"next launch after {_when(checked_at + CHECK_INTERVAL_S)} tries again",
+        )
+    offered = record.get("available")
+    if offered is None:
+        return ReleaseCheck(None, None)
+    if not isinstance(offered, str):
+        return None
+    try:
+        available = parse_document(OverlayRequirements, offered, str(path))
+    except ContractError:
+        return None
+    return ReleaseCheck(available, None)

@@ -1,0 +1,78 @@
+"""Every Vulkan fault ends in a CPU launch with one line saying why: `llamaship serve` on a
+machine whose Vulkan driver hangs, crashes, has a broken manifest, or has no loader at all."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from hardware.fakes import FakeHardware, FakeVulkanDevice, llamaship_command, without_vulkan_loader
+from llamaship.detect.vulkan_files import find_loader
+from llamaship_build.launch import launched
+
+pytestmark = pytest.mark.slow
+
+RADEON = FakeVulkanDevice("AMD Radeon RX 7600 (RADV NAVI33)", 0x1002, 2, 8192, 7000, 0x7480)
+
+
+def boot(machine: FakeHardware, command: list[str] | None = None, **env: str) -> dict[str, Any]:
+    """Launch `llamaship serve`, return /api/capabilities (and stop it cleanly)."""
+    full_env = machine.env(LLAMACPP_N_THREADS="1", LLAMASHIP_N_CTX="512", **env)
+    with launched(command or llamaship_command(), full_env, inherit_env=False) as backend:
+        capabilities: dict[str, Any] = httpx.get(
+            f"{backend.url}/api/capabilities", timeout=30
+        ).json()
+        process = backend.process
+    assert process.returncode == 0, backend.log.read_text()
+    return capabilities
+
+
+def assert_cpu_launch_saying(capabilities: dict[str, Any], *words: str) -> None:
+    """The launch runs the CPU build, and the detection report has one line saying why."""
+    assert capabilities["llama_cpp"]["variant"] == "cpu"
+    assert capabilities["decision"]["variant"] == "cpu"
+    vulkan = capabilities["detection"]["vulkan"]
+    assert vulkan["devices"] == []
+    [why] = vulkan["errors"]
+    assert "\n" not in why
+    for word in ("Vulkan: ", *words):
+        assert word in why, why
+
+
+def test_a_hung_vulkan_driver_ends_in_a_cpu_launch(hardware: FakeHardware) -> None:
+    hardware.install_icd()
+    hardware.vulkan_devices, hardware.vulkan_mode = [RADEON], "hang"
+
+    capabilities = boot(hardware, GPU_DETECTION_TIMEOUT="1")
+
+    assert_cpu_launch_saying(capabilities, "did not answer within 1 s and was killed", "hung")
+
+
+def test_a_crashing_vulkan_driver_ends_in_a_cpu_launch(hardware: FakeHardware) -> None:
+    hardware.install_icd()
+    hardware.vulkan_devices, hardware.vulkan_mode = [RADEON], "crash"
+
+    capabilities = boot(hardware)
+
+    assert_cpu_launch_saying(capabilities, "crashed (SIGSEGV) inside a Vulkan driver")
+
+
+def test_a_malformed_driver_manifest_ends_in_a_cpu_launch(hardware: FakeHardware) -> None:
+    manifest = hardware.write_manifest("radeon_icd.x86_64.json", "{ICD: library_path}")
+
+    capabilities = boot(hardware)
+
+    assert_cpu_launch_saying(capabilities, f"the driver manifest {manifest} is not valid JSON")
+
+
+@pytest.mark.root
+def test_no_vulkan_loader_ends_in_a_cpu_launch(hardware: FakeHardware) -> None:
+    loader = find_loader({})
+    assert loader is not None, "the Vulkan loader (libvulkan1) is not installed here"
+    command = [*without_vulkan_loader(hardware.root, loader), *llamaship_command()]
+
+    capabilities = boot(hardware, command)
+
+    assert_cpu_launch_saying(capabilities, "no usable Vulkan loader", "cannot open shared object")
