@@ -24,6 +24,8 @@ from llamaship.overlay.vulkan import BACKEND_PATH, VulkanInstaller, installed_vu
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport, VulkanDevice, VulkanReport
 from llamaship_contract.launch import BackendDevice, ProbeResult
+from llamaship_contract.overlay import VulkanRequirements
+from llamaship_contract.trust import TrustedKeys
 from overlay_kit.releases import (
     FAST_OPTIONS,
     GPU_REPORT,
@@ -227,3 +229,29 @@ def test_overlay_status_shows_and_remove_deletes_the_vulkan_overlay(
     assert "Vulkan overlay 0.3.36-vk-1 is removed" in capsys.readouterr().out
     assert store.vulkan() is None and installed_vulkan(store) is None
     assert not any(path.name.startswith("llama-vulkan") for path in store.layers_dir.iterdir())
+
+
+def test_the_launch_finds_a_vulkan_offer_once_a_day_and_never_a_quarantined_one(
+    mixed_release: Path, release_keys: Keys, data_dirs: DataDirs
+) -> None:
+    from llamaship.launch.decide import Decision
+    from llamaship.launch.plan import Plan, available_vulkan
+
+    report = _report(RADEON)
+    settings = resolve_settings(
+        env={"LLAMASHIP_HOME": str(data_dirs.home), "LLAMASHIP_RELEASE_URL": str(mixed_release)}
+    )
+    store = OverlayStore(data_dirs)
+    keys = TrustedKeys(release=(release_keys.public,))
+
+    def offer() -> VulkanRequirements | None:
+        plan = Plan(report, Decision("cpu", "", False), None, [])
+        return available_vulkan(settings, data_dirs, store, plan, keys, 0)
+
+    offered = offer()
+    assert offered is not None and offered.overlay_version == "0.3.36-vk-1"
+    assert (data_dirs.state / "release-check-vulkan.json").is_file()
+    mixed_release.unlink()  # the index is gone: the day's answer still stands
+    assert offer() == offered
+    store.quarantine("0.3.36-vk-1", "it crashed twice")
+    assert offer() is None

@@ -27,13 +27,14 @@ from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
-from llamaship.launch.decide import Decision, decide, recommend
+from llamaship.launch.decide import UPGRADE_HINT, Decision, decide, recommend
 from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.plan import (
     Plan,
     available_overlay,
+    available_vulkan,
     bundle_llama_cpp_version,
     detection_versions,
     quarantine_reason,
@@ -173,6 +174,23 @@ def _fall_back_to_cpu(
     plan.note(reason)
 
 
+def _offer_vulkan(
+    plan: Plan, settings: Settings, store: OverlayStore, keys: TrustedKeys, device: int
+) -> None:
+    """The release index's Vulkan overlay for `device` (checked at most once a day): offered
+    as an upgrade, as a CUDA overlay is (the page, `status` and the API show it)."""
+    offered = available_vulkan(settings, DataDirs(settings.home), store, plan, keys, device)
+    if offered is None:
+        return
+    plan.decision = Decision(
+        "cpu",
+        f"no Vulkan overlay installed; upgrade available ({UPGRADE_HINT}): overlay "
+        f"{offered.overlay_version} runs on {vulkan_driver(plan.report, device)}; "
+        "running on CPU until it is installed",
+        True,
+    )
+
+
 def _stay_on_cpu(plan: Plan, reason: str) -> None:
     """An installed Vulkan overlay is not used: its reason becomes the decision's."""
     plan.note(reason)
@@ -180,14 +198,17 @@ def _stay_on_cpu(plan: Plan, reason: str) -> None:
 
 
 def _prepare_vulkan(
-    plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker
+    plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker, keys: TrustedKeys
 ) -> None:
     """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
-    device go into the environment every llama.cpp process of this launch inherits)."""
+    device go into the environment every llama.cpp process of this launch inherits); without
+    one installed, whether the release index offers one for the chosen device."""
     overlay = installed_vulkan(store)
-    if overlay is None:
-        return
     choice = vulkan_device_choice(plan.report, settings)
+    if overlay is None:
+        if choice.device_index is not None and not plan.decision.upgrade_available:
+            _offer_vulkan(plan, settings, store, keys, choice.device_index)
+        return
     verdict = decide_vulkan(
         plan.report,
         overlay.pointer,
@@ -292,7 +313,7 @@ def _choose(
             if not plan.install and plan.decision.variant == "cuda":
                 _prepare_overlay(plan, dirs, store, tracker)
             if not plan.install and plan.decision.variant == "cpu":
-                _prepare_vulkan(plan, settings, store, tracker)
+                _prepare_vulkan(plan, settings, store, tracker, keys)
         if plan.install:
             _auto_upgrade(settings, dirs, plan, keys)
             with _launch_lock(dirs):  # adopt what is active now (this or another install)
@@ -309,7 +330,7 @@ def _choose(
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
                 if plan.decision.variant == "cpu":
-                    _prepare_vulkan(plan, settings, store, tracker)
+                    _prepare_vulkan(plan, settings, store, tracker, keys)
     except Timeout:
         report = load_or_detect(settings, dirs, detection_versions(None))
         plan = Plan(report, Decision("cpu", "", False), None, events)

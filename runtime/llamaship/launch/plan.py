@@ -25,7 +25,7 @@ from llamaship_contract.detection import DetectionReport
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import LaunchProcess
 from llamaship_contract.measure import VariantMeasurement
-from llamaship_contract.overlay import OverlayRequirements
+from llamaship_contract.overlay import OverlayRequirements, VulkanRequirements
 from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger("llamaship.launch.bootstrap")
@@ -150,11 +150,69 @@ def available_overlay(
             sorted(gpu.compute_capability for gpu in plan.report.gpus),
         ]
     )
-    check = check_release(settings, dirs.state, fingerprint, lookup)
+    check = check_release(
+        settings, dirs.state, fingerprint, lookup, kind="cuda", model=OverlayRequirements
+    )
     if check.note is not None:
         plan.note(check.note)
     plan.unchecked = check.unchecked
     return check.available
+
+
+def available_vulkan(
+    settings: Settings,
+    dirs: DataDirs,
+    store: OverlayStore,
+    plan: Plan,
+    keys: TrustedKeys,
+    device: int,
+) -> VulkanRequirements | None:
+    """The Vulkan overlay the release index offers for the chosen `device`, if any: asked at
+    most once a day, like the CUDA overlay (`release_check`); never a quarantined one."""
+    from llamaship.io.fetch import Fetcher
+    from llamaship.io.http_session import DownloadLimits
+    from llamaship.launch.decide_vulkan import vulkan_driver
+    from llamaship.launch.release_check import check_release
+    from llamaship.overlay.select import (
+        IncompatibleOverlay,
+        NoMatchingOverlay,
+        Target,
+        find_overlay,
+    )
+    from llamaship_contract.overlay import vulkan_requirements
+
+    limits = DownloadLimits(
+        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
+        read_timeout_s=AVAILABILITY_TIMEOUT_S,
+        max_attempts=1,
+    )
+    try:
+        target = Target.current(plan.report, bundle_llama_cpp_version(), vulkan_device=device)
+    except LlamashipError as error:  # no overlays for this OS or processor
+        plan.note(str(error))
+        return None
+
+    def lookup(url: str) -> VulkanRequirements | None:
+        try:
+            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
+                found = find_overlay(url, store, target, keys, fetcher, kind="vulkan")
+        except (NoMatchingOverlay, IncompatibleOverlay) as error:
+            plan.note(f"the release index offers no Vulkan overlay for this machine: {error}")
+            return None
+        return vulkan_requirements(found.entry)
+
+    fingerprint = json.dumps(
+        [__version__, target.llama_cpp_version, vulkan_driver(plan.report, device)]
+    )
+    check = check_release(
+        settings, dirs.state, fingerprint, lookup, kind="vulkan", model=VulkanRequirements
+    )
+    if check.note is not None:
+        plan.note(check.note)
+    offered = check.available
+    if offered is None or store.quarantine_reason(offered.overlay_version) is not None:
+        return None
+    return offered
 
 
 def quarantine_reason(

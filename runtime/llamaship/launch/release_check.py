@@ -19,37 +19,41 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from llamaship.config import Settings
 from llamaship.io.fs import atomic_write_json
 from llamaship_contract.document import parse_document
 from llamaship_contract.errors import ContractError, LlamashipError
-from llamaship_contract.overlay import OverlayRequirements
+from llamaship_contract.overlay import LayerKind, OverlayRequirements, VulkanRequirements
 
 _log = logging.getLogger(__name__)
 
 CHECK_FILE = "release-check.json"
+# Each kind's answer is kept apart: a machine may be offered a CUDA and a Vulkan overlay.
+CHECK_FILES: dict[LayerKind, str] = {"cuda": CHECK_FILE, "vulkan": "release-check-vulkan.json"}
 CHECK_INTERVAL_S = 24 * 3600
 _MAX_SIZE = 64 * 1024
 
-Lookup = Callable[[str], OverlayRequirements | None]
+R = TypeVar("R", OverlayRequirements, VulkanRequirements)
+Lookup = Callable[[str], R | None]
 """Reads the index at a URL: the overlay it offers this machine, or None when it offers none;
 raises (`LlamashipError`, `OSError`) when the index cannot be read or trusted."""
 
 
 @dataclass(frozen=True)
-class ReleaseCheck:
+class ReleaseCheck(Generic[R]):
     """What the release index offers, or why it was not looked at."""
 
-    available: OverlayRequirements | None
+    available: R | None
     unchecked: str | None
     """Why no release index was read (None: one was, now or within the last day)."""
     note: str | None = None
     """An event for the launch (a failed read)."""
 
 
-def check_file(state_dir: Path) -> Path:
-    return state_dir / CHECK_FILE
+def check_file(state_dir: Path, kind: LayerKind = "cuda") -> Path:
+    return state_dir / CHECK_FILES[kind]
 
 
 def _when(moment: float) -> str:
@@ -60,12 +64,15 @@ def check_release(
     settings: Settings,
     state_dir: Path,
     fingerprint: str,
-    lookup: Lookup,
+    lookup: Lookup[R],
     *,
+    kind: LayerKind = "cuda",
+    model: type[R] = OverlayRequirements,  # type: ignore[assignment]  # R's default
     now: Callable[[], float] = time.time,
-) -> ReleaseCheck:
-    """The overlay the release index offers (`lookup`), from the cache when the last check of
-    the same index for the same `fingerprint` (bundle, GPUs) is less than a day old."""
+) -> ReleaseCheck[R]:
+    """The `kind` overlay the release index offers (`lookup`, answering `model`s), from the
+    cache when the last check of the same index for the same `fingerprint` (bundle, GPUs) is
+    less than a day old."""
     url = settings.release_url
     if url is None:
         return ReleaseCheck(
@@ -76,9 +83,9 @@ def check_release(
     if not settings.release_check:
         return ReleaseCheck(None, "no release index was checked: LLAMASHIP_RELEASE_CHECK is off")
     key = hashlib.sha256(f"{url}\n{fingerprint}".encode()).hexdigest()
-    path = check_file(state_dir)
+    path = check_file(state_dir, kind)
     moment = now()
-    cached = _cached(path, key, moment)
+    cached = _cached(path, key, moment, model)
     if cached is not None:
         return cached
     try:
@@ -89,14 +96,18 @@ def check_release(
             None,
             f"the release index could not be checked ({error}); the next launch after "
             f"{_when(moment + CHECK_INTERVAL_S)} tries again",
-            f"could not check for a CUDA overlay: {error}",
+            f"could not check for a {'CUDA' if kind == 'cuda' else 'Vulkan'} overlay: {error}",
         )
     _save(path, key, moment, available, None)
     return ReleaseCheck(available, None)
 
 
 def _save(
-    path: Path, key: str, moment: float, available: OverlayRequirements | None, error: str | None
+    path: Path,
+    key: str,
+    moment: float,
+    available: OverlayRequirements | VulkanRequirements | None,
+    error: str | None,
 ) -> None:
     record = {
         "key": key,
@@ -111,7 +122,7 @@ def _save(
         _log.warning("cannot keep the release check in %s: %s", path, problem)
 
 
-def _cached(path: Path, key: str, moment: float) -> ReleaseCheck | None:
+def _cached(path: Path, key: str, moment: float, model: type[R]) -> ReleaseCheck[R] | None:
     """The stored answer when it is for `key` and less than a day old (else None)."""
     try:
         with path.open("rb") as handle:
@@ -136,7 +147,7 @@ def _cached(path: Path, key: str, moment: float) -> ReleaseCheck | None:
     if not isinstance(offered, str):
         return None
     try:
-        available = parse_document(OverlayRequirements, offered, str(path))
+        available = parse_document(model, offered, str(path))
     except ContractError:
         return None
     return ReleaseCheck(available, None)
