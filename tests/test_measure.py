@@ -38,7 +38,6 @@ from llamaship_build.gguf_models import Shape, write_llama_gguf
 from llamaship_contract.document import dump_document_pretty
 from llamaship_contract.measure import VariantMeasurement, VariantSpeed
 from llamaship_contract.names import ADMIN_TOKEN_NAME
-from test_settings_page import browser_page  # noqa: F401 (a fixture, used by name)
 
 VULKAN_MODULES = sorted(
     (Path.home() / ".cache" / "llamaship-build").glob("vulkan*/**/libggml-vulkan.so")
@@ -355,7 +354,7 @@ def test_the_real_vulkan_variant_on_lavapipe(tiny_model: Path) -> None:
 def test_the_page_shows_the_result_and_offers_the_restart(
     tiny_model: Path,
     tmp_path: Path,
-    browser_page: Any,  # noqa: F811 (the fixture imported above)
+    browser_page: Any,
 ) -> None:
     """A launch running cuda that followed no measurement, now measured slower: the page says
     why with the numbers and offers the restart onto the CPU build."""
