@@ -29,6 +29,10 @@ def _compiled_module(pin: Pin) -> tuple[Path, tuple[str, ...]]:
     from llamaship_build.vulkan_layer import shader_feature_names
     from llamaship_build.vulkan_shaders import ensure_shader_root
 
+    if sys.platform == "win32":  # the release runner: MSVC and the Vulkan SDK (docs/vulkan.md)
+        from llamaship_build.vulkan_host import build_host_module
+
+        return build_host_module(pin, cache_dir() / "vulkan-host", os.cpu_count() or 1)
     if sys.platform != "linux" or os.geteuid() != 0:
         msg = (
             "the Vulkan module is compiled on Linux as root (two Debian roots, chroot); on "
