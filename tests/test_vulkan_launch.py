@@ -3,6 +3,7 @@ machine whose Vulkan driver hangs, crashes, has a broken manifest, or has no loa
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import pytest
 from hardware.fakes import FakeHardware, FakeVulkanDevice, llamaship_command, without_vulkan_loader
 from llamaship.detect.vulkan_files import find_loader
 from llamaship_build.launch import launched
+from overlay_kit.releases import Keys, ReleaseFactory, VulkanSpec
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +78,35 @@ def test_no_vulkan_loader_ends_in_a_cpu_launch(hardware: FakeHardware) -> None:
     capabilities = boot(hardware, command)
 
     assert_cpu_launch_saying(capabilities, "no usable Vulkan loader", "cannot open shared object")
+
+
+def test_a_radeon_is_offered_the_vulkan_overlay_and_auto_upgrade_tries_it(
+    hardware: FakeHardware, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
+    """Without an NVIDIA GPU, a discrete Radeon is offered the release's Vulkan overlay (the
+    same rule as the upgrade API); AUTO_UPGRADE_GPU installs it, and a module that cannot load
+    (stand-in bytes here) is refused by its probe: the launch runs the CPU build, saying so."""
+    hardware.install_icd()
+    hardware.vulkan_devices = [RADEON]
+    out = tmp_path / "release"
+    index = releases.publish_releases(out, [releases.vulkan_release(out, VulkanSpec())], 1)
+    command = llamaship_command(release_keys.public)
+
+    offered = boot(hardware, command, LLAMASHIP_RELEASE_URL=str(index))
+    assert offered["decision"]["upgrade_available"] is True, offered["decision"]
+    assert (
+        "Vulkan overlay" not in offered["decision"]["reason"]
+        or "0.3.36-vk-1" in (offered["decision"]["reason"])
+    )
+    assert "AMD Radeon RX 7600" in offered["decision"]["reason"], offered["decision"]
+
+    tried = boot(
+        hardware,
+        command,
+        LLAMASHIP_RELEASE_URL=str(index),
+        AUTO_UPGRADE_GPU="true",
+    )
+    assert tried["llama_cpp"]["variant"] == "cpu"
+    [note] = [event for event in tried["events"] if event.startswith("AUTO_UPGRADE_GPU")]
+    assert "the Vulkan overlay was not installed" in note and "probe failed" in note, note
+    assert not (hardware.home / "overlays" / "vulkan.json").exists()

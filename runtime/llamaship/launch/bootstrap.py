@@ -15,7 +15,6 @@ at INFO and written to the launch status (`llamaship status`).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,18 +22,15 @@ from typing import Any
 
 from llamaship.config import Settings
 from llamaship.detect import load_or_detect
-from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
 from llamaship.launch.activate import activate, deactivate, imported_from
-from llamaship.launch.decide import UPGRADE_HINT, Decision, decide, recommend
-from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
+from llamaship.launch.decide import Decision, decide, recommend
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
 from llamaship.launch.plan import (
     Plan,
     available_overlay,
-    available_vulkan,
     bundle_llama_cpp_version,
     detection_versions,
     quarantine_reason,
@@ -42,11 +38,10 @@ from llamaship.launch.plan import (
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
 from llamaship.launch.probe_record import ensure_probed
 from llamaship.launch.status import LaunchTracker
-from llamaship.measure.choice import measured_choice
-from llamaship.measure.run import vulkan_setup
+from llamaship.launch.vulkan_launch import auto_upgrade_vulkan, prepare_vulkan
 from llamaship.native import LoadedBackends, load_ggml_backends
 from llamaship.overlay.store import OverlayStore
-from llamaship.overlay.vulkan import installed_vulkan, vulkan_environment
+from llamaship.overlay.vulkan import installed_vulkan
 from llamaship.paths import DataDirs
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.launch import BootCount
@@ -141,6 +136,9 @@ def _auto_upgrade(settings: Settings, dirs: DataDirs, plan: Plan, keys: TrustedK
     """AUTO_UPGRADE_GPU: download, verify, probe and install (the installer's own lock only)."""
     from llamaship.overlay.install import ensure_overlay
 
+    if plan.vulkan_offer is not None:
+        auto_upgrade_vulkan(settings, dirs, plan, keys, plan.vulkan_offer)
+        return
     _log.info(
         "AUTO_UPGRADE_GPU: installing overlay %s before the launch continues",
         plan.available.overlay_version if plan.available else "?",
@@ -172,69 +170,6 @@ def _fall_back_to_cpu(
         store.quarantine(plan.installed.overlay_version, problem)
     plan.decision = Decision("cpu", reason, False)
     plan.note(reason)
-
-
-def _offer_vulkan(
-    plan: Plan, settings: Settings, store: OverlayStore, keys: TrustedKeys, device: int
-) -> None:
-    """The release index's Vulkan overlay for `device` (checked at most once a day): offered
-    as an upgrade, as a CUDA overlay is (the page, `status` and the API show it)."""
-    offered = available_vulkan(settings, DataDirs(settings.home), store, plan, keys, device)
-    if offered is None:
-        return
-    plan.decision = Decision(
-        "cpu",
-        f"no Vulkan overlay installed; upgrade available ({UPGRADE_HINT}): overlay "
-        f"{offered.overlay_version} runs on {vulkan_driver(plan.report, device)}; "
-        "running on CPU until it is installed",
-        True,
-    )
-
-
-def _stay_on_cpu(plan: Plan, reason: str) -> None:
-    """An installed Vulkan overlay is not used: its reason becomes the decision's."""
-    plan.note(reason)
-    plan.decision = Decision("cpu", f"{reason}; running on CPU", plan.decision.upgrade_available)
-
-
-def _prepare_vulkan(
-    plan: Plan, settings: Settings, store: OverlayStore, tracker: LaunchTracker, keys: TrustedKeys
-) -> None:
-    """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
-    device go into the environment every llama.cpp process of this launch inherits); without
-    one installed, whether the release index offers one for the chosen device."""
-    overlay = installed_vulkan(store)
-    choice = vulkan_device_choice(plan.report, settings)
-    if overlay is None:
-        if choice.device_index is not None and not plan.decision.upgrade_available:
-            _offer_vulkan(plan, settings, store, keys, choice.device_index)
-        return
-    verdict = decide_vulkan(
-        plan.report,
-        overlay.pointer,
-        choice,
-        store.quarantine_reason(overlay.overlay_version),
-    )
-    if not verdict.use or choice.device_index is None:
-        _stay_on_cpu(plan, verdict.reason)
-        return
-    measured = measured_choice(
-        settings,
-        DataDirs(settings.home),
-        vulkan_setup(overlay.module, choice.device_index),
-        vulkan_driver(plan.report, choice.device_index),
-        recommend(plan.report, "vulkan", settings.n_gpu_layers, settings.n_threads)[1],
-    )
-    plan.measure, plan.measurement = measured.measure, measured.measurement
-    if measured.variant == "cpu":
-        _stay_on_cpu(plan, measured.reason or f"Vulkan overlay {overlay.overlay_version} is unused")
-        return
-    if measured.reason:
-        plan.note(measured.reason)
-    os.environ.update(vulkan_environment(overlay, choice))
-    tracker.counting(overlay.overlay_version)
-    plan.vulkan = overlay
-    plan.decision = Decision("vulkan", verdict.reason, plan.decision.upgrade_available)
 
 
 def _prepare_overlay(
@@ -313,7 +248,7 @@ def _choose(
             if not plan.install and plan.decision.variant == "cuda":
                 _prepare_overlay(plan, dirs, store, tracker)
             if not plan.install and plan.decision.variant == "cpu":
-                _prepare_vulkan(plan, settings, store, tracker, keys)
+                prepare_vulkan(plan, settings, store, tracker, keys)
         if plan.install:
             _auto_upgrade(settings, dirs, plan, keys)
             with _launch_lock(dirs):  # adopt what is active now (this or another install)
@@ -330,7 +265,7 @@ def _choose(
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)
                 if plan.decision.variant == "cpu":
-                    _prepare_vulkan(plan, settings, store, tracker, keys)
+                    prepare_vulkan(plan, settings, store, tracker, keys)
     except Timeout:
         report = load_or_detect(settings, dirs, detection_versions(None))
         plan = Plan(report, Decision("cpu", "", False), None, events)

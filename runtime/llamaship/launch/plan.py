@@ -42,6 +42,8 @@ class Plan:
     events: list[str]
     available: OverlayRequirements | None = None
     vulkan: VulkanOverlay | None = None
+    vulkan_offer: int | None = None
+    """AUTO_UPGRADE_GPU installs the Vulkan overlay offered for this device first."""
     measure: MeasureRequest | None = None
     """The Vulkan variant is usable but unmeasured: the backend measures it once serving."""
     measurement: VariantMeasurement | None = None
