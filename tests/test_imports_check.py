@@ -5,7 +5,7 @@ under the build cache's test-downloads/; without PyPI these tests fail saying so
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import shutil
 import subprocess
 import sys
@@ -45,9 +45,12 @@ MARKUPSAFE_WINDOWS = (
 
 
 def _package_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    assert spec is not None and spec.origin is not None, f"{package} is not installed"
-    return Path(spec.origin).parent / relative
+    """A file shipped inside an installed distribution (found through its metadata: finding
+    `pip` through the import system would wake setuptools' distutils shim)."""
+    located = Path(str(importlib.metadata.distribution(package).locate_file(package)))
+    path = located / relative
+    assert path.is_file(), f"{package} is not installed with {relative}"
+    return path
 
 
 def _wheel_tree(requirement: str, platform: str, tmp_path: Path) -> Path:
