@@ -3,8 +3,8 @@
 The children are this program's `measure-variant` command running the real compiled llama.cpp
 on a tiny generated GGUF. The "GPU" side is the CPU build under a GPU variant's environment
 (no layers offloaded), or a Vulkan setup whose backend module does not exist (the child must
-refuse to report CPU numbers as Vulkan's); with a built Vulkan module and lavapipe, the real
-Vulkan variant runs too.
+refuse to report CPU numbers as Vulkan's). The real Vulkan variant on lavapipe, with the layer's
+module, is measured in the frozen bundle (tests/test_bundle_vulkan_overlay.py).
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ from llamaship_contract.document import dump_document_pretty
 from llamaship_contract.measure import VariantMeasurement, VariantSpeed
 from llamaship_contract.names import ADMIN_TOKEN_NAME
 
-VULKAN_MODULES = sorted(
-    (Path.home() / ".cache" / "llamaship-build").glob("vulkan*/**/libggml-vulkan.so")
-)
 # The CPU build under a GPU variant's name and environment, no layers offloaded.
 CPU_AS_VULKAN = VariantSetup("vulkan", 0, set_env={"GGML_VK_VISIBLE_DEVICES": "0"})
 
@@ -339,16 +336,6 @@ def test_the_child_command_refuses_a_bad_model_in_one_line(tmp_path: Path) -> No
         f"llamaship: error: The model file {missing} does not exist: pass --model PATH.gguf "
         "or set LLAMASHIP_MODEL (or leave both empty for `serve`)."
     ]
-
-
-@pytest.mark.skipif(not VULKAN_MODULES, reason="no Vulkan ggml module built in ~/.cache")
-def test_the_real_vulkan_variant_on_lavapipe(tiny_model: Path) -> None:
-    request = MeasureRequest(
-        tiny_model, vulkan_setup(VULKAN_MODULES[0], 0), driver="lavapipe", n_threads=1
-    )
-    result = measure_variant(request)
-    print(f"lavapipe: {result.reason} ({result.seconds:.1f} s)")
-    assert result.gpu.n_gpu_layers == -1 and result.cpu.n_gpu_layers == 0
 
 
 def test_the_page_shows_the_result_and_offers_the_restart(
