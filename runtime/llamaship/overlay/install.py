@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from llamaship.io.fetch import Fetcher
 from llamaship.io.fs import ensure_free_space
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from llamaship.config import Settings
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
 ProbeFn = Callable[[Path, Path, float], ProbeResult | None]
@@ -196,25 +197,15 @@ class Installer:
             )
         missing = [layer for layer in available.layers if not self.store.has_layer(layer.id)]
         reused = tuple(layer.id for layer in available.layers if layer not in missing)
-        fetched: dict[str, FetchedFile] = {}
-        activated = False
-        try:
-            self._check_space(missing)
-            self._fetch(missing, fetcher, fetched)
-            for layer in missing:
-                self._unpack(layer, fetched.pop(layer.id))
+
+        def adopt() -> InstalledOverlay:
             self._observer("renamed")
             self._probe(record)
             self._observer("probed")
             self.report("activate", message=f"activating overlay {record.overlay_version}")
-            installed = self.store.activate(record, self._observer)
-            activated = True
-        finally:
-            for leftover in fetched.values():
-                if leftover.owned:
-                    leftover.path.unlink(missing_ok=True)
-            if not activated:
-                self.store.collect_garbage()
+            return self.store.activate(record, self._observer)
+
+        installed = self.bring_in(missing, fetcher, adopt)
         self.store.release_quarantine(record.overlay_version)
         self.report("done", message=f"overlay {record.overlay_version} is active")
         return InstallResult(
@@ -223,6 +214,28 @@ class Installer:
             fetched_layers=tuple(layer.id for layer in missing),
             reused_layers=reused,
         )
+
+    def bring_in(
+        self, missing: Sequence[VerifiedLayer], fetcher: Fetcher, adopt: Callable[[], T]
+    ) -> T:
+        """Fetch and unpack the `missing` layers, then `adopt` them (probe them, point at them);
+        on any failure nothing is adopted, downloads are removed and unused layers go."""
+        fetched: dict[str, FetchedFile] = {}
+        adopted = False
+        try:
+            self._check_space(missing)
+            self._fetch(missing, fetcher, fetched)
+            for layer in missing:
+                self._unpack(layer, fetched.pop(layer.id))
+            result = adopt()
+            adopted = True
+        finally:
+            for leftover in fetched.values():
+                if leftover.owned:
+                    leftover.path.unlink(missing_ok=True)
+            if not adopted:
+                self.store.collect_garbage()
+        return result
 
     def _check_space(self, missing: Sequence[VerifiedLayer]) -> None:
         archives = sum(layer.manifest.archive.size for layer in missing)

@@ -19,7 +19,6 @@ from pathlib import Path
 from llamaship.detect.vulkan_choice import VulkanChoice
 from llamaship.detect.vulkan_choice import vulkan_environment as device_environment
 from llamaship.io.fetch import Fetcher
-from llamaship.io.transfer import FetchedFile
 from llamaship.overlay.install import (
     Installer,
     InstallOptions,
@@ -135,24 +134,15 @@ class VulkanInstaller(Installer):
             self.report("done", message=f"overlay {pointer.overlay_version} is already installed")
             return VulkanOverlay(pointer, self.store.layer_dir(layer.id) / pointer.module)
         missing = [] if self.store.has_layer(layer.id) else [layer]
-        fetched: dict[str, FetchedFile] = {}
-        installed = False
-        try:
-            self._check_space(missing)
-            self._fetch(missing, fetcher, fetched)
-            for each in missing:
-                self._unpack(each, fetched.pop(each.id))
+
+        def adopt() -> VulkanOverlay:
             overlay = VulkanOverlay(pointer, self.store.layer_dir(layer.id) / pointer.module)
             self._probe_module(overlay)
             self.report("activate", message=f"installing overlay {pointer.overlay_version}")
             self.store.set_vulkan(pointer)
-            installed = True
-        finally:
-            for leftover in fetched.values():
-                if leftover.owned:
-                    leftover.path.unlink(missing_ok=True)
-            if not installed:
-                self.store.collect_garbage()
+            return overlay
+
+        overlay = self.bring_in(missing, fetcher, adopt)
         self.store.release_quarantine(pointer.overlay_version)
         self.report("done", message=f"overlay {pointer.overlay_version} is installed")
         return overlay
