@@ -22,19 +22,12 @@ from llamaship.detect.errors import (
     SourceMissing,
 )
 from llamaship.detect.vulkan_files import icd_manifests, manifest_problems
-from llamaship.io.group_run import run_in_group
+from llamaship.io.group_run import run_in_group, self_command
 from llamaship_contract.detection import VulkanReport
 from llamaship_contract.document import parse_document
 from llamaship_contract.errors import ContractError
 
 COMMAND = "vulkan-devices"
-
-
-def self_command() -> list[str]:
-    """How this program starts itself: the bundle's executable, or this Python's runtime CLI."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    return [sys.executable, "-m", "llamaship"]
 
 
 def _crash_name(returncode: int) -> str:

@@ -13,6 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
+def self_command() -> list[str]:
+    """How this program starts itself as a child (the probe, the Vulkan query, a measurement):
+    the bundle's `backend` executable when frozen, else `python -m llamaship`."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "llamaship"]
+
+
 def run_in_group(
     command: Sequence[str],
     timeout: float,

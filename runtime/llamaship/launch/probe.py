@@ -12,10 +12,10 @@ import ctypes
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from llamaship.io.group_run import self_command
 from llamaship_contract.detection import GpuInfo
 from llamaship_contract.document import parse_document
 from llamaship_contract.errors import ContractError, LlamashipError
@@ -34,12 +34,6 @@ class NoCudaDevice(LlamashipError):
 
     Not the overlay's fault: the launch runs the CPU build for this driver, without
     quarantining the overlay, and probes again when the driver changes."""
-
-
-def _self_command() -> list[str]:
-    if getattr(sys, "frozen", False):  # the bundle's `backend` executable
-        return [sys.executable]
-    return [sys.executable, "-m", "llamaship"]
 
 
 def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
@@ -64,7 +58,7 @@ def run_module_probe(module: Path, environment: Mapping[str, str], timeout: floa
 def _run_child(
     arguments: Sequence[str], timeout: float, environment: Mapping[str, str] | None
 ) -> ProbeResult:
-    command = [*_self_command(), "probe", *arguments]
+    command = [*self_command(), "probe", *arguments]
     try:
         result = subprocess.run(
             command,

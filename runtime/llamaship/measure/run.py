@@ -17,14 +17,13 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import monotonic
 
-from llamaship.io.group_run import run_in_group
+from llamaship.io.group_run import run_in_group, self_command
 from llamaship.measure.cache import model_identity
 from llamaship.measure.verdict import judge_speeds
 from llamaship_contract.errors import LlamashipError
@@ -122,13 +121,6 @@ class MeasureRequest:
             msg = "a measurement compares a GPU variant with the CPU build, not cpu with itself"
             raise ValueError(msg)
         return variant
-
-
-def self_command() -> list[str]:
-    """This program: the bundle's `backend` executable, or `python -m llamaship`."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    return [sys.executable, "-m", "llamaship"]
 
 
 def _failure(variant: str, returncode: int, stdout: bytes, stderr: bytes) -> str | None:
