@@ -35,6 +35,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "build": ("base",),
     "cpu": ("base",),
     "gpu": ("base",),
+    # The CUDA compiler from NVIDIA's wheels (build-only), the CUDA version gpu.txt ships.
+    "cuda-toolkit": ("base", "gpu"),
     "dev": ("base", "build"),
     "tools": ("base",),
     # The release's signing steps: the signing library and what the CLI imports, nothing else.
@@ -72,8 +74,8 @@ class Target:
         )
 
 
-# The CUDA overlay (gpu) is built for Linux only.
-_DESKTOP_LAYERS = tuple(name for name in LOCK_NAMES if name != "gpu")
+# The CUDA overlay (gpu) and its compiler are built for Linux only.
+_DESKTOP_LAYERS = tuple(name for name in LOCK_NAMES if name not in ("gpu", "cuda-toolkit"))
 # pip does not widen a manylinux_2_28 tag to the older glibc versions it includes: list them.
 _MANYLINUX_2_28 = (
     *(f"manylinux_2_{minor}_x86_64" for minor in range(28, 4, -1)),
