@@ -140,15 +140,15 @@ def bundle(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["build"])
 def dist(session: nox.Session) -> None:
-    """The main job: the CPU bundle, and the CUDA overlay where a CUDA source is reachable."""
+    """The main job: the CPU bundle, and the CUDA overlay where a CUDA source is configured."""
     build_env(session)
     session.run("python", "-m", "llamaship_build", "bundle")
-    session.run("python", "-m", "llamaship_build", "overlay", "--if-reachable", *session.posargs)
+    session.run("python", "-m", "llamaship_build", "overlay", "--if-configured", *session.posargs)
 
 
 @nox.session(python=PYTHON, tags=["build"], default=False)
 def overlay(session: nox.Session) -> None:
-    """Build the signed CUDA overlay layers (`-- --source wheel-index|build|wheel PATH`)."""
+    """Build the signed CUDA overlay layers (`-- --source build|wheel PATH`)."""
     build_env(session)
     session.run("python", "-m", "llamaship_build", "overlay", *session.posargs)
 
@@ -205,7 +205,7 @@ def check_imports(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, tags=["release"], default=False)
 def release_overlay(session: nox.Session) -> None:
-    """Release CI: the CUDA overlay layers, unsigned (the pinned wheel, else a source build)."""
+    """Release CI: the CUDA overlay layers, unsigned (the CUDA module compiled with nvcc)."""
     build_env(session)
     session.run(
         "python",
@@ -213,7 +213,7 @@ def release_overlay(session: nox.Session) -> None:
         "llamaship_build",
         "overlay",
         "--unsigned",
-        *(session.posargs or ["--source", "auto"]),
+        *(session.posargs or ["--source", "build"]),
         env=reproducible_env(session),
     )
 
@@ -272,13 +272,6 @@ def publish(session: nox.Session) -> None:
     """Publish `-- TAG DIR` as a GitHub release: a draft until every asset is uploaded."""
     build_env(session)
     session.run("python", "-m", "llamaship_build", "publish", *session.posargs)
-
-
-@nox.session(python=PYTHON, tags=["maintenance"], default=False)
-def pin_overlay_source(session: nox.Session) -> None:
-    """Pin the official CUDA wheel (`-- --index-url URL`): requirements/overlay-sources.json."""
-    build_env(session)
-    session.run("python", "-m", "llamaship_build", "pin-overlay-source", *session.posargs)
 
 
 @nox.session(python=PYTHON, tags=["build"], default=False)

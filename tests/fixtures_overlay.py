@@ -1,25 +1,25 @@
-"""Fixtures for the CUDA overlay: signing keys, the real CUDA wheel and a built, signed overlay.
+"""Fixtures for the CUDA overlay: signing keys, the real CUDA wheel and module, and a built,
+signed overlay.
 
-The overlay is built by the real pipeline from the genuine CUDA build of llama-cpp-python in
-shared/fixtures; its cuda-runtime layer holds the real libcudart from NVIDIA's PyPI wheel
-(downloaded once into ~/.cache/llamaship-tests), not cuBLAS (444 MB, `nox -s overlay` only).
+The overlay is built by the real pipeline from the CUDA backend module of the genuine CUDA build
+of llama-cpp-python in shared/fixtures (same sdist and portable flags as the bundle, so the
+bundle's ggml loads it); its cuda-runtime layer holds the real libcudart from NVIDIA's PyPI
+wheel (downloaded once into ~/.cache/llamaship-tests), not cuBLAS (444 MB, `nox -s overlay`
+only).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from llamaship_build.fit_tool import ensure_fit_tool
-from llamaship_build.llama_wheel import Pin
 from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
-from llamaship_build.project import Project, cache_dir
+from llamaship_build.overlay_layers import module_from_wheel
+from llamaship_build.project import cache_dir
 from llamaship_contract.signing import generate_keypair
 from tiers import CUDA_FIXTURE_VARIABLE, cuda_fixture_path
 
@@ -29,6 +29,7 @@ CUDART_LOCK = (
     "    --hash=sha256:df2b79a8852f10d1fef8c848489c49eebb5754051bf870202a862831412b179d\n"
 )
 OVERLAY_VERSION = "0.3.36-cu13.0-1"
+LLAMA_CPP_VERSION = "0.3.36"  # the fixture's, and the bundle's
 MIN_DRIVER = {"linux": "580.65.06", "windows": "580.88"}
 CREATED = datetime(2026, 11, 25, tzinfo=UTC)
 TEST_LEVEL = 3  # zstd level for tests: the release uses 19; the format is the same
@@ -52,17 +53,6 @@ class BuiltOverlay:
     runtime_manifest: Path
     llama_archive: Path
     llama_manifest: Path
-
-
-def python_with_path(first: Path, code: str) -> subprocess.CompletedProcess[str]:
-    """Run `code` in a fresh interpreter with `first` ahead of everything on sys.path."""
-    return subprocess.run(
-        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(first)!r})\n{code}"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def cached_test_keys(directory: Path) -> KeyPair:
@@ -101,6 +91,12 @@ def cuda_wheel() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cuda_module(cuda_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture wheel's CUDA backend module, `libggml-cuda.so` (sm_75, as built)."""
+    return module_from_wheel(cuda_wheel, tmp_path_factory.mktemp("cuda-module"))
+
+
+@pytest.fixture(scope="session")
 def cudart_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """NVIDIA's nvidia-cuda-runtime wheel from PyPI, hash-checked, cached between runs."""
     lock = tmp_path_factory.mktemp("cudart-lock") / "gpu.txt"
@@ -113,20 +109,17 @@ def cudart_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def built_overlay(
     tmp_path_factory: pytest.TempPathFactory,
-    cuda_wheel: Path,
+    cuda_module: Path,
     cudart_wheel: Path,
     signing_keys: KeyPair,
 ) -> BuiltOverlay:
-    """Both layers built and signed from the CUDA fixture wheel (runtime layer: cudart only),
-    with the fit tool (compiled first if this machine has not built it yet, as `overlay` does),
-    so every build in the session stages the same files."""
-    ensure_fit_tool(
-        Pin.from_lock(Project.here().requirements / "cpu.txt"), cache_dir() / "fit-tool"
-    )
+    """Both layers built and signed from the CUDA fixture's module (runtime layer: cudart
+    only)."""
     out_dir = tmp_path_factory.mktemp("overlay")
     build_overlay(
-        cuda_wheel,
+        cuda_module,
         out_dir,
+        llama_cpp_version=LLAMA_CPP_VERSION,
         cuda_version="13.0",
         min_driver=MIN_DRIVER,
         min_vram_mb=1024,

@@ -32,7 +32,7 @@ def test_every_command_the_build_runs_is_one_the_script_accepts(tmp_path: Path) 
         "install": bench_overlay.install_command(
             PYTHON, tmp_path / "home", tmp_path / "releases.json", "PUBLIC", "1.2.3"
         ),
-        "activate": bench_overlay.activate_command(PYTHON, "/llama", "/runtime"),
+        "activate": bench_overlay.activate_command(PYTHON, "/module.so", "/runtime"),
         "cache-hit": bench_fit.cache_hit_command(PYTHON, tmp_path, tmp_path / "m.gguf", 7, "1.2.3"),
         "load": fit_accuracy.load_command(PYTHON, tmp_path / "m.gguf", 2048),
     }

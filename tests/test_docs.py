@@ -34,8 +34,6 @@ _TABLE_ROW = re.compile(r"^\| (\d+) \| `([A-Z_]+)` \|", re.MULTILINE)
 _REPO_TOPS = {path.name for path in ROOT.iterdir() if not path.name.startswith(".git")}
 # Made by a build or a run, not committed.
 _BUILT = ("dist/", ".nox/", ".venv-tools/", "build/")
-# Files a command writes when it is run (not committed): a doc naming one names the command.
-_WRITTEN = {"requirements/overlay-sources.json": "nox -s pin_overlay_source"}
 
 
 def _text(doc: Path) -> str:
@@ -76,10 +74,7 @@ def test_named_repository_paths_exist() -> None:
         tokens = [word for span in _code_spans(doc) for word in span.split()]
         for token in tokens:
             path = _repo_path(token)
-            if path in _WRITTEN:
-                if _WRITTEN[path] not in _text(doc):
-                    missing.append(f"{doc.name}: {path} without `{_WRITTEN[path]}`")
-            elif path is not None and not any(ROOT.glob(path.rstrip("/"))):
+            if path is not None and not any(ROOT.glob(path.rstrip("/"))):
                 missing.append(f"{doc.name}: {path}")
         for link in _LINK.findall(_text(doc)):
             if "://" not in link and not (doc.parent / link).exists():

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from hardware.fake_cuda import (
+    compile_crashing_module,
+    compile_failing_libcuda,
+    compile_stand_in_cublas,
+)
 from llamaship.config import resolve_settings
 from llamaship.fit import plan_load
+from llamaship.fit.errors import FitToolError
 from llamaship.fit.tool import run_tool
 from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import (
@@ -91,21 +97,33 @@ def test_the_real_tool_gives_a_cpu_plan_on_the_cpu_build(
     assert "sees no CUDA device" in plan.reason
 
 
-def test_the_tool_runs_on_the_cuda_builds_libraries(
-    fit_tool: FitTool, cuda_wheel: Path, gemma_model: Path, tmp_path: Path
+def test_the_bundles_tool_loads_the_cuda_module_its_environment_names(
+    fit_tool: FitTool, cuda_module: Path, cudart_wheel: Path, gemma_model: Path, tmp_path: Path
 ) -> None:
-    """Host code: the same files link against the CUDA build (no driver here: CPU answer)."""
-    layer = tmp_path / "llama-cuda"
-    with zipfile.ZipFile(cuda_wheel) as wheel:
-        for name in wheel.namelist():
-            if name.startswith(("llama_cpp/lib/", "bin/")) and ".so" in name:
-                target = layer / Path(name).name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(wheel.read(name))
-    check_abi(fit_tool, layer)
-    tool = beside(fit_tool, layer, tmp_path / "lib")
-    fit = run_tool(tool, gemma_model, 2048, 1024, timeout=120)
+    """Host code: the bundle's tool, beside the bundle's libraries, loads a CUDA overlay's module
+    from GGML_BACKEND_PATH with the runtime on LD_LIBRARY_PATH, as activation leaves them (no
+    GPU here: a stub driver whose cuInit fails, so the CPU answers). A module that crashes on
+    loading shows the tool did load what the variable names."""
+    tool = beside(fit_tool, llama_lib_dir(Path(sys.executable)), tmp_path / "lib")
+    runtime = tmp_path / "runtime"
+    with zipfile.ZipFile(cudart_wheel) as wheel:
+        runtime.mkdir()
+        (runtime / "libcudart.so.13").write_bytes(wheel.read("nvidia/cu13/lib/libcudart.so.13"))
+    compile_stand_in_cublas(cuda_module, runtime)
+    compile_failing_libcuda(runtime)
+    environment = {"GGML_BACKEND_PATH": str(cuda_module), "LD_LIBRARY_PATH": str(runtime)}
+    fit = run_tool(tool, gemma_model, 2048, 1024, timeout=120, extra_env=environment)
     assert fit.n_ctx == 2048 and not fit.saw_gpu
+    crashing = compile_crashing_module(tmp_path / "crash" / "libggml-cuda.so")
+    with pytest.raises(FitToolError, match=r"exit status -11"):
+        run_tool(
+            tool,
+            gemma_model,
+            2048,
+            1024,
+            timeout=120,
+            extra_env={**environment, "GGML_BACKEND_PATH": str(crashing)},
+        )
 
 
 def test_libraries_of_another_llama_cpp_are_refused(fit_tool: FitTool, tmp_path: Path) -> None:

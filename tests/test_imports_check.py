@@ -16,6 +16,7 @@ import pefile
 import pytest
 from macholib.MachO import MachO
 
+from llamaship_build.cuda_layer import runtime_needs, stage_cuda_layer
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.imports_check import (
@@ -26,7 +27,6 @@ from llamaship_build.imports_check import (
     macho_resolves,
 )
 from llamaship_build.overlay_build import runtime_requirements
-from llamaship_build.overlay_layers import external_needs, stage_llama_layer
 from llamaship_build.project import Project, cache_dir
 from llamaship_contract.names import ExitStatus
 
@@ -212,22 +212,26 @@ def test_an_elf_library_missing_from_the_tree_is_named(tmp_path: Path) -> None:
     assert lacking == (sodium.name,)
 
 
-def test_the_llama_cuda_layer_loads_only_beside_its_runtime_layer(
-    tmp_path: Path, cuda_wheel: Path
+def test_the_llama_cuda_layer_loads_only_beside_its_runtime_layer_and_the_bundle(
+    tmp_path: Path, cuda_module: Path
 ) -> None:
     patchelf = Patchelf(find_patchelf())
     layer = tmp_path / "llama-cuda"
-    stage_llama_layer(cuda_wheel, layer, tmp_path / "scratch", patchelf)
-    cuda = external_needs(layer, patchelf)
+    _, info = stage_cuda_layer(cuda_module, layer, patchelf)
+    cuda = runtime_needs(info)
     assert "libcudart.so.13" in cuda
     with pytest.raises(BuildError) as raised:
         check_imports(layer, "linux")
-    assert all(name in str(raised.value) for name in cuda)
-    runtime = tmp_path / "cuda-runtime"
+    assert all(name in str(raised.value) for name in (*cuda, "libggml-base.so.0"))
+    runtime, bundle = tmp_path / "cuda-runtime", tmp_path / "bundle"
     (runtime / "lib").mkdir(parents=True)
     for name in cuda:
         (runtime / "lib" / name).write_bytes(b"")
-    assert check_imports(layer, "linux", alongside=(runtime,)) >= 4  # libllama, ggml's, ...
+    with pytest.raises(BuildError, match=r"libggml-base\.so\.0"):
+        check_imports(layer, "linux", alongside=(runtime,))
+    (bundle / "llama_cpp" / "lib").mkdir(parents=True)
+    (bundle / "llama_cpp" / "lib" / "libggml-base.so.0").write_bytes(b"")
+    assert check_imports(layer, "linux", alongside=(runtime, bundle)) == 1  # the module
 
 
 def test_a_tree_without_the_platforms_binaries_is_refused(tmp_path: Path) -> None:

@@ -1,9 +1,15 @@
-"""The overlay build from the genuine CUDA wheel: layout, archives, manifests, index."""
+"""The overlay build from the genuine CUDA build's backend module: layout, archives, manifests,
+index, and the module loaded by the bundle's own ggml (the dev venv's portable llama_cpp, from
+the same sdist and flags)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -19,19 +25,19 @@ from fixtures_overlay import (
     TEST_LEVEL,
     BuiltOverlay,
     KeyPair,
-    python_with_path,
 )
-from llamaship_build.elf import Patchelf, find_patchelf, is_elf
+from hardware.fake_cuda import compile_failing_libcuda, compile_stand_in_cublas
+from llamaship_build.cuda_layer import stage_cuda_layer
+from llamaship_build.elf import Patchelf, find_patchelf, read_section
 from llamaship_build.errors import BuildError
 from llamaship_build.overlay_archive import MTIME
 from llamaship_build.overlay_build import build_overlay, runtime_requirements
+from llamaship_build.overlay_layers import module_from_wheel
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.overlay import LayerManifest, layer_id, parse_manifest
 from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import SigningKeyError, verify
 from overlay_kit.releases import published_entries
-
-CPU_VARIANTS = 14  # the fixture's GGML_CPU_ALL_VARIANTS backends
 
 
 def load_manifest(path: Path, keys: KeyPair) -> LayerManifest:
@@ -63,10 +69,11 @@ def extract(archive: Path, target: Path) -> Path:
     return target
 
 
-def build_again(built: BuiltOverlay, wheel: Path, cudart: Path, out_dir: Path) -> list[Path]:
+def build_again(built: BuiltOverlay, module: Path, cudart: Path, out_dir: Path) -> list[Path]:
     return build_overlay(
-        wheel,
+        module,
         out_dir,
+        llama_cpp_version="0.3.36",
         cuda_version="13.0",
         min_driver=MIN_DRIVER,
         min_vram_mb=1024,
@@ -104,63 +111,94 @@ def test_archive_holds_exactly_the_signed_manifest_files(
     assert manifest.unpacked_size == sum(len(data) for _, data in members if data is not None)
 
 
-def test_llama_layer_keeps_each_library_once_with_origin_runpath(
+def test_llama_layer_is_the_stripped_module_without_runpath_and_its_licence(
     built_overlay: BuiltOverlay, tmp_path: Path
 ) -> None:
     manifest = load_manifest(built_overlay.llama_manifest, built_overlay.keys)
-    assert all(entry.path.startswith("llama_cpp/") for entry in manifest.files)
-    libraries = [
-        entry
-        for entry in manifest.files
-        if entry.link is None and entry.path.startswith("llama_cpp/lib/")
+    assert [(entry.path, entry.link) for entry in manifest.files] == [
+        ("backends/libggml-cuda.so", None),
+        ("licenses/llama.cpp-LICENSE.txt", None),
     ]
-    assert len({entry.sha256 for entry in libraries}) == len(libraries), "duplicate copies"
-    links = {entry.path.rsplit("/", 1)[1]: entry.link for entry in manifest.files if entry.link}
-    assert links == {
-        "libggml.so": "libggml.so.0",
-        "libllama.so": "libllama.so.0",
-        "libmtmd.so": "libmtmd.so.0",
-    }
-    lib_dir = extract(built_overlay.llama_archive, tmp_path) / "llama_cpp" / "lib"
-    names = sorted(path.name for path in lib_dir.iterdir())
-    assert {"libggml-base.so.0", "libggml.so.0", "libllama.so.0", "libggml-cuda.so"} <= set(names)
-    assert len([name for name in names if name.startswith("libggml-cpu-")]) == CPU_VARIANTS
+    module = extract(built_overlay.llama_archive, tmp_path) / "backends" / "libggml-cuda.so"
     patchelf = Patchelf(find_patchelf())
-    elves = [path for path in lib_dir.iterdir() if not path.is_symlink() and is_elf(path)]
-    # llama.cpp's memory fit joins the layer (the fixture builds it first, as `overlay` does)
-    fit_tool = set(names) & {
-        "llama-fit-params",
-        "libllama-fit-params-impl.so",
-        "libllama-common.so.0",
-    }
-    assert len(fit_tool) == 3
-    # + libggml-base, libggml, libllama, libmtmd, cuda
-    assert len(elves) == CPU_VARIANTS + 5 + len(fit_tool)
-    assert {path.name: patchelf.runpath(path) for path in elves} == {
-        path.name: "$ORIGIN" for path in elves
-    }
-    assert "libcudart.so.13" in patchelf.needed(lib_dir / "libggml-cuda.so")
+    assert patchelf.runpath(module) == ""  # it finds its libraries by soname, not by a path
+    assert read_section(module.read_bytes(), ".symtab") is None  # stripped
+    assert {"libggml-base.so.0", "libcudart.so.13", "libcuda.so.1"} <= set(patchelf.needed(module))
+    licence = (tmp_path / "licenses" / "llama.cpp-LICENSE.txt").read_text()
+    assert "MIT License" in licence
 
 
-def test_llama_layer_imports_and_registers_the_cpu_backend(
+def test_the_bundles_ggml_loads_the_layers_module_beside_the_runtime_layer(
     built_overlay: BuiltOverlay, tmp_path: Path
 ) -> None:
-    layer = extract(built_overlay.llama_archive, tmp_path)
-    # _ggml loads libggml.so, native loads libggml.so.0: one instance means one registry.
-    result = python_with_path(
-        layer,
-        (
-            "import llama_cpp, llama_cpp._ggml as g\n"
-            "from llamaship.native import load_ggml_backends\n"
-            "loaded = load_ggml_backends()\n"
-            "g.libggml.ggml_backend_reg_count.restype = __import__('ctypes').c_size_t\n"
-            "print(llama_cpp.__file__, loaded.backends, g.libggml.ggml_backend_reg_count())\n"
-        ),
+    """The dev venv's llama_cpp (the bundle's portable build) loads the extracted module through
+    GGML_BACKEND_PATH, with libcudart from the extracted runtime layer. Without a GPU, a stub
+    driver whose cuInit fails (and a stand-in for the cuBLAS the test layer leaves out) lets it
+    load: the CUDA backend registers, with no device."""
+    module = extract(built_overlay.llama_archive, tmp_path / "llama") / "backends"
+    module = module / "libggml-cuda.so"
+    runtime = extract(built_overlay.runtime_archive, tmp_path / "runtime") / "lib"
+    driver = tmp_path / "driver" / "lib"
+    compile_stand_in_cublas(module, driver)
+    compile_failing_libcuda(driver)
+    code = (
+        "from llamaship.native import load_ggml_backends, mapped_llama_libraries\n"
+        "loaded = load_ggml_backends()\n"
+        "print(loaded.backends, loaded.devices)\n"
+        "print(sorted(str(path) for path in mapped_llama_libraries()))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={
+            **os.environ,
+            "GGML_BACKEND_PATH": str(module),
+            "LD_LIBRARY_PATH": f"{runtime}{os.pathsep}{driver}",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    module_file, backends = result.stdout.split(" ", 1)
-    assert module_file == str(layer / "llama_cpp" / "__init__.py")
-    assert backends.strip() == "('CPU',) 1"  # no driver here: the CUDA backend is skipped
+    registered, mapped = result.stdout.strip().splitlines()[-2:]
+    assert registered == "('CPU', 'CUDA') ('CPU',)"
+    assert str(module.resolve()) in mapped
+
+
+def test_a_build_machine_runpath_is_removed_and_a_foreign_library_refused(
+    cuda_module: Path, tmp_path: Path
+) -> None:
+    patchelf = Patchelf(find_patchelf())
+    raw = tmp_path / "raw" / "libggml-cuda.so"
+    raw.parent.mkdir()
+    shutil.copyfile(cuda_module, raw)
+    patchelf.set_runpath(raw, "/home/builder/cublas/lib:/home/builder/stubs")
+    staged, _ = stage_cuda_layer(raw, tmp_path / "layer", patchelf)
+    assert patchelf.runpath(staged) == ""
+    assert b"/home/builder" not in staged.read_bytes()
+    subprocess.run([str(patchelf.executable), "--add-needed", "libfoo.so.3", str(raw)], check=True)
+    with pytest.raises(BuildError, match=r"it links libfoo\.so\.3, which neither the bundle"):
+        stage_cuda_layer(raw, tmp_path / "again", patchelf)
+
+
+def test_the_module_comes_out_of_a_wheels_bin_else_its_package(tmp_path: Path) -> None:
+    def wheel(name: str, members: dict[str, bytes]) -> Path:
+        path = tmp_path / name
+        with zipfile.ZipFile(path, "w") as archive:
+            for member, data in members.items():
+                archive.writestr(member, data)
+        return path
+
+    both = wheel(
+        "both.whl",
+        {"bin/libggml-cuda.so": b"bin", "llama_cpp/lib/libggml-cuda.so": b"package"},
+    )
+    assert module_from_wheel(both, tmp_path / "a").read_bytes() == b"bin"
+    package = wheel("package.whl", {"llama_cpp/lib/libggml-cuda.so": b"package"})
+    assert module_from_wheel(package, tmp_path / "b").read_bytes() == b"package"
+    cpu = wheel("cpu.whl", {"llama_cpp/lib/libggml-cpu-x64.so": b"cpu"})
+    with pytest.raises(BuildError, match=r"holds no libggml-cuda\.so .*-DGGML_CUDA=ON"):
+        module_from_wheel(cpu, tmp_path / "c")
 
 
 def test_runtime_layer_is_cudart_unmodified_and_required_by_llama_layer(
@@ -194,21 +232,22 @@ def test_runtime_layer_is_cudart_unmodified_and_required_by_llama_layer(
 
 
 def test_build_is_deterministic(
-    built_overlay: BuiltOverlay, cuda_wheel: Path, cudart_wheel: Path, tmp_path: Path
+    built_overlay: BuiltOverlay, cuda_module: Path, cudart_wheel: Path, tmp_path: Path
 ) -> None:
-    again = build_again(built_overlay, cuda_wheel, cudart_wheel, tmp_path)
+    again = build_again(built_overlay, cuda_module, cudart_wheel, tmp_path)
     for path in again:
         assert path.read_bytes() == (built_overlay.out_dir / path.name).read_bytes(), path.name
     assert not list(tmp_path.glob(".staging-*")), "staging directory left behind"
 
 
 def test_missing_runtime_library_is_named(
-    built_overlay: BuiltOverlay, cuda_wheel: Path, cudart_wheel: Path, tmp_path: Path
+    built_overlay: BuiltOverlay, cuda_module: Path, cudart_wheel: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(BuildError, match=r"libcublas\.so\.13") as raised:
         build_overlay(
-            cuda_wheel,
+            cuda_module,
             tmp_path,
+            llama_cpp_version="0.3.36",
             cuda_version="13.0",
             min_driver=MIN_DRIVER,
             min_vram_mb=1024,
@@ -222,10 +261,11 @@ def test_missing_runtime_library_is_named(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_not_a_llama_wheel_and_bad_key_are_refused(
+def test_not_a_backend_module_and_bad_key_are_refused(
     built_overlay: BuiltOverlay, cudart_wheel: Path, tmp_path: Path
 ) -> None:
     options: dict[str, Any] = {
+        "llama_cpp_version": "0.3.36",
         "cuda_version": "13.0",
         "min_driver": MIN_DRIVER,
         "min_vram_mb": 1024,
@@ -233,10 +273,17 @@ def test_not_a_llama_wheel_and_bad_key_are_refused(
         "overlay_version": OVERLAY_VERSION,
         "runtime_wheels": [cudart_wheel],
     }
-    with pytest.raises(BuildError, match="not a llama-cpp-python wheel"):
-        build_overlay(cudart_wheel, tmp_path, signing_key_b64=built_overlay.keys.private, **options)
+    with zipfile.ZipFile(cudart_wheel) as wheel:
+        cudart = tmp_path / "libcudart.so.13"
+        cudart.write_bytes(wheel.read("nvidia/cu13/lib/libcudart.so.13"))
+    out_dir = tmp_path / "out"
+    with pytest.raises(BuildError, match="exports no ggml_backend_init"):
+        build_overlay(cudart, out_dir, signing_key_b64=built_overlay.keys.private, **options)
+    with pytest.raises(BuildError, match="neither an ELF nor a PE file"):
+        build_overlay(cudart_wheel, out_dir, signing_key_b64=None, **options)
     with pytest.raises(SigningKeyError):
-        build_overlay(cudart_wheel, tmp_path, signing_key_b64="bm90IGEga2V5", **options)
+        build_overlay(cudart, out_dir, signing_key_b64="bm90IGEga2V5", **options)
+    assert list(out_dir.iterdir()) == []
 
 
 def test_runtime_requirements_come_from_the_lock(tmp_path: Path) -> None:

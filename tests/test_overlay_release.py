@@ -59,17 +59,30 @@ def test_release_without_layers_says_to_build_them(tmp_path: Path) -> None:
         release(tmp_path, tmp_path / "release", serial=1, base_url="", signing_key_b64="unused")
 
 
-def test_overlay_is_skipped_when_no_cuda_source_is_reachable() -> None:
-    result = _build_cli("overlay", "--if-reachable")
+def test_overlay_is_skipped_when_no_cuda_source_is_configured() -> None:
+    result = _build_cli("overlay", "--if-configured")
     assert result.returncode == 0, result.stderr
     assert "overlay skipped" in result.stderr
     assert "LLAMASHIP_BUILD_OVERLAY_SOURCE=build" in result.stderr
 
 
-def test_overlay_source_wheel_needs_a_path() -> None:
-    result = _build_cli("overlay", "--source", "wheel")
+@pytest.mark.parametrize("source", [["wheel"], ["wheel-index"], ["auto"], ["build", "x.whl"]])
+def test_overlay_sources_are_build_or_a_wheel_path(source: list[str]) -> None:
+    result = _build_cli("overlay", "--source", *source)
     assert result.returncode == 2
-    assert "wheel PATH" in result.stderr
+    assert "--source takes build, or wheel PATH" in result.stderr
+
+
+def test_an_unknown_configured_source_is_refused_with_the_known_ones() -> None:
+    result = _build_cli("overlay", LLAMASHIP_BUILD_OVERLAY_SOURCE="wheel-index")
+    assert result.returncode != 0
+    assert "LLAMASHIP_BUILD_OVERLAY_SOURCE='wheel-index' is invalid" in result.stderr
+
+
+def test_the_compress_mode_is_one_nvcc_knows() -> None:
+    result = _build_cli("overlay", "--source", "build", "--compress-mode", "tiny")
+    assert result.returncode == 2
+    assert "--compress-mode: invalid choice: 'tiny'" in result.stderr
 
 
 def test_overlay_without_a_signing_key_fails_before_any_download(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ the overlay source pin, the reproducibility comparison and the third-party notic
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 import zipfile
@@ -18,7 +17,6 @@ from llamaship_build.errors import BuildError
 from llamaship_build.fit_tool import FitTool
 from llamaship_build.llama_wheel import Pin
 from llamaship_build.notices import notices_text, python_licence
-from llamaship_build.overlay_pin import auto_source, pin_document
 from llamaship_build.project import Project
 from llamaship_build.publish import publish_commands
 from llamaship_build.release_assets import SUMS_NAME, manifest_asset_name, sums_text, write_sums
@@ -156,21 +154,6 @@ def test_the_release_stays_a_draft_until_every_asset_is_uploaded(tmp_path: Path)
     assert release[:4] == ["gh", "release", "edit", "v1.2.3"] and "--draft=false" in release
     with pytest.raises(BuildError, match="no release assets"):
         publish_commands("v1.2.3", [], notes="")
-
-
-def test_the_overlay_source_is_the_pin_if_there_is_one_else_a_build(tmp_path: Path) -> None:
-    assert auto_source(tmp_path) == "build"
-    wheel = tmp_path / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl"
-    wheel.write_bytes(b"wheel")
-    text = pin_document("https://example.org/whl/cu124", wheel, "0.3.36")
-    (tmp_path / "overlay-sources.json").write_text(text)
-    assert auto_source(tmp_path) == "wheel-index"
-    assert json.loads(text) == {
-        "index_url": "https://example.org/whl/cu124",
-        "sha256": hashlib.sha256(b"wheel").hexdigest(),
-        "version": "0.3.36",
-        "wheel": wheel.name,
-    }
 
 
 def _build(root: Path, content: bytes, manifest: str = "{}") -> Path:

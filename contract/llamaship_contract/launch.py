@@ -89,8 +89,8 @@ class ProbeResult(Document):
     )
     libraries: tuple[str, ...] = Field(
         default=(),
-        description="the llama.cpp libraries (libllama, libggml*) the probe process mapped, "
-        "all from the overlay",
+        description="the llama.cpp libraries (libllama, libggml*) the probe process mapped: "
+        "the bundle's, and the overlay's backend module once it loaded",
     )
 
 

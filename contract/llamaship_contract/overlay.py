@@ -8,8 +8,10 @@ facts each kind of layer must state) run once every field is valid and name thei
 The files' own rules (links, sizes, roots) are `llamaship_contract.layer_files`'.
 
 Layers come in kinds: `cuda` (`cuda-runtime` + `llama-cuda`, NVIDIA) and `vulkan`
-(`llama-vulkan`, any GPU with a Vulkan driver: the backend module only; the loader comes with
-the driver). The release index (`llamaship_contract.release_index`) lists releases by kind.
+(`llama-vulkan`, any GPU with a Vulkan driver; the loader comes with the driver). `llama-cuda`
+and `llama-vulkan` hold one ggml backend module each, which the bundle's own ggml loads (the
+same compile); `cuda-runtime` holds the CUDA libraries the CUDA module links. The release index
+(`llamaship_contract.release_index`) lists releases by kind.
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ LAYER_NAMES: tuple[LayerName, ...] = KIND_LAYERS["cuda"]
 # The top-level directories each layer may hold.
 LAYER_ROOTS: Mapping[str, tuple[str, ...]] = {
     "cuda-runtime": ("lib", "bin", "licenses"),
-    "llama-cuda": ("llama_cpp",),
-    # ggml backend modules (libggml-vulkan.so, ggml-vulkan.dll) that the bundle's own ggml
+    # ggml backend modules (libggml-cuda.so, ggml-vulkan.dll...) that the bundle's own ggml
     # loads, and their notices.
+    "llama-cuda": ("backends", "licenses"),
     "llama-vulkan": ("backends", "licenses"),
 }
 # The layer a layer must require, or None when it stands alone.

@@ -1,9 +1,11 @@
 """A ggml backend module as a backend-only layer ships it: what it needs, what it offers.
 
-A module built with `GGML_BACKEND_DL` (`libggml-vulkan.so`, `ggml-vulkan.dll`) is loaded by the
-bundle's own ggml (`ggml_backend_load`), which calls its exported `ggml_backend_init`. Nothing
-else ships with it, so every library it links must already be there when it loads: the
-bundle's `ggml-base`, the GPU driver's Vulkan loader, or the operating system's libraries.
+A module built with `GGML_BACKEND_DL` (`libggml-vulkan.so`, `libggml-cuda.so`,
+`ggml-vulkan.dll`) is loaded by the bundle's own ggml (`ggml_backend_load`), which calls its
+exported `ggml_backend_init`. Nothing else ships in its layer, so every library it links must
+already be there when it loads: the bundle's `ggml-base`, the GPU driver's (the Vulkan loader,
+libcuda), the operating system's, or for a CUDA module the CUDA runtime libraries of the
+overlay's `cuda-runtime` layer, which the runtime preloads first.
 ELF files are read with `elf.read_section`, PE files with `pe.read_pe` (pefile); one format
 per platform, chosen from the file's magic bytes.
 """
@@ -35,6 +37,7 @@ class ModuleFormat:
     # Exact names (compared in lower case for PE, whose loader ignores case) and prefixes.
     provided: frozenset[str]
     provided_prefixes: tuple[str, ...] = field(default=())
+    providers: str = "the bundle, the GPU driver"
 
     def is_provided(self, library: str) -> bool:
         name = library.lower() if self.name == "PE" else library
@@ -61,6 +64,15 @@ PE_FORMAT = ModuleFormat(
         }
     ),
     ("api-ms-win-",),  # the Universal CRT's API sets, part of Windows 10 and later
+)
+# What a CUDA module links besides the system and the bundle: the CUDA runtime, shipped in the
+# cuda-runtime layer (libcuda.so.1, the driver's, is among SYSTEM_LIBRARIES).
+CUDA_RUNTIME_LIBRARIES = frozenset({"libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13"})
+CUDA_ELF_FORMAT = ModuleFormat(
+    "ELF",
+    "linux",
+    SYSTEM_LIBRARIES | {"libggml-base.so.0"} | CUDA_RUNTIME_LIBRARIES,
+    providers="the bundle, the GPU driver, the cuda-runtime layer",
 )
 
 
@@ -114,19 +126,23 @@ def inspect_module(path: Path) -> ModuleInfo:
     raise BuildError(msg)
 
 
-def check_backend_module(path: Path, info: ModuleInfo) -> None:
-    """Fail, naming every problem, unless `path` is a loadable backend-only module."""
+def check_backend_module(
+    path: Path, info: ModuleInfo, module_format: ModuleFormat | None = None
+) -> None:
+    """Fail, naming every problem, unless `path` is a loadable backend-only module; what it may
+    link is `module_format`'s (default: its own format's, for a Vulkan module)."""
+    allowed = module_format or info.format
     problems: list[str] = []
     if BACKEND_ENTRY not in info.exports:
         problems.append(
             f"it exports no {BACKEND_ENTRY} (build it with -DGGML_BACKEND_DL=ON "
             "-DBUILD_SHARED_LIBS=ON)"
         )
-    unknown = [name for name in info.needed if not info.format.is_provided(name)]
+    unknown = [name for name in info.needed if not allowed.is_provided(name)]
     if unknown:
         problems.append(
-            f"it links {', '.join(unknown)}, which neither the bundle, the GPU driver nor "
-            f"{info.format.os} provides: a backend-only layer ships nothing else (build without "
+            f"it links {', '.join(unknown)}, which neither {allowed.providers} nor "
+            f"{allowed.os} provides: a backend-only layer ships nothing else (build without "
             "them, or add them to backend_module.py on purpose)"
         )
     if problems:

@@ -14,6 +14,8 @@ from llamaship_build.release_index import DEFAULT_LIFETIME
 
 # How long a release index is believed (TUF's freeze attack); the scheduled job re-signs it.
 DEFAULT_EXPIRY_DAYS = DEFAULT_LIFETIME.days
+# nvcc's --compress-mode values (cuda_module checks them again; listed here to keep the CLI light).
+COMPRESS_MODES = ("default", "size", "speed", "balance", "none")
 
 
 def _overlay(args: argparse.Namespace, project: Project) -> int:
@@ -21,26 +23,17 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build.settings import BuildSettings
 
     configured = BuildSettings.resolve(os.environ).overlay_source
-    kind, *rest = args.source or [configured or "wheel-index"]
-    if kind == "auto" and not rest:  # the pinned official wheel, else a source build
-        from llamaship_build.overlay_pin import auto_source
-
-        kind = auto_source(project.requirements)
-    if (
-        args.if_reachable
-        and not args.source
-        and configured is None
-        and not overlay_release.wheel_index_reachable(project)
-    ):
+    if args.if_configured and not args.source and configured is None:
         print(
-            "overlay skipped: the CUDA wheel index is not reachable from here; set "
-            "LLAMASHIP_BUILD_OVERLAY_SOURCE=build (compile with nvcc, ~1 h per architecture) or "
-            "run `nox -s overlay -- --source wheel PATH`",
+            "overlay skipped: no CUDA source is configured; set "
+            "LLAMASHIP_BUILD_OVERLAY_SOURCE=build (compile the module with nvcc, ~25 min per "
+            "architecture) or run `nox -s overlay -- --source wheel PATH`",
             file=sys.stderr,
         )
         return 0
-    if kind not in ("wheel-index", "build", "wheel") or (kind == "wheel") != (len(rest) == 1):
-        print("error: --source takes wheel-index, build, or wheel PATH", file=sys.stderr)
+    kind, *rest = args.source or [configured or "build"]
+    if kind not in overlay_release.SOURCES or (kind == "wheel") != (len(rest) == 1):
+        print("error: --source takes build, or wheel PATH", file=sys.stderr)
         return 2
     options = overlay_release.OverlayOptions(
         source=kind,
@@ -52,6 +45,7 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
         key_file=args.key_file,
         out_dir=project.dist / "overlay",
         unsigned=args.unsigned,
+        compress_mode=args.compress_mode,
     )
     for path in overlay_release.build(project, options):
         print(path)
@@ -117,13 +111,6 @@ def _release_assets(args: argparse.Namespace, project: Project) -> int:
     return 0
 
 
-def _pin_overlay_source(args: argparse.Namespace, project: Project) -> int:
-    from llamaship_build.overlay_pin import pin_overlay_source
-
-    print(pin_overlay_source(project.requirements, args.index_url))
-    return 0
-
-
 def _publish(args: argparse.Namespace, project: Project) -> int:
     from llamaship_build.publish import publish
 
@@ -165,12 +152,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--source",
         nargs="+",
         metavar="KIND",
-        help="wheel-index | build | auto (the pinned wheel if "
-        "requirements/overlay-sources.json exists, else build) | wheel PATH "
-        "(default: LLAMASHIP_BUILD_OVERLAY_SOURCE or wheel-index)",
+        help="where the CUDA backend module comes from: build (compile it with nvcc) | wheel "
+        "PATH (a llama-cpp-python CUDA wheel built with the bundle's flags) "
+        "(default: LLAMASHIP_BUILD_OVERLAY_SOURCE or build)",
     )
     overlay.add_argument(
-        "--if-reachable", action="store_true", help="skip quietly when no CUDA source is reachable"
+        "--if-configured",
+        action="store_true",
+        help="skip quietly unless --source or LLAMASHIP_BUILD_OVERLAY_SOURCE names a source",
     )
     overlay.add_argument(
         "--archs",
@@ -178,6 +167,12 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="real CUDA architectures for --source build (comma-separated)",
     )
     overlay.add_argument("--ptx-archs", default="", help="PTX architectures (JIT on newer GPUs)")
+    overlay.add_argument(
+        "--compress-mode",
+        default="size",
+        choices=COMPRESS_MODES,
+        help="nvcc's --compress-mode for --source build (default: size)",
+    )
     overlay.add_argument("--serial", type=int, help="release serial (default: epoch seconds)")
     overlay.add_argument("--level", type=int, default=19, help="zstd compression level")
     overlay.add_argument(
@@ -265,16 +260,6 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     assets.add_argument("out", help="the release asset directory")
     assets.add_argument("--sums", action="store_true", help="write SHA256SUMS instead")
     assets.set_defaults(handler=_release_assets)
-    pin = commands.add_parser(
-        "pin-overlay-source",
-        help="pin the official CUDA wheel in requirements/overlay-sources.json",
-    )
-    pin.add_argument(
-        "--index-url",
-        required=True,
-        help="the CUDA wheel index, e.g. https://abetlen.github.io/llama-cpp-python/whl/cu124",
-    )
-    pin.set_defaults(handler=_pin_overlay_source)
     publish = commands.add_parser(
         "publish", help="publish DIRECTORY as GitHub release TAG: draft, upload, then public"
     )

@@ -91,3 +91,10 @@ class Patchelf:
         """Replace the library's search path by `runpath` (as DT_RUNPATH)."""
         if self.runpath(path) != runpath:
             self._run("--set-rpath", runpath, str(path))
+
+    def remove_runpath(self, path: Path) -> None:
+        """Drop the library's DT_RUNPATH and DT_RPATH: it finds its libraries by soname only.
+        The old path's bytes are blanked first (removing the entry alone leaves its string)."""
+        if self.runpath(path):
+            self._run("--set-rpath", "", str(path))
+            self._run("--remove-rpath", str(path))

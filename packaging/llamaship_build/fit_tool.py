@@ -2,10 +2,11 @@
 
 llama-cpp-python does not bind the fit (its bindings dropped `llama_params_fit` in 0.3.21), so
 the tool is compiled from the pinned sdist's vendored tree with the portable build's flags and
-shipped beside the llama_cpp libraries: the executable, its small impl library and
+shipped beside the bundle's llama_cpp libraries: the executable, its small impl library and
 libllama-common, stripped, with RUNPATH `$ORIGIN`. It links against the libllama and libggml
-already there, never a second copy. With GGML_BACKEND_DL it is host code: the same files serve
-the CPU bundle and the llama-cuda layer, checked against each one's libraries (`check_abi`).
+already there, never a second copy (`check_abi`). With GGML_BACKEND_DL it is host code: on a
+GPU overlay it is the same tool, loading the overlay's backend module named by
+`GGML_BACKEND_PATH` in its environment.
 """
 
 from __future__ import annotations
@@ -319,32 +320,3 @@ def install_fit_tool(tool: FitTool, lib_dir: Path) -> list[Path]:
         target.chmod(0o755 if path.name == TOOL else 0o644)
         written.append(target)
     return written
-
-
-def add_to_layer(lib_dir: Path, version: str) -> list[Path]:
-    """Put the fit tool into a llama-cuda layer's `llama_cpp/lib`, if built for the pinned pin.
-
-    Never compiles (a layer is staged in many tests): `python -m llamaship_build fit-tool`
-    builds it first. The layer's wheel must be the pinned llama-cpp-python `version`: the tool
-    is host code built from the same source and flags, checked against the layer's libraries.
-    """
-    from llamaship_build.project import Project, cache_dir
-
-    pin = Pin.from_lock(Project.here().requirements / "cpu.txt")
-    tool = cached_tool(pin, cache_dir() / "fit-tool") or cached_tool(
-        pin, cache_dir() / "fit-tool", HOST.name
-    )
-    if tool is None:
-        _log.warning(
-            "%s is not built: the llama-cuda layer ships without it (run `python -m "
-            "llamaship_build fit-tool` first)",
-            TOOL,
-        )
-        return []
-    if pin.version != version:
-        msg = (
-            f"the CUDA wheel is {PACKAGE} {version} but the CPU build pins {pin.version}: "
-            f"build both from one version, so {TOOL} matches both"
-        )
-        raise BuildError(msg)
-    return install_fit_tool(tool, lib_dir)

@@ -1,8 +1,10 @@
-"""Build the signed two-layer CUDA overlay from a llama-cpp-python CUDA wheel (Linux).
+"""Build the signed two-layer CUDA overlay from a CUDA backend module (Linux).
 
-Output in `out_dir`, per layer: `<layer>-<overlay version>-<platform>.tar.zst`, its manifest
-`<same>.json` and the manifest's signature `<same>.json.sig`. The cuda-runtime layer is built
-first: the llama-cuda manifest `requires` its exact id and sha256.
+The module (`libggml-cuda.so`) must come from the same sdist and portable flags as the bundle:
+the bundle's own ggml loads it. Output in `out_dir`, per layer:
+`<layer>-<overlay version>-<platform>.tar.zst`, its manifest `<same>.json` and the manifest's
+signature `<same>.json.sig`. The cuda-runtime layer is built first: the llama-cuda manifest
+`requires` its exact id and sha256.
 """
 
 from __future__ import annotations
@@ -18,19 +20,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from llamaship_build.cuda_layer import runtime_needs, stage_cuda_layer
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.fatbin import compiled_archs
 from llamaship_build.glibc import GLIBC, GLIBCXX, glibc_floors
 from llamaship_build.imports_check import check_imports
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
-from llamaship_build.overlay_layers import (
-    WheelInfo,
-    external_needs,
-    read_wheel_info,
-    stage_llama_layer,
-    stage_runtime_layer,
-)
+from llamaship_build.overlay_layers import stage_runtime_layer
 from llamaship_contract.hashing import sha256_of
 from llamaship_contract.layer_files import ArchiveRef, FileEntry
 from llamaship_contract.names import SIGNATURE_SUFFIX
@@ -49,6 +46,8 @@ from llamaship_contract.signing import public_key_of, sign
 _log = logging.getLogger(__name__)
 
 RUNTIME_PACKAGES = ("nvidia-cuda-runtime", "nvidia-cublas")
+# The layers hold no Python code: any CPython the bundle runs.
+PYTHON_TAG = "py3"
 _MB = 1_000_000
 
 
@@ -63,10 +62,13 @@ def manifest_timestamp(created: datetime | None) -> str:
 
 @dataclass(frozen=True)
 class OverlayTarget:
-    """What a release promises in both manifests: version, serial and GPU requirements."""
+    """What a release promises in both manifests: version, serial, the bundle it is for
+    (llama-cpp-python version, platform) and GPU requirements."""
 
     overlay_version: str
     serial: int
+    llama_cpp_version: str
+    platform: str
     cuda_version: str
     min_driver: Mapping[str, str]
     cuda_archs: tuple[str, ...]
@@ -76,7 +78,6 @@ class OverlayTarget:
 
 def _manifest(
     layer: LayerName,
-    info: WheelInfo,
     requires: RequiredLayer | None,
     archive: ArchiveRef,
     files: tuple[FileEntry, ...],
@@ -90,9 +91,9 @@ def _manifest(
         overlay_version=target.overlay_version,
         serial=target.serial,
         requires=requires,
-        llama_cpp_version=info.version,
-        python_tag=info.python_tag,
-        platform=info.platform,
+        llama_cpp_version=target.llama_cpp_version,
+        python_tag=PYTHON_TAG,
+        platform=target.platform,
         cuda_version=target.cuda_version,
         min_driver=dict(target.min_driver),
         cuda_archs=target.cuda_archs,
@@ -144,20 +145,19 @@ def _pack_layer(
     layer: LayerName,
     root: Path,
     out_dir: Path,
-    stem: str,
     level: int,
-    info: WheelInfo,
     requires: RequiredLayer | None,
     created: str,
     target: OverlayTarget,
     signing_key_b64: str | None,
 ) -> tuple[LayerManifest, list[Path]]:
+    stem = f"{layer}-{target.overlay_version}-{target.platform}"
     files = layer_files(root)
     archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
-    manifest = _manifest(layer, info, requires, archive, files, created, target, layer_floors(root))
+    manifest = _manifest(layer, requires, archive, files, created, target, layer_floors(root))
     written = [out_dir / archive.name, *write_manifest(manifest, out_dir / stem, signing_key_b64)]
     _log.info(
-        "layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d)",
+        "layer %s (%s): %d files, %.1f MB raw -> %.1f MB %s (zstd %d); glibc %s, GLIBCXX %s",
         layer,
         layer_id(manifest),
         len(files),
@@ -165,14 +165,17 @@ def _pack_layer(
         archive.size / _MB,
         archive.name,
         level,
+        manifest.glibc_floor or "-",
+        manifest.glibcxx_floor or "-",
     )
     return manifest, written
 
 
 def build_overlay(
-    wheel: Path,
+    module: Path,
     out_dir: Path,
     *,
+    llama_cpp_version: str,
     cuda_version: str,
     min_driver: Mapping[str, str],
     min_vram_mb: int,
@@ -181,74 +184,57 @@ def build_overlay(
     signing_key_b64: str | None,
     runtime_wheels: Sequence[Path],
     runtime_libraries: Sequence[str] | None = None,
+    platform: str = "linux_x86_64",
     compression_level: int = DEFAULT_LEVEL,
     created: datetime | None = None,
     patchelf: Patchelf | None = None,
 ) -> list[Path]:
     """Build, sign and write both layers; returns [archive, manifest, signature] per layer.
 
-    `signing_key_b64=None` leaves the manifests unsigned (no `.sig`): the release workflow
-    builds without the key and signs in the one step that sees it (`release_sign`).
+    `module` is the CUDA backend module (`libggml-cuda.so`) of llama-cpp-python
+    `llama_cpp_version`, the bundle's pinned version. `signing_key_b64=None` leaves the
+    manifests unsigned (no `.sig`): the release workflow builds without the key and signs in
+    the one step that sees it (`release_sign`).
 
-    The signed `cuda_archs` / `ptx_archs` are read from the staged libraries' device code
+    The signed `cuda_archs` / `ptx_archs` are read from the staged module's device code
     (`fatbin.compiled_archs`), never taken from options.
     `runtime_libraries`: the CUDA libraries to ship (plus what they need in turn); by default
-    whatever the wheel's libraries link and the system does not provide. Tests pass only
-    `libcudart.so.13` to avoid the 444 MB cuBLAS wheel.
+    whatever the module links and the system, the driver and the bundle do not provide. Tests
+    pass only `libcudart.so.13` to avoid the 444 MB cuBLAS wheel.
     """
     if signing_key_b64 is not None:
         public_key_of(signing_key_b64)  # a bad key fails now, not after minutes of compression
+    if not platform.startswith("linux_"):
+        msg = f"the CUDA overlay is built for Linux (ELF, patchelf) only, not {platform}"
+        raise BuildError(msg)
     tool = patchelf or Patchelf(find_patchelf())
     created_text = manifest_timestamp(created)
     out_dir.mkdir(parents=True, exist_ok=True)
-    platform = read_wheel_info(wheel).platform
-    if not platform.startswith("linux_"):
-        msg = (
-            f"{wheel.name} is a {platform} wheel: the overlay build handles Linux wheels "
-            "(ELF libraries, patchelf) only"
-        )
-        raise BuildError(msg)
     with tempfile.TemporaryDirectory(prefix=".staging-", dir=out_dir) as staging_text:
         staging = Path(staging_text)
         llama_root = staging / "llama-cuda"
-        info = stage_llama_layer(wheel, llama_root, staging / "scratch", tool)
-        archs = compiled_archs(
-            path
-            for path in sorted(llama_root.rglob("*.so*"))
-            if path.is_file() and not path.is_symlink()
-        )
+        staged, info = stage_cuda_layer(module, llama_root, tool)
+        archs = compiled_archs([staged])
         target = OverlayTarget(
             overlay_version=overlay_version,
             serial=serial,
+            llama_cpp_version=llama_cpp_version,
+            platform=platform,
             cuda_version=cuda_version,
             min_driver=dict(min_driver),
             cuda_archs=archs.sass,
             ptx_archs=archs.ptx,
             min_vram_mb=min_vram_mb,
         )
-        wanted = (
-            tuple(runtime_libraries)
-            if runtime_libraries is not None
-            else external_needs(llama_root, tool)
-        )
-        if not wanted:
-            msg = (
-                f"{wheel.name} links no CUDA runtime library: it is not a CUDA build "
-                "(build llama-cpp-python with -DGGML_CUDA=ON)"
-            )
-            raise BuildError(msg)
+        wanted = tuple(runtime_libraries) if runtime_libraries is not None else runtime_needs(info)
         runtime_root = staging / "cuda-runtime"
         stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
         check_imports(runtime_root, "linux")
-        if runtime_libraries is None:  # a chosen subset leaves the other libraries out on purpose
-            check_imports(llama_root, "linux", alongside=(runtime_root,))
         runtime, written = _pack_layer(
             "cuda-runtime",
             runtime_root,
             out_dir,
-            f"cuda-runtime-{overlay_version}-{info.platform}",
             compression_level,
-            info,
             None,
             created_text,
             target,
@@ -261,9 +247,7 @@ def build_overlay(
             "llama-cuda",
             llama_root,
             out_dir,
-            f"llama-cuda-{overlay_version}-{info.platform}",
             compression_level,
-            info,
             requires,
             created_text,
             target,

@@ -1,51 +1,43 @@
-"""`nox -s overlay` and `nox -s release`: pick a CUDA build source, build signed layers, index.
+"""`nox -s overlay` and `nox -s release`: the CUDA backend module, signed layers, the index.
 
-Sources of the CUDA build of the pinned llama-cpp-python:
-- `wheel-index`: the official CUDA wheel index (URL and wheel sha256 pinned in
-  requirements/overlay-sources.json; release CI reaches it);
-- `build`: compile the sdist here with nvcc (`--archs`, 40-60 minutes per architecture);
-- `wheel PATH`: any llama-cpp-python wheel file (offline builds, tests).
+Sources of the CUDA backend module (`libggml-cuda.so`) of the pinned llama-cpp-python, which
+the bundle's own ggml loads, so it must come from the same sdist and portable flags:
+- `build`: compile it here with nvcc (`cuda_module`; `--archs`, about 25 minutes per
+  architecture on 2 cores);
+- `wheel PATH`: take it out of a llama-cpp-python CUDA wheel built that way (offline builds,
+  tests). An official CUDA wheel is not: its module is another compile.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from llamaship_build.errors import BuildError
-from llamaship_build.fit_tool import ensure_fit_tool
 from llamaship_build.llama_wheel import Pin
-from llamaship_build.overlay_build import (
-    build_overlay,
-    download_runtime_wheels,
-    hash_checked_file,
-)
+from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
+from llamaship_build.overlay_layers import module_from_wheel
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
 from llamaship_contract.overlay import parse_manifest
 from llamaship_contract.signing import load_signing_key
 
 _log = logging.getLogger(__name__)
-SOURCES_FILE = "overlay-sources.json"
+SOURCES = ("build", "wheel")
 # The oldest driver each CUDA major version runs on (NVIDIA's CUDA compatibility table).
 MIN_DRIVER: dict[str, dict[str, str]] = {
     "12": {"linux": "525.60.13", "windows": "527.41"},
     "13": {"linux": "580.65.06", "windows": "580.88"},
 }
 DEFAULT_MIN_VRAM_MB = 1024
-_REACH_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -61,80 +53,26 @@ class OverlayOptions:
     key_file: Path | None
     out_dir: Path
     unsigned: bool = False  # no manifest signatures: `sign-release` adds them (release CI)
+    compress_mode: str = "size"  # nvcc's --compress-mode for `build`
 
 
-def _index_pin(project: Project) -> Mapping[str, str]:
-    path = project.requirements / SOURCES_FILE
-    try:
-        data = json.loads(path.read_text())
-        return {"index_url": str(data["index_url"]), "sha256": str(data["sha256"])}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        msg = (
-            f'{path} must pin the CUDA wheel index: {{"index_url": ..., "sha256": '
-            f"<the wheel's sha256>}} ({error})"
-        )
-        raise BuildError(msg) from None
-
-
-def wheel_index_reachable(project: Project) -> bool:
-    try:
-        url = _index_pin(project)["index_url"]
-        with urllib.request.urlopen(url, timeout=_REACH_TIMEOUT_S):
-            return True
-    except (BuildError, OSError):
-        return False
-
-
-def _from_wheel_index(project: Project, dest: Path) -> Path:
-    pin = Pin.from_lock(project.requirements / "gpu.txt")
-    source = _index_pin(project)
-    with tempfile.TemporaryDirectory() as scratch:
-        requirement = Path(scratch) / "cuda-wheel.txt"
-        requirement.write_text(
-            f"llama-cpp-python=={pin.version} --hash=sha256:{source['sha256']}\n"
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--require-hashes",
-            "--index-url",
-            source["index_url"],
-            "-r",
-            str(requirement),
-            "-d",
-            str(dest),
-        ]
-        if subprocess.run(command, check=False).returncode != 0:
-            msg = (
-                f"could not download llama-cpp-python {pin.version} from "
-                f"{source['index_url']} with the pinned sha256; check the pin in "
-                f"requirements/{SOURCES_FILE}"
-            )
-            raise BuildError(msg)
-    return hash_checked_file(dest, "llama_cpp_python-*.whl", [source["sha256"]])
-
-
-def cuda_wheel(project: Project, options: OverlayOptions, scratch: Path) -> Path:
-    """The CUDA build of llama-cpp-python from the chosen source."""
+def cuda_module(project: Project, options: OverlayOptions, scratch: Path) -> Path:
+    """The CUDA backend module from the chosen source (a wheel's copy goes into `scratch`)."""
     if options.source == "wheel":
         if options.wheel is None or not options.wheel.is_file():
             msg = f"--source wheel needs an existing wheel file, got {options.wheel}"
             raise BuildError(msg)
-        return options.wheel
-    if options.source == "build":
-        from llamaship_build.cuda_toolchain import build_cuda_wheel
+        return module_from_wheel(options.wheel, scratch)
+    if options.source != "build":
+        msg = f"unknown overlay source {options.source!r}: use {' or '.join(SOURCES)}"
+        raise BuildError(msg)
+    from llamaship_build.cuda_module import ensure_cuda_module
 
-        return build_cuda_wheel(
-            project.requirements / "gpu.txt",
-            options.archs,
-            cache_dir() / "wheelhouse",
-            ptx_archs=options.ptx_archs,
-        )
-    return _from_wheel_index(project, scratch)
+    built = ensure_cuda_module(
+        project, options.archs, options.ptx_archs, compress_mode=options.compress_mode
+    )
+    _log.info("CUDA module %s (%s)", built.path, built.record)
+    return built.path
 
 
 def _cuda_version(runtime_wheels: Sequence[Path]) -> str:
@@ -154,14 +92,12 @@ def build(project: Project, options: OverlayOptions) -> list[Path]:
     )
     cuda_version = _cuda_version(runtime_wheels)
     llama_version = Pin.from_lock(project.requirements / "gpu.txt").version
-    # llama.cpp's memory fit ships in the llama-cuda layer: compiled now if not built yet, so
-    # the layer never depends on what this machine happened to have built.
-    ensure_fit_tool(Pin.from_lock(project.requirements / "cpu.txt"), cache_dir() / "fit-tool")
     with tempfile.TemporaryDirectory() as scratch:
-        wheel = cuda_wheel(project, options, Path(scratch))
+        module = cuda_module(project, options, Path(scratch))
         return build_overlay(
-            wheel,
+            module,
             options.out_dir,
+            llama_cpp_version=llama_version,
             cuda_version=cuda_version,
             min_driver=MIN_DRIVER[cuda_version.split(".")[0]],
             min_vram_mb=DEFAULT_MIN_VRAM_MB,

@@ -30,7 +30,8 @@ VARIABLES = (
     "LLAMASHIP_BUILD_RELEASE_INDEX_URL",
     "LLAMASHIP_SIGNING_KEY",
 )
-OVERLAY_SOURCES = ("auto", "wheel-index", "build", "wheel")
+# The source of the CUDA module when no --source is given (`wheel` needs a path: --source).
+OVERLAY_SOURCES = ("build",)
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 _HEX = frozenset("0123456789abcdef")
 

@@ -24,7 +24,7 @@ from llamaship_build.elf import Patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.glibc import GLIBC, GLIBCXX, check_floor, glibc_floors
 from llamaship_build.overlay_archive import DEFAULT_LEVEL, layer_files, write_layer_archive
-from llamaship_build.overlay_build import manifest_timestamp, write_manifest
+from llamaship_build.overlay_build import PYTHON_TAG, manifest_timestamp, write_manifest
 from llamaship_build.overlay_layers import LLAMA_CPP_LICENSE, RUNPATH
 from llamaship_build.strip import strip_binaries
 from llamaship_contract.overlay import FORMAT, LayerManifest, LayerName, layer_id
@@ -37,8 +37,6 @@ BACKENDS_DIR = "backends"
 LICENSES_DIR = "licenses"
 # ggml_vk_instance_init: "Vulkan 1.2 required" below this instance version.
 VULKAN_API = "1.2"
-# The module does not depend on Python: any CPython the bundle runs.
-PYTHON_TAG = "py3"
 _DEFINITION_PREFIX, _DEFINITION_SUFFIX = "GGML_VULKAN_", "_GLSLC_SUPPORT"
 _MB = 1_000_000
 

@@ -1,6 +1,6 @@
 """A broken NVIDIA driver for the CUDA build: a libcuda.so.1 whose cuInit fails, and a stand-in
 libcublas.so.13 (the real one, 444 MB, belongs to the overlay's runtime layer and is left out of
-the test overlay).
+the test overlay); and a backend module that crashes whatever loads it.
 
 libggml-cuda.so needs both to load at all; with them it loads, libcudart asks the stub driver,
 and llama.cpp logs its own "failed to initialize CUDA" line.
@@ -89,3 +89,16 @@ def compile_stand_in_cublas(ggml_cuda: Path, directory: Path) -> Path:
     source = "\n".join(f"int {name}(void) {{ return 1; }}" for name in names)
     script = "libcublas.so.13 { global: " + " ".join(f"{name};" for name in names) + " local: *; };"
     return _gcc(source, directory / "libcublas.so.13", script)
+
+
+_CRASHING_MODULE = """\
+/* A backend module whose loading kills the process, as a broken GPU library can. */
+#include <signal.h>
+__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }
+void *ggml_backend_init(void) { return 0; }
+"""
+
+
+def compile_crashing_module(library: Path) -> Path:
+    """`library` (e.g. .../libggml-cuda.so): SIGSEGV as soon as it is loaded."""
+    return _gcc(_CRASHING_MODULE, library)
