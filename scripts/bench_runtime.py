@@ -1,7 +1,7 @@
 """The runtime's side of `nox -s bench`: steps timed inside the environment under test.
 
     python scripts/bench_runtime.py install HOME INDEX PUBLIC_KEY MACHINE --llama-cpp-version V
-    python scripts/bench_runtime.py activate LLAMA_DIR RUNTIME_LIB_DIR
+    python scripts/bench_runtime.py activate MODULE RUNTIME_LIB_DIR
     python scripts/bench_runtime.py cache-hit HOME MODEL RUNS MACHINE --llama-cpp-version V
     python scripts/bench_runtime.py load MODEL N_CTX
 
@@ -33,7 +33,7 @@ def _machine(text: str) -> DetectionReport:
     return parse_document(DetectionReport, text, "the benchmark's machine")
 
 
-def _no_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
+def _no_probe(module: Path, runtime_lib_dir: Path, timeout: float) -> None:
     """The install is timed without its probe (the benchmark times file work only)."""
 
 
@@ -57,7 +57,7 @@ def install(args: argparse.Namespace) -> str:
     return json.dumps(
         {
             "seconds": seconds,
-            "llama_dir": str(overlay.llama_dir),
+            "module": str(overlay.module),
             "runtime_lib_dir": str(overlay.runtime_lib_dir),
         }
     )
@@ -68,7 +68,7 @@ def activate(args: argparse.Namespace) -> str:
     from llamaship.launch.activate import activate as activate_overlay
 
     started = time.perf_counter()
-    activate_overlay(args.llama_dir, args.runtime_lib_dir)
+    activate_overlay(args.module, args.runtime_lib_dir)
     return str((time.perf_counter() - started) * 1000)
 
 
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--llama-cpp-version", required=True)
     step.set_defaults(step=install)
     step = commands.add_parser("activate", help=activate.__doc__)
-    step.add_argument("llama_dir", type=Path)
+    step.add_argument("module", type=Path)
     step.add_argument("runtime_lib_dir", type=Path)
     step.set_defaults(step=activate)
     step = commands.add_parser("cache-hit", help=cache_hit.__doc__)

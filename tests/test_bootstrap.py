@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +67,14 @@ def test_a_cuda_overlay_whose_backend_sees_no_gpu_runs_the_cpu_build_until_the_d
     gpu_machine: FakeHardware,
     overlay_release: Release,
     gemma_model: Path,
-    cuda_wheel: Path,
-    tmp_path: Path,
+    cuda_module: Path,
 ) -> None:
     """NVML reports an RTX 2080 but there is no usable libcuda.so.1 (issue 9 item 10): the
     probe sees no CUDA device, so the launch runs the CPU bundle and says why, in llama.cpp's
     or the loader's own words, without quarantining the overlay. A new driver (here: one whose
     cuInit fails) is probed again and explained again."""
     # The test overlay leaves out cuBLAS (444 MB): a stand-in lets libggml-cuda.so load.
-    with zipfile.ZipFile(cuda_wheel) as wheel:
-        ggml_cuda = Path(wheel.extract("llama_cpp/lib/libggml-cuda.so", tmp_path))
-    compile_stand_in_cublas(ggml_cuda, gpu_machine.lib_dir)
+    compile_stand_in_cublas(cuda_module, gpu_machine.lib_dir)
     install_overlay(gpu_machine, overlay_release)
 
     capabilities = boot(gpu_machine, overlay_release, LLAMASHIP_MODEL=str(gemma_model))
@@ -190,9 +186,9 @@ def test_overlay_whose_library_is_broken_fails_its_probe_and_boots_cpu(
     gpu_machine: FakeHardware, overlay_release: Release
 ) -> None:
     install_overlay(gpu_machine, overlay_release)
-    (libllama,) = layers_dir(gpu_machine).glob("llama-cuda-*/llama_cpp/lib/libllama.so")
-    libllama.chmod(0o644)
-    libllama.write_bytes(b"\x7fELF truncated")
+    (module,) = layers_dir(gpu_machine).glob("llama-cuda-*/backends/libggml-cuda.so")
+    module.chmod(0o644)
+    module.write_bytes(b"\x7fELF truncated")
     (gpu_machine.home / "state" / "probe.json").unlink()  # damaged before the installer's probe
     capabilities = boot(gpu_machine, overlay_release)
     assert_cpu(capabilities, "quarantined", "probe")
@@ -263,8 +259,11 @@ def test_a_driver_change_probes_the_overlay_again(
     capabilities = boot(gpu_machine, overlay_release)
     second = json.loads(record.read_text())
     assert second["key"] != first["key"] and second["by"] == "launch"
+    # the bundle's llama.cpp loaded the layer's module: it found libcudart in the runtime layer
+    # and stopped at the cuBLAS the test layer leaves out
     imported = Path(second["result"]["llama_cpp_path"]).resolve()
-    assert imported.is_relative_to(layers_dir(gpu_machine).resolve()), imported
+    assert not imported.is_relative_to(layers_dir(gpu_machine).resolve()), imported
+    assert "libcublas.so.13" in second["result"]["cuda_error"]
     assert_no_cuda_device(gpu_machine, capabilities)
 
 

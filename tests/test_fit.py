@@ -26,7 +26,8 @@ from llamaship.fit.errors import FitError
 from llamaship.fit.estimate import read_shape
 from llamaship.fit.gguf_meta import Skipped, read_meta
 from llamaship.fit.place import Gpu, place
-from llamaship.fit.tool import loaded_library_dirs, parse_output
+from llamaship.fit.tool import parse_output
+from llamaship.launch.activate import activate
 from llamaship_build.gguf_models import Shape, write_llama_gguf
 from llamaship_contract.detection import DetectionReport, GpuInfo
 from llamaship_contract.document import dump_document, parse_document
@@ -96,15 +97,27 @@ def test_one_gpu_partial_offload_comes_from_the_tool(tmp_path: Path, small_model
     assert call.split("LD_LIBRARY_PATH=")[1].split(":")[0] == str(tmp_path / "bin")
 
 
-def test_the_overlay_cuda_runtime_folder_is_found_in_the_memory_map(tmp_path: Path) -> None:
-    maps = tmp_path / "maps"
-    maps.write_text(
-        "7f00-7f01 r-xp 00000000 08:01 1 /home/u/overlays/rt/lib/libcudart.so.13\n"
-        "7f01-7f02 r-xp 00000000 08:01 2 /usr/lib/libc.so.6\n"
-        "7f02-7f03 rw-p 00000000 00:00 0 [heap]\n"
+def test_the_tool_loads_what_activation_put_in_the_environment(
+    tmp_path: Path, small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA overlay's module and runtime folder reach the bundle's tool through this
+    process's environment; the tool's own folder stays first on its search path."""
+    module = tmp_path / "llama-cuda" / "backends" / "libggml-cuda.so"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(b"")
+    runtime = tmp_path / "cuda-runtime" / "lib"
+    runtime.mkdir(parents=True)  # nothing to preload
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/app/_internal")
+    monkeypatch.delenv("GGML_BACKEND_PATH", raising=False)
+    activate(module, runtime)
+    tool = write_fake_fit_tool(tmp_path / "bin", ONE_GPU_PARTIAL)
+    plan = plan_load(
+        settings_for(tmp_path), report_of(gpu(0, 7800)), "cuda", small_model, 4096, tool=tool
     )
-    assert loaded_library_dirs("libcudart", maps) == (Path("/home/u/overlays/rt/lib"),)
-    assert loaded_library_dirs("libcudart", tmp_path / "absent") == ()
+    assert plan.source == "fit-tool"
+    (call,) = fit_calls(tmp_path / "bin")
+    assert f"GGML_BACKEND_PATH={module} |" in call
+    assert call.endswith(f"LD_LIBRARY_PATH={tmp_path / 'bin'}:{runtime}:/app/_internal")
 
 
 def test_two_gpus_split_and_main_gpu_come_from_the_tool(tmp_path: Path, small_model: Path) -> None:

@@ -25,7 +25,7 @@ from llamaship_contract.names import ExitStatus
 from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import SignatureError, generate_keypair, verify
 from llamaship_contract.trust import TrustedKeys
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     LLAMA_CPP_VERSION,
@@ -66,9 +66,7 @@ def test_install_refuses_an_expired_index_and_records_nothing(
 ) -> None:
     index = releases.publish(tmp_path / "r", V1)
     rewrite_index(index, release_keys, expire)
-    installer = Installer(
-        data_dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
-    )
+    installer = Installer(data_dirs, [release_keys.public], probe=layer_probe, options=FAST_OPTIONS)
     with pytest.raises(IndexExpired, match="expired on 2026-01-31T00:00:00Z"):
         installer.install(str(index), TARGET)
     store = OverlayStore(data_dirs)
@@ -153,7 +151,7 @@ def test_resign_renews_an_expired_index_that_installs_again(
     for path in live.parent.iterdir():  # publish beside the layers, as the job uploads it
         if path.name not in {index_path.name, signature_path.name}:
             (out / path.name).write_bytes(path.read_bytes())
-    result = Installer(data_dirs, trusted, probe=import_probe, options=FAST_OPTIONS).install(
+    result = Installer(data_dirs, trusted, probe=layer_probe, options=FAST_OPTIONS).install(
         str(index_path), TARGET
     )
     assert result.overlay.overlay_version == V1.overlay_version
@@ -170,7 +168,7 @@ def test_the_index_key_cannot_add_or_change_a_release(
     trusted = TrustedKeys(release=(release_keys.public,), index=(index_keys.public,))
     live = releases.publish(tmp_path / "live", V1)
     rewrite_list(live, index_keys, lambda document: document["overlays"][0].update(serial=1))
-    installer = Installer(data_dirs, trusted, probe=import_probe, options=FAST_OPTIONS)
+    installer = Installer(data_dirs, trusted, probe=layer_probe, options=FAST_OPTIONS)
     with pytest.raises(SignatureError, match=r"release list .*unknown key"):
         installer.install(str(live), TARGET)
     assert OverlayStore(data_dirs).active() is None

@@ -4,6 +4,7 @@ the whole `serve`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from llamaship.launch import boot_counting
 from llamaship.launch import log as launch_log
 from llamaship.launch.boot_counting import ProcessIdentity, assess, is_running
 from llamaship.launch.outcome import BootState
+from llamaship.launch.plan import other_build
 from llamaship.launch.probe_record import ensure_probed, read_record
 from llamaship.launch.status import LaunchTracker, read_status
 from llamaship.overlay.store import OverlayStore
@@ -316,10 +318,25 @@ def test_the_launch_after_an_install_does_not_probe_again(v1_active: DataDirs) -
     installed = OverlayStore(v1_active).active()
     assert installed is not None
 
-    def probe_again(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
+    def probe_again(module: Path, runtime_lib_dir: Path, timeout: float) -> None:
         raise AssertionError("the overlay was probed again")
 
     assert ensure_probed(installed, v1_active, probe_again) == record
+
+
+def test_an_overlay_made_for_another_llama_cpp_is_not_used(v1_active: DataDirs) -> None:
+    """Its module cannot load into this bundle's ggml (another compile): the launch and
+    `llamaship fit` set it aside, saying so, until the matching overlay is installed."""
+    installed = OverlayStore(v1_active).active()
+    assert installed is not None and other_build(installed) is None
+    older = installed.record.model_copy(update={"llama_cpp_version": "0.3.35"})
+    reason = other_build(dataclasses.replace(installed, record=older))
+    assert reason == (
+        f"CUDA overlay {installed.overlay_version} was made for llama-cpp-python 0.3.35, this "
+        f"bundle runs {installed.llama_cpp_version}: it is not used until the overlay for this "
+        "version is installed"
+    )
+    assert other_build(None) is None
 
 
 # --- the launch log -------------------------------------------------------------------------

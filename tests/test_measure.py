@@ -29,6 +29,7 @@ from llamaship.measure.run import (
     MeasurementFailed,
     MeasureRequest,
     VariantSetup,
+    cuda_setup,
     measure_variant,
     vulkan_setup,
 )
@@ -242,6 +243,23 @@ def test_the_cpu_variant_drops_the_gpu_backend_setting() -> None:
         "A": "1",
         "GGML_BACKEND_PATH": "/v.so",
         "GGML_VK_VISIBLE_DEVICES": "1",
+    }
+
+
+def test_the_cuda_variant_names_the_module_and_its_runtime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Like Vulkan, the bundle's llama.cpp with the module; the runtime's folder first on the
+    loader's search path (no Vulkan device list)."""
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/app/_internal")
+    setup = cuda_setup(Path("/l/backends/libggml-cuda.so"), Path("/r/lib"))
+    assert setup.environment({"GGML_VK_VISIBLE_DEVICES": "0", "A": "1"}) == {
+        "A": "1",
+        "GGML_BACKEND_PATH": "/l/backends/libggml-cuda.so",
+        "LD_LIBRARY_PATH": "/r/lib:/app/_internal",
+    }
+    assert CPU_SETUP.environment(setup.environment({})) == {
+        "LD_LIBRARY_PATH": "/r/lib:/app/_internal"
     }
 
 

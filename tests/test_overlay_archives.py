@@ -26,7 +26,7 @@ from llamaship_contract.layer_files import FileEntry
 from llamaship_contract.overlay import parse_manifest
 from overlay_kit.checks import assert_settled, nothing_written_outside
 from overlay_kit.child import start_installer
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     TARGET,
@@ -55,7 +55,7 @@ def v1_active(
         data_dirs,
         TARGET,
         [release_keys.public],
-        probe=import_probe,
+        probe=layer_probe,
         options=FAST_OPTIONS,
     )
     return data_dirs
@@ -73,7 +73,7 @@ def install_fails(
         nothing_written_outside(index.parent.parent, dirs.home),
         pytest.raises(error_type, match=message) as caught,
     ):
-        install_from_path(index, dirs, TARGET, [keys.public], probe=import_probe, options=options)
+        install_from_path(index, dirs, TARGET, [keys.public], probe=layer_probe, options=options)
     assert_settled(dirs, V1.overlay_version)
     return caught.value
 
@@ -122,70 +122,83 @@ def _pax_bomb(members: list[Member]) -> None:
     members[0][0].pax_headers = {"comment": "x" * (4 * 2**20)}
 
 
+LLAMA, RUNTIME = "llama_archive", "runtime_archive"
 HOSTILE = {
     "dotdot": (
-        _add(member("llama_cpp/../../escaped.txt", b"x")),
+        _add(member("backends/../../escaped.txt", b"x")),
         "'..' component: it would be written outside the layer",
+        LLAMA,
     ),
     "absolute": (
         _add(member(f"{ESCAPE_DIR}/evil.txt", b"x")),
         "is absolute: it would be written outside the layer",
+        LLAMA,
     ),
     "escaping-symlink": (
         _add(
             member(
-                "llama_cpp/lib/escape",
+                "backends/escape",
                 type=tarfile.SYMTYPE,
                 linkname="../../../../../../etc/passwd",
             )
         ),
         "is a symlink to '../../../../../../etc/passwd', outside the layer",
+        LLAMA,
     ),
     "absolute-symlink": (
-        _add(member("llama_cpp/lib/escape", type=tarfile.SYMTYPE, linkname=str(ESCAPE_DIR))),
+        _add(member("backends/escape", type=tarfile.SYMTYPE, linkname=str(ESCAPE_DIR))),
         "outside the layer",
+        LLAMA,
     ),
     "hardlink": (
-        _add(member("llama_cpp/lib/hard", type=tarfile.LNKTYPE, linkname="llama_cpp/__init__.py")),
+        _add(member("backends/hard", type=tarfile.LNKTYPE, linkname="backends/libggml-cuda.so")),
         "is a hardlink",
+        LLAMA,
     ),
     "char-device": (
-        _add(member("llama_cpp/lib/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
+        _add(member("backends/null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)),
         "is a device file, FIFO or other special file",
+        LLAMA,
     ),
     "fifo": (
-        _add(member("llama_cpp/lib/pipe", type=tarfile.FIFOTYPE)),
+        _add(member("backends/pipe", type=tarfile.FIFOTYPE)),
         "is a device file, FIFO or other special file",
+        LLAMA,
     ),
-    "setuid": (_set_mode(0o4755), "has the setuid or setgid bit"),
-    "setgid": (_set_mode(0o2755), "has the setuid or setgid bit"),
+    "setuid": (_set_mode(0o4755), "has the setuid or setgid bit", LLAMA),
+    "setgid": (_set_mode(0o2755), "has the setuid or setgid bit", LLAMA),
     "unlisted-file": (
-        _add(member("llama_cpp/extra.py", b"print('hi')")),
+        _add(member("backends/libggml-extra.so", b"\x7fELF")),
         "is not listed in the signed manifest",
+        LLAMA,
     ),
     "unlisted-dir": (
-        _add(member("llama_cpp/plugins", type=tarfile.DIRTYPE)),
+        _add(member("backends/plugins", type=tarfile.DIRTYPE)),
         "is a directory no listed file lives in",
+        LLAMA,
     ),
-    "duplicate": (_duplicate_first, "appears twice"),
-    "through-symlink": (
-        _add(member("llama_cpp/lib/libggml.so/inner", b"x")),
+    "duplicate": (_duplicate_first, "appears twice", LLAMA),
+    "through-symlink": (  # the runtime layer's libcudart.so is a link
+        _add(member("lib/libcudart.so/inner", b"x")),
         "lies under a symlink",
+        RUNTIME,
     ),
     "size-bomb": (
         _replace_content(bytes(64 * 2**20)),
         "is 67108864 bytes; the manifest lists 49152",
+        LLAMA,
     ),
-    "pax-bomb": (_pax_bomb, r"unpacks to more than the \d+ bytes its manifest allows"),
+    "pax-bomb": (_pax_bomb, r"unpacks to more than the \d+ bytes its manifest allows", LLAMA),
     "wrong-content": (
         _replace_content(bytes(48 * 1024)),
         "does not match its signed manifest: .*cuda.so has sha256",
+        LLAMA,
     ),
-    "missing-file": (_drop_last, r"does not match its signed manifest: .* is missing"),
+    "missing-file": (_drop_last, r"does not match its signed manifest: .* is missing", LLAMA),
 }
 
 
-@pytest.mark.parametrize(("change", "message"), HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize(("change", "message", "layer"), HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_archive_is_refused(
     v1_active: DataDirs,
     releases: ReleaseFactory,
@@ -193,9 +206,10 @@ def test_hostile_archive_is_refused(
     tmp_path: Path,
     change: Callable[[list[Member]], None],
     message: str,
+    layer: str,
 ) -> None:
     index = releases.publish(
-        tmp_path / "v2-release", dataclasses.replace(V2, llama_archive=hostile(change))
+        tmp_path / "v2-release", dataclasses.replace(V2, **{layer: hostile(change)})
     )
 
     install_fails(v1_active, index, release_keys, ArchiveError, message)
@@ -231,9 +245,9 @@ def test_entry_ceiling_stops_an_archive_early(releases: ReleaseFactory, tmp_path
     manifest = parse_manifest(llama_manifest.read_bytes())
     staging = tmp_path / "staging"
     staging.mkdir()
-    with pytest.raises(ArchiveError, match="holds more than the 2 entries"):
+    with pytest.raises(ArchiveError, match="holds more than the 1 entries"):
         extract_layer(
-            llama_manifest.parent / manifest.archive.name, staging, manifest, max_entries=2
+            llama_manifest.parent / manifest.archive.name, staging, manifest, max_entries=1
         )
 
 
@@ -245,7 +259,9 @@ def test_not_enough_free_space_is_refused_before_downloading(
 ) -> None:
     huge = 2**50  # 1 PiB: no test machine has that much free
     files = (
-        FileEntry(path="llama_cpp/__init__.py", size=huge, sha256=hashlib.sha256(b"").hexdigest()),
+        FileEntry(
+            path="backends/libggml-cuda.so", size=huge, sha256=hashlib.sha256(b"").hexdigest()
+        ),
     )
     spec = dataclasses.replace(V2, llama_overrides={"files": files, "unpacked_size": huge})
     index = releases.publish(tmp_path / "v2-release", spec)
@@ -292,13 +308,13 @@ def test_upgrade_after_a_failure_succeeds(
 ) -> None:
     bad = releases.publish(
         tmp_path / "bad",
-        dataclasses.replace(V2, llama_archive=hostile(_add(member("llama_cpp/extra.py", b"x")))),
+        dataclasses.replace(V2, llama_archive=hostile(_add(member("backends/extra.so", b"x")))),
     )
     install_fails(v1_active, bad, release_keys, ArchiveError, "not listed")
     good = releases.publish(tmp_path / "good", V2)
 
     result = Installer(
-        v1_active, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
+        v1_active, [release_keys.public], probe=layer_probe, options=FAST_OPTIONS
     ).install(str(good), TARGET)
 
     assert result.overlay.overlay_version == V2.overlay_version

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from hardware.fake_cuda import compile_crashing_module
 from llamaship.overlay.checkpoints import STEPS, Step
 from llamaship.overlay.install import Installer, ProbeRejected, QuarantinedRelease
 from llamaship.overlay.store import InstallBusy, OverlayStore
@@ -26,6 +27,7 @@ from overlay_kit.releases import (
     Keys,
     ReleaseFactory,
     ReleaseSpec,
+    llama_files,
     runtime_files,
 )
 from overlay_kit.server import OverlayServer
@@ -130,13 +132,13 @@ def test_probe_that_crashes_quarantines_the_overlay(
     v1_active: DataDirs, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
 ) -> None:
     """The real probe (`llamaship.launch.probe.run_probe`, a `llamaship probe` child process) meets
-    an overlay whose llama_cpp kills its process with SIGSEGV on import."""
-    crash = "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"
-    # No stand-in libraries: activation would refuse them (not ELF) before the import crashes.
+    an overlay whose backend module kills its process with SIGSEGV when ggml loads it."""
+    module = compile_crashing_module(tmp_path / "module" / "libggml-cuda.so")
+    # No stand-in libraries: activation would refuse them (not ELF) before the module loads.
     spec = dataclasses.replace(
         V2,
         runtime={"lib/README.txt": b"no libraries to preload"},
-        llama={"llama_cpp/__init__.py": crash.encode()},
+        llama=llama_files(V2.overlay_version, module.read_bytes()),
     )
     index = releases.publish(tmp_path / "v2-release", spec)
     installer = Installer(v1_active, [release_keys.public], options=FAST_OPTIONS)

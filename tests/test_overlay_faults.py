@@ -28,7 +28,7 @@ from llamaship.paths import DataDirs
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.signing import SignatureError, sign
 from overlay_kit.checks import assert_settled, nothing_written_outside
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     GPU_REPORT,
@@ -66,7 +66,7 @@ class Upgrade:
 
     def run(self, target: Target = TARGET) -> InstallResult:
         installer = Installer(
-            self.dirs, [self.keys.public], probe=import_probe, options=FAST_OPTIONS
+            self.dirs, [self.keys.public], probe=layer_probe, options=FAST_OPTIONS
         )
         return installer.install(self.server.url + INDEX, target)
 
@@ -94,7 +94,7 @@ def upgrade(
     data_dirs: DataDirs,
 ) -> Upgrade:
     index = releases.publish(tmp_path / "v1-release", V1)
-    Installer(data_dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS).install(
+    Installer(data_dirs, [release_keys.public], probe=layer_probe, options=FAST_OPTIONS).install(
         str(index), TARGET
     )
     return Upgrade(tmp_path, data_dirs, overlay_server, releases, release_keys)

@@ -16,7 +16,7 @@ from llamaship.paths import DataDirs
 from llamaship_build.release_index import write_release_index
 from llamaship_contract.launch import ProbeResult
 from overlay_kit.checks import assert_settled
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     LLAMA_CPP_VERSION,
@@ -42,7 +42,7 @@ V2 = ReleaseSpec(
 
 def installer(dirs: DataDirs, keys: Keys, progress: ProgressFn | None = None) -> Installer:
     return Installer(
-        dirs, [keys.public], probe=import_probe, progress=progress, options=FAST_OPTIONS
+        dirs, [keys.public], probe=layer_probe, progress=progress, options=FAST_OPTIONS
     )
 
 
@@ -60,11 +60,8 @@ def test_install_over_http_activates_the_verified_probed_overlay(
     active = OverlayStore(data_dirs).active()
     assert active is not None and active.overlay_version == V1.overlay_version
     assert active.llama_cpp_version == LLAMA_CPP_VERSION
-    assert (
-        (active.llama_dir / "llama_cpp" / "__init__.py")
-        .read_text()
-        .endswith(f'OVERLAY = "{V1.overlay_version}"\n')
-    )
+    assert active.module.name == "libggml-cuda.so" and active.module.parent.name == "backends"
+    assert active.module.read_bytes() == llama_files(V1.overlay_version)["backends/libggml-cuda.so"]
     assert (
         active.runtime_lib_dir / "libcudart.so"
     ).resolve() == active.runtime_lib_dir / "libcudart.so.13"
@@ -140,10 +137,11 @@ def test_rollback_and_remove_switch_pointers_and_keep_layers_in_use(
 def test_real_overlay_passes_the_real_probe(
     built_overlay: BuiltOverlay, data_dirs: DataDirs, tmp_path: Path
 ) -> None:
-    """The overlay `build_overlay` makes from the genuine CUDA build of llama-cpp-python (and
-    NVIDIA's libcudart), installed with the default probe: a `llamaship probe` child process
-    preloads libcudart, imports the overlay's llama_cpp and registers its ggml backends (no
-    driver here: the CUDA backend is skipped, the CPU variants load)."""
+    """The overlay `build_overlay` makes from the genuine CUDA build's module (and NVIDIA's
+    libcudart), installed with the default probe: a `llamaship probe` child process preloads
+    libcudart, and the bundle's own llama.cpp registers its ggml backends with the overlay's
+    module named by GGML_BACKEND_PATH (no driver here: the CUDA backend is not loaded, the
+    loader says why, the CPU variants load)."""
     release = tmp_path / "release"
     release.mkdir()
     built = [
@@ -164,8 +162,8 @@ def test_real_overlay_passes_the_real_probe(
 
     probed: list[ProbeResult] = []
 
-    def real_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> None:
-        probed.append(run_probe(llama_dir, runtime_lib_dir, timeout))
+    def real_probe(module: Path, runtime_lib_dir: Path, timeout: float) -> None:
+        probed.append(run_probe(module, runtime_lib_dir, timeout))
 
     result = Installer(data_dirs, [built_overlay.keys.public], probe=real_probe).install(
         str(release / "releases.json"), TARGET
@@ -173,9 +171,11 @@ def test_real_overlay_passes_the_real_probe(
 
     active = OverlayStore(data_dirs).active()
     assert active is not None and active.overlay_version == result.overlay.overlay_version
-    assert (active.llama_dir / "llama_cpp" / "lib" / "libggml-cuda.so").is_file()
+    assert active.module.is_file() and active.module.parent.name == "backends"
     assert (active.runtime_lib_dir / "libcudart.so.13").is_file()
     [seen] = probed
-    assert Path(seen.llama_cpp_path).is_relative_to(active.llama_dir)
+    assert not Path(seen.llama_cpp_path).is_relative_to(data_dirs.home)  # the bundle's
     assert "CPU" in seen.backends
+    # the test layer leaves cuBLAS out: the loader stops there, having found libcudart
+    assert seen.cuda_error is not None and "libcublas.so.13" in seen.cuda_error
     assert_settled(data_dirs, result.overlay.overlay_version)

@@ -35,7 +35,7 @@ from llamaship_backend.routes_upgrade import get_installer_factory, router
 from llamaship_backend.server import BackendServer, bind_listener, listening_url
 from overlay_kit.checks import assert_settled
 from overlay_kit.child import start_installer
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     GPU_REPORT,
@@ -68,10 +68,10 @@ def test_launch_installs_then_finds_the_overlay_current(
 
     trusted = [release_keys.public]
     first = ensure_overlay(
-        settings, data_dirs, GPU_REPORT, LLAMA_CPP_VERSION, probe=import_probe, trusted_keys=trusted
+        settings, data_dirs, GPU_REPORT, LLAMA_CPP_VERSION, probe=layer_probe, trusted_keys=trusted
     )
     second = ensure_overlay(
-        settings, data_dirs, GPU_REPORT, LLAMA_CPP_VERSION, probe=import_probe, trusted_keys=trusted
+        settings, data_dirs, GPU_REPORT, LLAMA_CPP_VERSION, probe=layer_probe, trusted_keys=trusted
     )
 
     assert (first.status, first.message) == ("installed", f"installed overlay {V1.overlay_version}")
@@ -106,7 +106,7 @@ def test_launch_reports_a_failure_instead_of_raising(
         data_dirs,
         GPU_REPORT,
         LLAMA_CPP_VERSION,
-        probe=import_probe,
+        probe=layer_probe,
         trusted_keys=[stranger_keys.public],
     )
 
@@ -125,7 +125,7 @@ def test_launch_skips_a_quarantined_release(
         data_dirs,
         GPU_REPORT,
         LLAMA_CPP_VERSION,
-        probe=import_probe,
+        probe=layer_probe,
         trusted_keys=[release_keys.public],
     )
 
@@ -145,7 +145,7 @@ def test_second_launch_does_not_wait_for_a_running_install(
             data_dirs,
             GPU_REPORT,
             LLAMA_CPP_VERSION,
-            probe=import_probe,
+            probe=layer_probe,
             trusted_keys=[release_keys.public],
         )
     finally:
@@ -165,7 +165,7 @@ def installing(dirs: DataDirs, keys: Keys, index: Path, gate: threading.Event | 
         if gate is not None:
             assert gate.wait(60)
         installer = Installer(
-            dirs, [keys.public], probe=import_probe, progress=progress, options=FAST_OPTIONS
+            dirs, [keys.public], probe=layer_probe, progress=progress, options=FAST_OPTIONS
         )
         return BestInstall("cuda", cuda=installer.install(str(index), TARGET))
 
@@ -252,7 +252,7 @@ def served(state: BootState, keys: Keys) -> Iterator[tuple[httpx.Client, FastAPI
 
     def test_installer(state: BootState, progress: ProgressFn) -> Installer:
         return Installer(
-            state.dirs, [keys.public], probe=import_probe, progress=progress, options=FAST_OPTIONS
+            state.dirs, [keys.public], probe=layer_probe, progress=progress, options=FAST_OPTIONS
         )
 
     app.dependency_overrides[get_installer_factory] = lambda: test_installer
@@ -366,9 +366,7 @@ def test_cli_status_rollback_and_remove(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     v2 = ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2)
-    installer = Installer(
-        data_dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
-    )
+    installer = Installer(data_dirs, [release_keys.public], probe=layer_probe, options=FAST_OPTIONS)
     for spec in (V1, v2):
         installer.install(str(releases.publish(tmp_path / spec.overlay_version, spec)), TARGET)
     monkeypatch.setenv("LLAMASHIP_HOME", str(data_dirs.home))

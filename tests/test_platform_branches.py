@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from llamaship.launch import activate as activation
-from llamaship.launch.activate import Loader, activate, deactivate
+from llamaship.launch.activate import ActivationError, Loader, activate, deactivate
 from llamaship.native import BackendLoadError, _ggml_library
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
@@ -45,65 +44,76 @@ class RecordingLoader:
         return Loader(system=system, add_dll_directory=self.add_dll_directory, load=self.load)
 
 
-def _overlay(root: Path, runtime_names: list[str], lib_names: list[str]) -> tuple[Path, Path]:
-    llama_dir, runtime = root / "llama", root / "runtime" / "lib"
-    (llama_dir / "llama_cpp" / "lib").mkdir(parents=True)
-    (llama_dir / "llama_cpp" / "__init__.py").write_text("")
+def _overlay(root: Path, runtime_names: list[str], module_name: str) -> tuple[Path, Path]:
+    """(module, runtime folder) laid out as the two CUDA layers hold them."""
+    module, runtime = root / "llama" / "backends" / module_name, root / "runtime" / "lib"
+    module.parent.mkdir(parents=True)
+    module.write_bytes(b"")
     runtime.mkdir(parents=True)
     for name in runtime_names:
         (runtime / name).write_bytes(b"")
-    for name in lib_names:
-        (llama_dir / "llama_cpp" / "lib" / name).write_bytes(b"")
-    return llama_dir, runtime
+    return module, runtime
 
 
 @pytest.fixture
-def clean_import_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    saved_path = list(sys.path)
-    # activate() must run before llama_cpp is imported; earlier tests in this process may
-    # have imported it (restored afterwards by monkeypatch).
-    monkeypatch.delitem(sys.modules, "llama_cpp", raising=False)
+def clean_dll_directories() -> Iterator[None]:
     yield None
-    sys.path[:] = saved_path
     activation._dll_directories.clear()
 
 
-@pytest.mark.usefixtures("clean_import_state")
-def test_windows_activation_adds_dll_directories_and_never_touches_path(tmp_path: Path) -> None:
-    llama_dir, runtime = _overlay(
-        tmp_path, ["cudart64_13.dll", "cublas64_13.dll"], ["llama.dll", "ggml.dll", "ggml-base.dll"]
-    )
-    recorder = RecordingLoader()
-    path_before = os.environ.get("PATH")
-    activate(llama_dir, runtime, recorder.loader("win32"))
-    assert recorder.dll_directories == [str(runtime), str(llama_dir / "llama_cpp" / "lib")]
-    assert recorder.loaded == []  # Windows resolves a DLL's imports from its own folder
-    assert os.environ.get("PATH") == path_before
-    assert sys.path[0] == str(llama_dir)
-    deactivate(llama_dir)
-    assert str(llama_dir) not in sys.path
-    assert str(llama_dir / "llama_cpp" / "lib") not in activation._dll_directories
-
-
-@pytest.mark.usefixtures("clean_import_state")
-def test_linux_activation_preloads_the_cuda_runtime_in_order_then_its_own_ggml(
+@pytest.mark.usefixtures("clean_dll_directories")
+def test_windows_activation_loads_the_runtime_by_path_and_puts_its_folder_first_on_path(
     tmp_path: Path,
 ) -> None:
-    llama_dir, runtime = _overlay(
-        tmp_path,
-        ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13"],
-        ["libllama.so", "libggml.so.0", "libggml-base.so.0"],
+    module, runtime = _overlay(
+        tmp_path, ["cublas64_13.dll", "cublasLt64_13.dll", "cudart64_13.dll"], "ggml-cuda.dll"
     )
     recorder = RecordingLoader()
-    activate(llama_dir, runtime, recorder.loader("linux"))
+    environ = {"PATH": r"C:\Windows\system32;C:\app"}
+    activate(module, runtime, recorder.loader("win32"), environ)
+    assert recorder.dll_directories == [str(runtime)]
+    # by full path, dependencies first, so ggml's LoadLibrary finds them already loaded
+    assert recorder.loaded == [
+        ("cudart64_13.dll", 0),
+        ("cublasLt64_13.dll", 0),
+        ("cublas64_13.dll", 0),
+    ]
+    # the children of the launch (fit tool, probe, measurement) find them through PATH
+    assert environ == {
+        "GGML_BACKEND_PATH": str(module),
+        "PATH": f"{runtime};C:\\Windows\\system32;C:\\app",
+    }
+    deactivate(module, runtime, recorder.loader("win32"), environ)
+    assert environ == {"PATH": r"C:\Windows\system32;C:\app"}
+    assert str(runtime) not in activation._dll_directories
+
+
+def test_linux_activation_preloads_the_cuda_runtime_in_order_and_names_the_module(
+    tmp_path: Path,
+) -> None:
+    module, runtime = _overlay(
+        tmp_path, ["libcublas.so.13", "libcublasLt.so.13", "libcudart.so.13"], "libggml-cuda.so"
+    )
+    recorder = RecordingLoader()
+    environ: dict[str, str] = {"LD_LIBRARY_PATH": "/app/_internal", "HOME": "/home/u"}
+    activate(module, runtime, recorder.loader("linux"), environ)
     assert recorder.loaded == [
         ("libcudart.so.13", ctypes.RTLD_GLOBAL),
         ("libcublasLt.so.13", ctypes.RTLD_GLOBAL),
         ("libcublas.so.13", ctypes.RTLD_GLOBAL),
-        ("libggml-base.so.0", ctypes.DEFAULT_MODE),
-        ("libggml.so.0", ctypes.DEFAULT_MODE),
     ]
     assert recorder.dll_directories == []
+    assert environ == {
+        "GGML_BACKEND_PATH": str(module),
+        "LD_LIBRARY_PATH": f"{runtime}:/app/_internal",
+        "HOME": "/home/u",
+    }
+    activate(module, runtime, recorder.loader("linux"), environ)  # once on the path
+    assert environ["LD_LIBRARY_PATH"] == f"{runtime}:/app/_internal"
+    deactivate(module, runtime, recorder.loader("linux"), environ)
+    assert environ == {"LD_LIBRARY_PATH": "/app/_internal", "HOME": "/home/u"}
+    with pytest.raises(ActivationError, match=r"backend module .* is missing: reinstall"):
+        activate(tmp_path / "gone.so", runtime, recorder.loader("linux"), {})
 
 
 @pytest.mark.parametrize(
@@ -166,13 +176,14 @@ def test_switching_works_while_old_layers_are_in_use_and_they_go_later(
         tmp_path / "v2-release", ReleaseSpec(overlay_version="0.3.36-cu13.0-2", serial=2)
     )
     install_release(v1_active, str(index), release_keys)  # v2 active, v1 previous
-    running = OverlayStore(v1_active, rename=_in_use_on_windows([v1.llama_dir]))
+    in_use = v1.module.parents[1]  # the llama-cuda layer, whose ggml-cuda.dll is loaded
+    running = OverlayStore(v1_active, rename=_in_use_on_windows([in_use]))
     running.remove()  # v2 becomes previous: v1 is unreferenced, but its DLLs are loaded
     assert running.active() is None
-    assert v1.llama_dir.is_dir(), "a layer in use is kept, whole"
+    assert in_use.is_dir(), "a layer in use is kept, whole"
     later = OverlayStore(v1_active)  # the next launch, after that process ended
     later.cleanup_leftovers()
-    assert not v1.llama_dir.exists()
+    assert not in_use.exists()
     assert later.previous() is not None
 
 

@@ -1,20 +1,23 @@
 """The probe checks that the CUDA backend really sees the GPUs NVML reports (issue 9 item 10).
 
-The genuine CUDA build of llama-cpp-python (shared/fixtures) with NVIDIA's libcudart, on a
-machine without a usable driver: once with no libcuda.so.1 at all, once with a stub
-libcuda.so.1 whose cuInit fails. Either way the probe reports no CUDA device and why, and
-`check_cuda_devices` turns that into `NoCudaDevice` (CPU for this driver, no quarantine).
+The bundle's llama.cpp (the dev venv's portable build: same sdist and flags) loads the genuine
+CUDA module of shared/fixtures, with NVIDIA's libcudart as the runtime layer, on a machine
+without a usable driver: once with no libcuda.so.1 at all, once with a stub libcuda.so.1 whose
+cuInit fails. Either way the probe reports no CUDA device and why, and `check_cuda_devices`
+turns that into `NoCudaDevice` (CPU for this driver, no quarantine). A module the loader
+refuses itself (damaged, or from another build) fails the probe: that is the overlay's fault.
 """
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from hardware.fake_cuda import compile_failing_libcuda, compile_stand_in_cublas
-from llamaship.launch.probe import NoCudaDevice, check_cuda_devices, run_probe
+from llamaship.launch.probe import NoCudaDevice, ProbeFailed, check_cuda_devices, run_probe
 from llamaship_contract.detection import GpuInfo
 from llamaship_contract.launch import BackendDevice, ProbeResult
 from llamaship_contract.launch import ProbeResult as RecordedResult
@@ -33,25 +36,19 @@ RTX_2080 = GpuInfo(
 
 @pytest.fixture(scope="module")
 def cuda_build(
-    cuda_wheel: Path, cudart_wheel: Path, tmp_path_factory: pytest.TempPathFactory
+    cuda_module: Path, cudart_wheel: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    """(llama_dir, runtime_lib_dir): the CUDA fixture wheel unpacked, and NVIDIA's libcudart
-    with a stub cuBLAS, as the overlay's two layers lay them out."""
+    """(module, runtime_lib_dir): the fixture's CUDA module, and NVIDIA's libcudart with a stub
+    cuBLAS, as the overlay's two layers lay them out."""
     root = tmp_path_factory.mktemp("cuda-build")
-    llama_dir, runtime = root / "llama", root / "runtime"
-    lib = llama_dir / "llama_cpp" / "lib"
-    lib.mkdir(parents=True)
-    with zipfile.ZipFile(cuda_wheel) as wheel:
-        for name in wheel.namelist():
-            if name.startswith("llama_cpp/"):
-                wheel.extract(name, llama_dir)
-            elif name.startswith("bin/libggml-cpu-"):  # the overlay puts the CPU variants here
-                (lib / Path(name).name).write_bytes(wheel.read(name))
-    runtime.mkdir()
+    module, runtime = root / "llama" / "backends" / "libggml-cuda.so", root / "runtime" / "lib"
+    module.parent.mkdir(parents=True)
+    shutil.copyfile(cuda_module, module)
+    runtime.mkdir(parents=True)
     with zipfile.ZipFile(cudart_wheel) as wheel:
         (runtime / "libcudart.so.13").write_bytes(wheel.read("nvidia/cu13/lib/libcudart.so.13"))
-    compile_stand_in_cublas(lib / "libggml-cuda.so", runtime)
-    return llama_dir, runtime
+    compile_stand_in_cublas(module, runtime)
+    return module, runtime
 
 
 def recorded(result: ProbeResult) -> RecordedResult:
@@ -67,6 +64,7 @@ def test_without_libcuda_the_probe_reports_no_cuda_device_and_the_loaders_reason
 
     assert "CPU" in result.backends and "CUDA" not in result.backends
     assert result.gpu_devices == ()
+    assert "overlays" not in result.llama_cpp_path  # the bundle's own llama.cpp
     assert result.cuda_error is not None and "libcuda.so.1" in result.cuda_error
     with pytest.raises(NoCudaDevice) as raised:
         check_cuda_devices([RTX_2080], recorded(result))
@@ -86,6 +84,8 @@ def test_with_a_libcuda_whose_cuinit_fails_llama_cpps_own_message_is_the_reason(
 
     assert "CUDA" in result.backends  # the backend loaded, and registered no device
     assert result.gpu_devices == ()
+    module = cuda_build[0]
+    assert str(module.resolve()) in result.libraries  # loaded from the layer by the bundle's ggml
     assert result.cuda_error is not None
     assert result.cuda_error.startswith("ggml_cuda_init: failed to initialize CUDA: ")
     with pytest.raises(
@@ -94,6 +94,19 @@ def test_with_a_libcuda_whose_cuinit_fails_llama_cpps_own_message_is_the_reason(
         r"reports no device: ggml_cuda_init: failed to initialize CUDA: ",
     ):
         check_cuda_devices([RTX_2080], recorded(result))
+
+
+def test_a_module_the_loader_refuses_itself_fails_the_probe(
+    cuda_build: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A damaged module (or one built for another ggml) is the overlay's fault, not the
+    driver's: the probe fails, which quarantines the overlay."""
+    _, runtime = cuda_build
+    damaged = tmp_path / "backends" / "libggml-cuda.so"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"\x7fELF truncated")
+    with pytest.raises(ProbeFailed, match=r"the loader refused the CUDA backend module: .*"):
+        run_probe(damaged, runtime, timeout=120)
 
 
 def test_a_cuda_device_that_matches_nvml_passes_and_a_missing_one_is_a_note() -> None:

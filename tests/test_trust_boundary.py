@@ -14,7 +14,7 @@ from llamaship.overlay.installed import AcceptedSerials
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
 from llamaship_contract.names import ExitStatus
-from overlay_kit.probe import import_probe
+from overlay_kit.probe import layer_probe
 from overlay_kit.releases import (
     FAST_OPTIONS,
     LLAMA_CPP_VERSION,
@@ -81,7 +81,7 @@ def test_a_planted_key_installs_nothing_and_blocks_nothing(
 
     genuine_index = releases.publish(tmp_path / "genuine", GENUINE)
     installed = Installer(
-        dirs, [release_keys.public], probe=import_probe, options=FAST_OPTIONS
+        dirs, [release_keys.public], probe=layer_probe, options=FAST_OPTIONS
     ).install(str(genuine_index), TARGET)
     assert installed.overlay.overlay_version == GENUINE.overlay_version
     assert store.accepted_serials() == AcceptedSerials(index=1, manifest=1)

@@ -136,13 +136,13 @@ def test_the_rule_ranks_cuda_first_for_an_nvidia_gpu(
 ) -> None:
     report = GPU_REPORT.model_copy(update={"vulkan": _report(RADEON).vulkan})
     choice = vulkan_device_choice(report, resolve_settings(env={}))
-    from overlay_kit.probe import import_probe
+    from overlay_kit.probe import layer_probe
 
     keys = [release_keys.public]
     best = install_best(
         str(mixed_release),
         _target(report, choice.device_index),
-        cuda=Installer(data_dirs, keys, probe=import_probe, options=FAST_OPTIONS),
+        cuda=Installer(data_dirs, keys, probe=layer_probe, options=FAST_OPTIONS),
         vulkan=VulkanInstaller(data_dirs, keys, choice=choice, options=FAST_OPTIONS),
     )
     assert best.kind == "cuda" and best.cuda is not None

@@ -1,4 +1,4 @@
-"""Load llama.cpp's dynamically built ggml backends (CPU variants, CUDA) after `import llama_cpp`.
+"""Load llama.cpp's ggml backends (the CPU variants, an overlay's module) after `import llama_cpp`.
 
 llama-cpp-python built with GGML_BACKEND_DL registers no backend by itself (its issue #2069):
 model loading fails with "no backends are loaded" until `ggml_backend_load_all_from_path` runs.
@@ -87,7 +87,7 @@ def load_ggml_backends() -> LoadedBackends:
     global _loaded
     if _loaded is not None:
         return _loaded
-    import llama_cpp  # the bootstrap has put the chosen build first on sys.path
+    import llama_cpp  # the bundle's; an overlay adds its module (GGML_BACKEND_PATH)
 
     lib_dir = Path(llama_cpp.__file__).resolve().parent / "lib"
     loader = Loader()

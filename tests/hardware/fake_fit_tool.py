@@ -79,6 +79,7 @@ import time
 with open({log!r}, "a") as log:
     log.write(" ".join(sys.argv[1:])
               + " | GGML_VK_VISIBLE_DEVICES=" + os.environ.get("GGML_VK_VISIBLE_DEVICES", "-")
+              + " | GGML_BACKEND_PATH=" + os.environ.get("GGML_BACKEND_PATH", "-")
               + " | LD_LIBRARY_PATH=" + os.environ.get("LD_LIBRARY_PATH", "") + "\\n")
 if {hang!r}:
     if os.fork() == 0:

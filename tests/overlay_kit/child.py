@@ -112,7 +112,7 @@ def _main(args: dict[str, Any]) -> int:
     from llamaship.overlay.install import Installer
     from llamaship.paths import DataDirs
     from llamaship_contract.errors import LlamashipError
-    from overlay_kit.probe import import_probe
+    from overlay_kit.probe import layer_probe
     from overlay_kit.releases import FAST_OPTIONS, TARGET
 
     pause_at = args["pause_at"]
@@ -120,7 +120,7 @@ def _main(args: dict[str, Any]) -> int:
     installer = Installer(
         DataDirs(Path(args["home"])),
         args["keys"],
-        probe=import_probe,
+        probe=layer_probe,
         options=FAST_OPTIONS,
         observer=lambda step: _pause(step) if step == pause_at else None,
     )

@@ -105,15 +105,11 @@ def runtime_files(flavour: str = "13.0", size: int = _LIB_SIZE) -> dict[str, byt
     }
 
 
-def llama_files(mark: str, init: str | None = None) -> dict[str, bytes | Link]:
-    source = (
-        init if init is not None else (f'__version__ = "{LLAMA_CPP_VERSION}"\nOVERLAY = "{mark}"\n')
-    )
+def llama_files(mark: str, module: bytes | None = None) -> dict[str, bytes | Link]:
+    """A llama-cuda layer: its backend module (`module`, else bytes marked `mark`) and notice."""
     return {
-        "llama_cpp/__init__.py": source.encode(),
-        "llama_cpp/lib/libggml-cuda.so": _payload(f"ggml-cuda {mark}"),
-        "llama_cpp/lib/libggml.so.0": _payload(f"ggml {mark}", 4096),
-        "llama_cpp/lib/libggml.so": Link("libggml.so.0"),
+        "backends/libggml-cuda.so": _payload(f"ggml-cuda {mark}") if module is None else module,
+        "licenses/llama.cpp-LICENSE.txt": b"MIT",
     }
 
 

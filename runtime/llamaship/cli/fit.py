@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from llamaship.detect import load_or_detect
     from llamaship.errors import ConfigError
     from llamaship.fit import plan_load
-    from llamaship.fit.plan import default_lib_dir
-    from llamaship.fit.tool import find_tool
-    from llamaship.launch.plan import detection_versions
+    from llamaship.launch.activate import cuda_environment
+    from llamaship.launch.plan import detection_versions, other_build
     from llamaship.overlay.store import OverlayStore
     from llamaship.paths import DataDirs
 
@@ -87,20 +87,19 @@ def run(args: argparse.Namespace) -> int:
     dirs = DataDirs(settings.home)
     active = OverlayStore(dirs).active()
     report = load_or_detect(settings, dirs, detection_versions(active))
+    if other_build(active) is not None:  # the launch does not use it either
+        active = None
     # What `serve` runs: CUDA needs a GPU and an active overlay, else the bundle's CPU build.
     variant = args.variant or ("cuda" if report.gpus and active is not None else "cpu")
-    lib_dir = active.llama_dir / "llama_cpp" / "lib" if active else default_lib_dir()
-    tool = find_tool(lib_dir) if lib_dir is not None else None
     extra: dict[str, Any] = {}
     if active is not None:
         extra = {
             "overlay_version": active.overlay_version,
             "llama_cpp_version": active.llama_cpp_version,
-            "library_path": (active.runtime_lib_dir,),
         }
-    plan = plan_load(
-        settings, report, variant, model, args.ctx or settings.n_ctx, tool=tool, **extra
-    )
+        if variant == "cuda":  # the bundle's fit tool, with the overlay's module, as serve
+            extra["tool_env"] = cuda_environment(active.module, active.runtime_lib_dir, os.environ)
+    plan = plan_load(settings, report, variant, model, args.ctx or settings.n_ctx, **extra)
     if args.json:
         print(json.dumps(plan.model_dump(mode="json", by_alias=True), indent=2))
     else:

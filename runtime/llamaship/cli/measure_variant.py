@@ -1,7 +1,8 @@
 """`measure-variant`: a child of `llamaship.measure.run` (not for use by hand).
 
-Loads the model with the variant the environment and arguments set up, times prompt
-processing and generation, and prints one JSON line (a `VariantSpeed`).
+Loads the model with the variant its environment sets up (the backend module named by
+`GGML_BACKEND_PATH`, the device list), times prompt processing and generation, and prints one
+JSON line (a `VariantSpeed`).
 """
 
 from __future__ import annotations
@@ -31,20 +32,15 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--n-prompt", type=int, required=True)
     parser.add_argument("--n-gen", type=int, required=True)
     parser.add_argument("--generation-seconds", type=float, required=True)
-    parser.add_argument("--llama-dir", type=Path, help="a CUDA overlay's llama_cpp directory")
-    parser.add_argument("--runtime-lib-dir", type=Path)
 
 
 def run(args: argparse.Namespace) -> int:
     from llamaship.cli.model_file import check_model
-    from llamaship.launch.activate import activate
     from llamaship.measure.speed import bench_context, measure
     from llamaship.native import load_ggml_backends
     from llamaship_contract.measure import VariantSpeed
 
     check_model(args.model)
-    if args.llama_dir is not None:
-        activate(args.llama_dir, args.runtime_lib_dir or args.llama_dir)
     from llama_cpp import Llama
 
     loaded = load_ggml_backends()

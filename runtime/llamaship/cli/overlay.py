@@ -186,7 +186,7 @@ def _describe(overlay: InstalledOverlay | None) -> dict[str, Any] | None:
         "llama_cpp_version": overlay.llama_cpp_version,
         "cuda_version": overlay.requirements.cuda_version,
         "layers": dict(overlay.layers),
-        "llama_dir": str(overlay.llama_dir),
+        "module": str(overlay.module),
         "runtime_lib_dir": str(overlay.runtime_lib_dir),
     }
 
@@ -218,7 +218,7 @@ def _status(args: argparse.Namespace, store: OverlayStore) -> int:
         else:
             print(
                 f"{role}: {overlay['overlay_version']} (CUDA {overlay['cuda_version']}, "
-                f"llama_cpp {overlay['llama_cpp_version']}) in {overlay['llama_dir']}"
+                f"llama_cpp {overlay['llama_cpp_version']}, {overlay['module']})"
             )
     vulkan = document["vulkan"]
     print(

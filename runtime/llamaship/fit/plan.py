@@ -24,7 +24,6 @@ from llamaship.fit.tool import (
     DEFAULT_TIMEOUT,
     ToolFit,
     find_tool,
-    loaded_library_dirs,
     mib_to_bytes,
     run_tool,
 )
@@ -39,7 +38,7 @@ MIB = 1 << 20
 
 
 def default_lib_dir() -> Path | None:
-    """`llama_cpp/lib` of the llama_cpp the bootstrap put first on `sys.path` (not imported)."""
+    """`llama_cpp/lib` of the bundle's llama_cpp (found, not imported)."""
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         return None
@@ -142,7 +141,6 @@ def _fitted(
     tool: Path | None,
     *,
     timeout: float,
-    library_path: tuple[Path, ...],
     tool_env: Mapping[str, str] | None,
     free_timeout: float,
 ) -> FitPlan:
@@ -155,9 +153,7 @@ def _fitted(
     why = "llama-fit-params is not shipped with this build"
     if tool is not None:
         try:
-            fit = run_tool(
-                tool, model_path, n_ctx, margin_mb, timeout, library_path, extra_env=tool_env
-            )
+            fit = run_tool(tool, model_path, n_ctx, margin_mb, timeout, extra_env=tool_env)
         except FitError as error:
             why = str(error)
         else:
@@ -181,7 +177,6 @@ def plan_load(
     overlay_version: str | None = None,
     llama_cpp_version: str = "",
     tool: Path | None = None,
-    library_path: tuple[Path, ...] = (),
     timeout: float = DEFAULT_TIMEOUT,
     devices: Sequence[FitDevice] | None = None,
     tool_env: Mapping[str, str] | None = None,
@@ -189,10 +184,10 @@ def plan_load(
     """The plan for loading `model_path` with a context of `n_ctx` tokens; never raises FitError.
 
     `devices` are the GPUs of the build (default: the report's devices of `variant`, see
-    `devices_for`). `tool` defaults to the `llama-fit-params` beside the active llama_cpp's
-    libraries; `library_path` lists directories its backends need (default: where this
-    process loaded the overlay's CUDA runtime from); `tool_env` adds environment variables
-    for it (e.g. GGML_VK_VISIBLE_DEVICES). When `settings.n_gpu_layers` is set the returned
+    `devices_for`). `tool` defaults to the `llama-fit-params` beside the bundle's llama_cpp
+    libraries, which inherits this process's environment (an activated overlay's module and
+    runtime folder); `tool_env` adds environment variables for it (e.g.
+    GGML_VK_VISIBLE_DEVICES). When `settings.n_gpu_layers` is set the returned
     plan is advice (`applied=False`): the engine then uses the user's value
     (`llama_arguments` does that).
     """
@@ -229,7 +224,6 @@ def plan_load(
         if tool is None:
             lib_dir = default_lib_dir()
             tool = find_tool(lib_dir) if lib_dir is not None else None
-            library_path = library_path or loaded_library_dirs("libcudart")
         try:
             plan = _fitted(
                 model_path,
@@ -238,7 +232,6 @@ def plan_load(
                 margin,
                 tool,
                 timeout=timeout,
-                library_path=library_path,
                 tool_env=tool_env,
                 free_timeout=settings.detection_timeout,
             )

@@ -162,37 +162,20 @@ def tool_command(tool: Path, model: Path, n_ctx: int, margin_mb: int) -> list[st
     ]
 
 
-def _environment(
-    tool: Path, library_path: tuple[Path, ...], extra: Mapping[str, str]
-) -> dict[str, str]:
-    """The tool's environment: `extra` added; its own directory, then `library_path`, first.
+def _environment(tool: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """The tool's environment: this process's with `extra` added, the tool's own directory
+    first on the loader's search path.
 
     The loader searches LD_LIBRARY_PATH before the tool's RUNPATH, and a frozen bundle puts
-    its own (CPU build's) libraries there: the tool must get the libllama it sits beside.
+    its own libraries there: the tool must get the libllama it sits beside. What activation
+    put there (a CUDA overlay's runtime folder) stays, after it.
     """
     variable = "PATH" if sys.platform == "win32" else "LD_LIBRARY_PATH"
     base = {**os.environ, **extra}
-    entries = [os.fspath(path) for path in (tool.parent, *library_path)]
+    entries = [os.fspath(tool.parent)]
     if base.get(variable):
         entries.append(base[variable])
     return {**base, variable: os.pathsep.join(entries)}
-
-
-def loaded_library_dirs(prefix: str, maps: Path = Path("/proc/self/maps")) -> tuple[Path, ...]:
-    """Directories of the libraries named `prefix*` this process has loaded (Linux).
-
-    The overlay's CUDA runtime is preloaded at activation: the tool needs the same folder.
-    """
-    try:
-        text = maps.read_text()
-    except OSError:
-        return ()
-    found = {
-        Path(line.split(maxsplit=5)[-1]).parent
-        for line in text.splitlines()
-        if f"/{prefix}" in line and line.split(maxsplit=5)[-1].startswith("/")
-    }
-    return tuple(sorted(found))
 
 
 def run_tool(
@@ -201,22 +184,21 @@ def run_tool(
     n_ctx: int,
     margin_mb: int,
     timeout: float = DEFAULT_TIMEOUT,
-    library_path: tuple[Path, ...] = (),
     *,
     extra_env: Mapping[str, str] | None = None,
 ) -> ToolFit:
     """Run the tool in its own process group (killed whole on timeout) and parse its answer.
 
-    `library_path`: directories of shared libraries the backends need (the CUDA runtime).
     `extra_env`: variables added to the tool's environment, e.g. GGML_VK_VISIBLE_DEVICES to
-    show it the Vulkan devices the server will use.
+    show it the Vulkan devices the server will use, or a CUDA overlay's module and runtime
+    folder where this process has not activated it (`llamaship fit`).
     """
     command = tool_command(tool, model, n_ctx, margin_mb)
     started = perf_counter()
     try:
         # The tool finds the ggml backends beside itself (its own directory is searched).
         returncode, stdout, stderr = run_in_group(
-            command, timeout, cwd=tool.parent, env=_environment(tool, library_path, extra_env or {})
+            command, timeout, cwd=tool.parent, env=_environment(tool, extra_env or {})
         )
     except OSError as error:
         raise FitToolError(f"llama-fit-params could not be started: {error}") from None

@@ -1,38 +1,37 @@
-"""Make an installed CUDA overlay's llama_cpp win the import, before anything imports it.
+"""Activate an installed CUDA overlay: the bundle's own ggml loads its backend module.
 
-Linux: the CUDA runtime libraries the overlay carries are preloaded with RTLD_GLOBAL, so
-libggml-cuda finds them by soname. Windows: the runtime's folder and the overlay's
-`llama_cpp/lib` are added with `os.add_dll_directory` (never by editing PATH, which Python's
-DLL loading has ignored since 3.8 and which child processes would inherit); a DLL loaded by
-full path finds its neighbours in its own folder. Then the overlay directory goes first on
-sys.path (in a PyInstaller bundle a sys.path entry placed before the first import beats the
-frozen copy: tests check this in a real bundle).
+The CUDA runtime libraries of the `cuda-runtime` layer are loaded first. Linux: with
+RTLD_GLOBAL, so `libggml-cuda.so` (no RUNPATH) finds them by soname. Windows: their folder is
+added with `os.add_dll_directory` and each is loaded by full path, so ggml's `LoadLibrary` of
+`ggml-cuda.dll` finds them already loaded. Then the environment names the module
+(`GGML_BACKEND_PATH`, honoured by `ggml_backend_load_all_from_path`) and puts the runtime's
+folder first on `LD_LIBRARY_PATH` (`PATH` on Windows): every llama.cpp process of the launch
+inherits both (the native fit tool, the probe and measurement children).
 
-The OS is a parameter (`Loader`), so tests run every branch on any machine.
+The OS is a parameter (`Loader`), and so is the environment, so tests run every branch on any
+machine.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from llamaship_contract.errors import LlamashipError
 
-# Load order: each library's dependencies first.
-_PRELOAD_ORDER = ("libcudart", "libcublasLt", "libcublas")
-# The overlay's own ggml, loaded by path before libllama: the dynamic loader then resolves
-# libllama's DT_NEEDED sonames to these copies, not to the CPU build's copies that a
-# PyInstaller bundle puts on LD_LIBRARY_PATH (searched before libllama's $ORIGIN RUNPATH).
-_GGML_SONAMES = ("libggml-base.so.0", "libggml.so.0")
+BACKEND_PATH = "GGML_BACKEND_PATH"
+# Load order: each library's dependencies first (libcudart.so.13, cublasLt64_13.dll, ...).
+_PRELOAD_ORDER = ("cudart", "cublasLt", "cublas")
+_LIBRARY_STEM = re.compile(r"^(?:lib)?([A-Za-z]+)")
 
 
 class ActivationError(LlamashipError):
-    """The overlay could not be put in place of the CPU build."""
+    """The overlay's CUDA runtime could not be loaded, or its module is missing."""
 
 
 def _add_dll_directory(path: str) -> object:
@@ -56,6 +55,15 @@ class Loader:
     def windows(self) -> bool:
         return self.system == "win32"
 
+    @property
+    def search_variable(self) -> str:
+        """The variable a child process's loader searches: PATH on Windows."""
+        return "PATH" if self.windows else "LD_LIBRARY_PATH"
+
+    @property
+    def path_separator(self) -> str:
+        return ";" if self.windows else ":"
+
 
 # The DLL directories added on Windows (their handles: closing one removes the directory).
 _dll_directories: dict[str, object] = {}
@@ -72,30 +80,35 @@ def add_dll_directories(directories: list[Path], loader: Loader) -> list[str]:
     return added
 
 
-def _preload_order(lib_dir: Path) -> list[Path]:
-    libraries = sorted(path for path in lib_dir.iterdir() if ".so" in path.name)
+def _is_library(name: str, loader: Loader) -> bool:
+    return name.lower().endswith(".dll") if loader.windows else ".so" in name
+
+
+def _preload_order(lib_dir: Path, loader: Loader) -> list[Path]:
+    libraries = sorted(path for path in lib_dir.iterdir() if _is_library(path.name, loader))
 
     def rank(path: Path) -> int:
-        stem = path.name.split(".so")[0]
+        match = _LIBRARY_STEM.match(path.name)
+        stem = match.group(1) if match else ""
         return _PRELOAD_ORDER.index(stem) if stem in _PRELOAD_ORDER else len(_PRELOAD_ORDER)
 
     return sorted(libraries, key=rank)
 
 
 def preload_runtime_libraries(runtime_lib_dir: Path, loader: Loader | None = None) -> list[str]:
-    """Load the CUDA runtime libraries the overlay carries; returns their names (none on
-    Windows, where their folder joins the DLL search path instead)."""
+    """Load the CUDA runtime libraries the overlay carries (dependencies first); returns their
+    names. On Windows their folder joins the DLL search path first."""
     loader = loader or Loader()
     if not runtime_lib_dir.is_dir():
         msg = f"the overlay's CUDA runtime folder {runtime_lib_dir} is missing: reinstall it"
         raise ActivationError(msg)
     if loader.windows:
         add_dll_directories([runtime_lib_dir], loader)
-        return []
+    mode = 0 if loader.windows else ctypes.RTLD_GLOBAL
     loaded = []
-    for library in _preload_order(runtime_lib_dir):
+    for library in _preload_order(runtime_lib_dir, loader):
         try:
-            loader.load(os.fspath(library), ctypes.RTLD_GLOBAL)
+            loader.load(os.fspath(library), mode)
         except OSError as error:
             msg = f"cannot load {library.name} from the overlay: {error}"
             raise ActivationError(msg) from None
@@ -103,63 +116,61 @@ def preload_runtime_libraries(runtime_lib_dir: Path, loader: Loader | None = Non
     return loaded
 
 
-def _preload_own_ggml(lib_dir: Path, loader: Loader) -> None:
-    if loader.windows:  # the overlay's llama.dll finds ggml.dll in its own folder first
-        add_dll_directories([lib_dir], loader)
-        return
-    for name in _GGML_SONAMES:
-        library = lib_dir / name
-        if library.is_file():
-            try:
-                loader.load(os.fspath(library), ctypes.DEFAULT_MODE)
-            except OSError as error:
-                msg = f"cannot load {name} from the overlay: {error}"
-                raise ActivationError(msg) from None
-
-
-def activate(llama_dir: Path, runtime_lib_dir: Path, loader: Loader | None = None) -> None:
-    """Put the overlay first; must run before the first `import llama_cpp`."""
+def cuda_environment(
+    module: Path, runtime_lib_dir: Path, base: Mapping[str, str], loader: Loader | None = None
+) -> dict[str, str]:
+    """The variables a process of the launch needs to load `module`: `GGML_BACKEND_PATH`, and
+    the runtime's folder first on the loader's search path of `base` (once)."""
     loader = loader or Loader()
-    if "llama_cpp" in sys.modules:
-        msg = "llama_cpp was imported before the overlay could be activated (a bug in the caller)"
-        raise ActivationError(msg)
-    if not (llama_dir / "llama_cpp" / "__init__.py").is_file():
-        msg = f"the overlay at {llama_dir} has no llama_cpp package: reinstall it"
+    folder = os.fspath(runtime_lib_dir)
+    variable = loader.search_variable
+    others = [
+        entry
+        for entry in base.get(variable, "").split(loader.path_separator)
+        if entry and entry != folder
+    ]
+    return {
+        BACKEND_PATH: os.fspath(module),
+        variable: loader.path_separator.join([folder, *others]),
+    }
+
+
+def activate(
+    module: Path,
+    runtime_lib_dir: Path,
+    loader: Loader | None = None,
+    environ: MutableMapping[str, str] | None = None,
+) -> None:
+    """Preload the overlay's CUDA runtime, then name `module` and the runtime's folder in
+    `environ` (default: this process's); before the first `load_ggml_backends`."""
+    loader = loader or Loader()
+    environment = os.environ if environ is None else environ
+    if not module.is_file():
+        msg = f"the overlay's CUDA backend module {module} is missing: reinstall the overlay"
         raise ActivationError(msg)
     preload_runtime_libraries(runtime_lib_dir, loader)
-    _preload_own_ggml(llama_dir / "llama_cpp" / "lib", loader)
-    sys.path.insert(0, os.fspath(llama_dir))
-    importlib.invalidate_caches()
+    environment.update(cuda_environment(module, runtime_lib_dir, environment, loader))
 
 
-def deactivate(llama_dir: Path) -> None:
-    """Undo `activate` after a failed import, so the CPU build can be imported instead."""
-    entry = os.fspath(llama_dir)
-    while entry in sys.path:
-        sys.path.remove(entry)
-    for directory in [key for key in _dll_directories if Path(key).is_relative_to(llama_dir)]:
-        close = getattr(_dll_directories.pop(directory), "close", None)
-        if close is not None:
-            close()
-    for name in [
-        name for name in sys.modules if name == "llama_cpp" or name.startswith("llama_cpp.")
-    ]:
-        del sys.modules[name]
-    importlib.invalidate_caches()
-
-
-def imported_from(llama_dir: Path) -> bool:
-    """Whether the imported llama_cpp is the overlay's copy."""
-    module = sys.modules.get("llama_cpp")
-    origin = Path(getattr(module, "__file__", "") or "").resolve()
-    return origin.is_relative_to(llama_dir.resolve())
-
-
-def foreign_libraries(llama_dir: Path) -> list[Path]:
-    """llama.cpp libraries mapped into this process from outside the overlay (should be none)."""
-    from llamaship.native import mapped_llama_libraries
-
-    root = llama_dir.resolve()
-    return sorted(
-        path for path in mapped_llama_libraries() if not path.resolve().is_relative_to(root)
-    )
+def deactivate(
+    module: Path,
+    runtime_lib_dir: Path,
+    loader: Loader | None = None,
+    environ: MutableMapping[str, str] | None = None,
+) -> None:
+    """Undo `activate` on a fall-back to the CPU build: the module and the runtime's folder
+    leave the environment (and, on Windows, the DLL search path)."""
+    loader = loader or Loader()
+    environment = os.environ if environ is None else environ
+    if environment.get(BACKEND_PATH) == os.fspath(module):
+        del environment[BACKEND_PATH]
+    variable, folder = loader.search_variable, os.fspath(runtime_lib_dir)
+    entries = environment.get(variable, "").split(loader.path_separator)
+    kept = [entry for entry in entries if entry and entry != folder]
+    if kept:
+        environment[variable] = loader.path_separator.join(kept)
+    else:
+        environment.pop(variable, None)
+    close = getattr(_dll_directories.pop(folder, None), "close", None)
+    if close is not None:
+        close()

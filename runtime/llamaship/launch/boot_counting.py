@@ -4,7 +4,7 @@ systemd-boot's boot assessment is the model. Each overlay version has a `BootCou
 (`state/boot-count/<version>.json`) holding the tries it has left and the launches running it.
 A launch records itself and its phase there; a later launch (`assess`, under the launch lock)
 looks at every recorded launch whose process is gone:
-- it died while booting (the overlay's llama.cpp being imported) or while loading its first
+- it died while booting (the overlay's backend module being loaded) or while loading its first
   model and generating its first token: that was a crash or a hang of the overlay's code, one
   try is used up (a hung launch is killed by someone, which ends the same way);
 - it was only listening, was healthy, or ended by a signal or normally: neither proves nor

@@ -2,13 +2,15 @@
 
 Order: clean what an interrupted install left -> boot counting: count the earlier launches of
 the active overlay that died while its code ran, quarantine it after `BOOT_TRIES` in a row ->
-detect GPUs (cached) -> decide cpu/cuda (`llamaship.launch.plan`) -> install the overlay first
-if the user consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock,
-adopted inside it) -> probe it once per overlay and driver (not again after the installer's
-probe) -> record this launch as booting the overlay -> activate -> else, without a CUDA
-overlay to run, the Vulkan overlay when the rule allows (its module and device go into the
-environment) -> import llama_cpp and load its backends. Any failure on the way ends on the
-CPU build. The decision, its reason and every event are logged
+detect GPUs (cached) -> decide cpu/cuda (`llamaship.launch.plan`; a CUDA overlay made for
+another llama-cpp-python version is not used) -> install the overlay first if the user
+consented (AUTO_UPGRADE_GPU: downloaded and verified outside the launch lock, adopted inside
+it) -> probe it once per overlay and driver (not again after the installer's probe) -> record
+this launch as booting the overlay -> activate (its CUDA runtime preloaded, its backend
+module and the runtime's folder into the environment) -> else, without a CUDA overlay to run,
+the Vulkan overlay when the rule allows (its module and device go into the environment) ->
+import the bundle's llama_cpp and load its backends, the overlay's module among them. Any
+failure on the way ends on the CPU build. The decision, its reason and every event are logged
 at INFO and written to the launch status (`llamaship status`).
 """
 
@@ -24,7 +26,7 @@ from llamaship.config import Settings
 from llamaship.detect import load_or_detect
 from llamaship.io.trusted_keys import trusted_keys as resolve_trusted_keys
 from llamaship.launch import boot_counting
-from llamaship.launch.activate import activate, deactivate, imported_from
+from llamaship.launch.activate import activate, deactivate
 from llamaship.launch.decide import Decision, decide, recommend
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.outcome import BootState, Variant
@@ -33,6 +35,7 @@ from llamaship.launch.plan import (
     available_overlay,
     bundle_llama_cpp_version,
     detection_versions,
+    other_build,
     quarantine_reason,
 )
 from llamaship.launch.probe import NoCudaDevice, check_cuda_devices
@@ -78,7 +81,7 @@ def _count_one(
         during = (
             "loading its first model" + (f" {Path(failed.model).name}" if failed.model else "")
             if failed.phase == "loading"
-            else "starting (importing the overlay's llama.cpp)"
+            else "starting (loading the overlay's backend module)"
         )
         plan.note(
             f"the launch of {failed.started:%Y-%m-%d %H:%M:%S} UTC (pid {failed.pid}) with "
@@ -113,14 +116,18 @@ def _plan(
     installed = store.active()
     report = load_or_detect(settings, dirs, detection_versions(installed))
     plan = Plan(report, Decision("cpu", "", False), installed, events, available)
+    foreign = other_build(installed)
+    if foreign is not None:  # its module cannot load into this bundle's ggml
+        plan.note(foreign)
+        plan.installed = None
     _count_boots(plan, dirs, store, tracker)
 
     def plan_decision() -> Decision:
         return decide(
             report,
-            installed.requirements if installed else None,
+            plan.installed.requirements if plan.installed else None,
             plan.available,
-            quarantine_reason(store, installed, plan.available),
+            quarantine_reason(store, plan.installed, plan.available),
             plan.unchecked,
         )
 
@@ -183,7 +190,7 @@ def _prepare_overlay(
         for note in check_cuda_devices(plan.report.gpus, record.result):
             plan.note(note)
         tracker.counting(installed.overlay_version)
-        activate(installed.llama_dir, installed.runtime_lib_dir)
+        activate(installed.module, installed.runtime_lib_dir)
     except NoCudaDevice as error:  # the driver's fault, not the overlay's: no quarantine
         _fall_back_to_cpu(plan, tracker, str(error))
     except LlamashipError as error:
@@ -199,7 +206,8 @@ def _prepare_overlay(
 def _import_llama(
     plan: Plan, store: OverlayStore, tracker: LaunchTracker
 ) -> tuple[Any, LoadedBackends]:
-    """Import llama_cpp (the overlay's when active) and register its backends."""
+    """Import the bundle's llama_cpp and register its backends (with an active overlay's
+    module, named in the environment)."""
     installed = plan.installed
     try:
         import llama_cpp
@@ -208,8 +216,8 @@ def _import_llama(
     except (ImportError, OSError, LlamashipError) as error:
         if plan.decision.variant != "cuda" or installed is None:
             raise
-        deactivate(installed.llama_dir)
-        problem = f"its llama_cpp failed to load: {error}"
+        deactivate(installed.module, installed.runtime_lib_dir)
+        problem = f"llama.cpp failed to load with it: {error}"
         _fall_back_to_cpu(
             plan,
             tracker,
@@ -358,10 +366,20 @@ def _planned_overlay(plan: Plan) -> str | None:
 def _running(
     plan: Plan, loaded: LoadedBackends, store: OverlayStore, tracker: LaunchTracker
 ) -> tuple[Variant, str | None]:
-    """The variant this process runs on now, and its overlay; a Vulkan module that ggml did not
-    load quarantines its overlay (the launch goes on, on the CPU build)."""
-    if plan.installed is not None and imported_from(plan.installed.llama_dir):
-        return "cuda", plan.installed.overlay_version
+    """The variant this process runs on now, and its overlay; a backend module that ggml did
+    not load quarantines its overlay (the launch goes on, on the CPU build)."""
+    installed = plan.installed
+    if plan.decision.variant == "cuda" and installed is not None:
+        if "CUDA" in loaded.backends:
+            return "cuda", installed.overlay_version
+        deactivate(installed.module, installed.runtime_lib_dir)
+        problem = f"llama.cpp did not load its backend module {installed.module.name}"
+        _fall_back_to_cpu(
+            plan,
+            tracker,
+            f"overlay {installed.overlay_version} was quarantined: {problem}; running on CPU",
+            quarantine=(store, problem),
+        )
     if plan.vulkan is not None:
         if "Vulkan" in loaded.backends:
             return "vulkan", plan.vulkan.overlay_version

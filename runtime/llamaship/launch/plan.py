@@ -110,6 +110,18 @@ def bundle_llama_cpp_version() -> str:
         raise LlamashipError(msg) from None
 
 
+def other_build(installed: InstalledOverlay | None) -> str | None:
+    """Why the bundle's ggml cannot load `installed`'s backend module (it was made for another
+    llama-cpp-python version), or None when it can."""
+    if installed is None or installed.llama_cpp_version == bundle_llama_cpp_version():
+        return None
+    return (
+        f"CUDA overlay {installed.overlay_version} was made for llama-cpp-python "
+        f"{installed.llama_cpp_version}, this bundle runs {bundle_llama_cpp_version()}: it is "
+        "not used until the overlay for this version is installed"
+    )
+
+
 def available_overlay(
     settings: Settings,
     dirs: DataDirs,

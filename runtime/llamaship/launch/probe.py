@@ -1,5 +1,9 @@
 """Try an overlay in a child process first: its native libraries may crash the process.
 
+The child is this program's `probe` command: the bundle's own llama.cpp, with the overlay's
+backend module named by `GGML_BACKEND_PATH` in its environment (and, for a CUDA overlay, the
+CUDA runtime preloaded and on the loader's search path), as the launch will run it.
+
 The probe also reports the devices the CUDA backend registered. A CUDA overlay whose backend
 sees none of the GPUs NVML reports (no usable libcuda.so.1, a driver older than the runtime)
 would run CPU code from a 700 MB overlay: `check_cuda_devices` raises `NoCudaDevice` and the
@@ -16,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from llamaship.io.group_run import self_command
+from llamaship.launch.activate import cuda_environment
 from llamaship_contract.detection import GpuInfo
 from llamaship_contract.document import parse_document
 from llamaship_contract.errors import ContractError, LlamashipError
@@ -29,6 +34,11 @@ class ProbeFailed(LlamashipError):
     """The overlay crashed, hung or failed to load in the probe process."""
 
 
+class ModuleNotLoaded(LlamashipError):
+    """The backend module is not the one ggml loaded, the loader refused the module itself
+    (damaged, or from another llama.cpp build), or it registered no device."""
+
+
 class NoCudaDevice(LlamashipError):
     """The overlay works, but its CUDA backend sees none of the detected GPUs.
 
@@ -36,15 +46,17 @@ class NoCudaDevice(LlamashipError):
     quarantining the overlay, and probes again when the driver changes."""
 
 
-def run_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
-    """Import the overlay's llama_cpp and load its backends in a subprocess."""
+def run_probe(module: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
+    """Load the bundle's llama.cpp plus a CUDA overlay's backend `module` in a subprocess,
+    with the CUDA runtime of `runtime_lib_dir`, as activation will (`cuda_environment`)."""
     arguments = [
-        "--llama-dir",
-        os.fspath(llama_dir),
-        "--runtime-lib-dir",
+        "--backend-module",
+        os.fspath(module),
+        "--cuda-runtime",
         os.fspath(runtime_lib_dir),
     ]
-    return _run_child(arguments, timeout, None)
+    environment = {**os.environ, **cuda_environment(module, runtime_lib_dir, os.environ)}
+    return _run_child(arguments, timeout, environment)
 
 
 def run_module_probe(module: Path, environment: Mapping[str, str], timeout: float) -> ProbeResult:
@@ -73,7 +85,7 @@ def _run_child(
         raise ProbeFailed(msg) from None
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name
-        msg = f"the overlay probe crashed ({name}) while loading the overlay's llama.cpp"
+        msg = f"the overlay probe crashed ({name}) while loading the overlay's backend module"
         raise ProbeFailed(msg)
     # The child writes its `ProbeResult` as the last line of stdout, in UTF-8.
     last_line = (result.stdout.decode(errors="replace").strip().splitlines() or [""])[-1]
@@ -132,25 +144,32 @@ def backend_devices(ggml_library: Path) -> tuple[BackendDevice, ...]:
     return tuple(devices)
 
 
-def cuda_failure(lib_dir: Path, log_lines: Sequence[str]) -> str:
-    """Why the CUDA backend registered no device: llama.cpp's own log line, else the dynamic
-    loader's error for libggml-cuda (ggml skips a backend it cannot load without a word)."""
+def cuda_failure(module: Path, backends: Sequence[str], log_lines: Sequence[str]) -> str:
+    """Why the CUDA backend registered no device: the dynamic loader's error for a module ggml
+    did not load (a library it needs is missing: the driver's libcuda.so.1, or a runtime
+    library), else llama.cpp's own log line. Raises `ModuleNotLoaded` when the loader refused
+    the module itself (damaged, or built for another ggml): that is the overlay's fault."""
+    if "CUDA" not in backends:
+        try:
+            ctypes.CDLL(os.fspath(module))
+        except OSError as error:
+            reason = str(error)
+            if reason.startswith(os.fspath(module)):
+                msg = f"the loader refused the CUDA backend module: {reason}"
+                raise ModuleNotLoaded(msg) from None
+            return reason
+        said = [line.strip() for line in log_lines if module.name in line]
+        msg = f"llama.cpp did not load the CUDA backend module {module.name}" + (
+            f": {said[-1]}" if said else ""
+        )
+        raise ModuleNotLoaded(msg)
     said = [
         line.strip()
         for line in log_lines
         if "cuda" in line.lower()
         and any(word in line.lower() for word in ("fail", "error", "insufficient"))
     ]
-    if said:
-        return said[-1]
-    library = lib_dir / "libggml-cuda.so"
-    if not library.is_file():
-        return f"the overlay has no {library.name}"
-    try:
-        ctypes.CDLL(os.fspath(library))
-    except OSError as error:
-        return str(error)
-    return "the CUDA backend loaded but registered no device"
+    return said[-1] if said else "the CUDA backend loaded but registered no device"
 
 
 def _short(name: str) -> str:

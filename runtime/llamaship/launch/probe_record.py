@@ -27,7 +27,7 @@ _log = logging.getLogger(__name__)
 PROBE_RECORD = "probe.json"
 PROBE_TIMEOUT_S = 120.0  # first CUDA initialisation can be slow
 ProbeRunner = Callable[[Path, Path, float], ProbeResult | None]
-"""`(llama_dir, runtime_lib_dir, timeout_s)`; raises `ProbeFailed` when the overlay fails."""
+"""`(module, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
 
 
 def probe_key(overlay: InstalledOverlay) -> ProbeKey:
@@ -78,5 +78,5 @@ def ensure_probed(
         return record
     _log.info("probing overlay %s in a subprocess", overlay.overlay_version)
     return record_passed(
-        overlay, dirs, "launch", run(overlay.llama_dir, overlay.runtime_lib_dir, PROBE_TIMEOUT_S)
+        overlay, dirs, "launch", run(overlay.module, overlay.runtime_lib_dir, PROBE_TIMEOUT_S)
     )

@@ -5,7 +5,8 @@ executable, or `python -m llamaship`), so native crashes and hangs stay out of t
 variant is an environment and arguments (`VariantSetup`): the CPU build runs with no GPU
 backend module and no layers offloaded; Vulkan loads the backend module named by
 `GGML_BACKEND_PATH` (ggml's loader honours it) on the device `GGML_VK_VISIBLE_DEVICES` names;
-CUDA imports an overlay's llama_cpp. The GPU variant runs first with half the time bound, the CPU
+CUDA loads a CUDA overlay's module the same way, with its runtime's folder first on the
+loader's search path. The GPU variant runs first with half the time bound, the CPU
 build after it with what is left; a child that outlives its share is killed with its process
 group, and the measurement fails with one line.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from time import monotonic
 
 from llamaship.io.group_run import run_in_group, self_command
+from llamaship.launch.activate import cuda_environment
 from llamaship.measure.cache import model_identity
 from llamaship.measure.verdict import judge_speeds
 from llamaship_contract.errors import LlamashipError
@@ -56,13 +58,13 @@ class MeasurementFailed(LlamashipError):
 
 @dataclass(frozen=True)
 class VariantSetup:
-    """How a child process runs llama.cpp as one variant."""
+    """How a child process runs llama.cpp as one variant: its environment and the layers it
+    offloads."""
 
     variant: MeasuredVariant
     n_gpu_layers: int
     set_env: Mapping[str, str] = field(default_factory=dict)
     unset_env: frozenset[str] = frozenset()
-    args: tuple[str, ...] = ()
 
     def environment(self, base: Mapping[str, str]) -> dict[str, str]:
         """`base` without `unset_env`, with `set_env`."""
@@ -87,18 +89,14 @@ def vulkan_setup(module: Path, device_index: int, n_gpu_layers: int = -1) -> Var
     )
 
 
-def cuda_setup(llama_dir: Path, runtime_lib_dir: Path, n_gpu_layers: int = -1) -> VariantSetup:
-    """A CUDA overlay's llama_cpp (`llama_dir`) with its runtime libraries."""
+def cuda_setup(module: Path, runtime_lib_dir: Path, n_gpu_layers: int = -1) -> VariantSetup:
+    """The bundle's llama.cpp with a CUDA overlay's backend `module` and its runtime libraries
+    (found through the search path of this process's environment)."""
     return VariantSetup(
         "cuda",
         n_gpu_layers,
-        unset_env=frozenset({BACKEND_PATH_VARIABLE}),
-        args=(
-            "--llama-dir",
-            os.fspath(llama_dir),
-            "--runtime-lib-dir",
-            os.fspath(runtime_lib_dir),
-        ),
+        set_env=cuda_environment(module, runtime_lib_dir, os.environ),
+        unset_env=frozenset({VULKAN_DEVICES_VARIABLE}),
     )
 
 
@@ -163,7 +161,6 @@ def run_child(
         str(request.n_gen),
         "--generation-seconds",
         f"{timeout * GENERATION_SHARE:.3f}",
-        *setup.args,
     ]
     try:
         returncode, stdout, stderr = run_in_group(

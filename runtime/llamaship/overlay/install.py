@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 Phase = Literal["index", "download", "verify", "extract", "probe", "activate", "done"]
 ProbeFn = Callable[[Path, Path, float], ProbeResult | None]
-"""`(llama_dir, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
+"""`(module, runtime_lib_dir, timeout_s)`; raises a LlamashipError when the overlay fails."""
 
 
 class QuarantinedRelease(InstallError):
@@ -98,10 +98,10 @@ class InstallResult:
     reused_layers: tuple[str, ...]
 
 
-def _default_probe(llama_dir: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
-    from llamaship.launch.probe import run_probe  # lazy: the probe spawns the overlay's interpreter
+def _default_probe(module: Path, runtime_lib_dir: Path, timeout: float) -> ProbeResult:
+    from llamaship.launch.probe import run_probe  # lazy: it starts a child process
 
-    return run_probe(llama_dir, runtime_lib_dir, timeout)
+    return run_probe(module, runtime_lib_dir, timeout)
 
 
 class Installer:
@@ -313,7 +313,7 @@ class Installer:
         self.report("probe", message=f"probing overlay {record.overlay_version} in a subprocess")
         try:
             result = self.probe(
-                installed.llama_dir, installed.runtime_lib_dir, self.options.probe_timeout_s
+                installed.module, installed.runtime_lib_dir, self.options.probe_timeout_s
             )
         except LlamashipError as error:
             reason = f"its probe failed: {error}"

@@ -1,4 +1,5 @@
-"""An installed CUDA overlay as the store hands it out: its pointer and its layer directories.
+"""An installed CUDA overlay as the store hands it out: its pointer, the backend module its
+`llama-cuda` layer holds and the library folder of its `cuda-runtime` layer.
 
 Kept apart from the store (`llamaship.overlay.store`), which reads and changes the files.
 """
@@ -15,6 +16,8 @@ from llamaship_contract.state import OverlayPointer
 
 RUNTIME_LAYER = "cuda-runtime"
 LLAMA_LAYER = "llama-cuda"
+# The CUDA backend module in the llama-cuda layer, per OS (the bundle's ggml loads it).
+_MODULE_NAMES = {"win32": "ggml-cuda.dll"}
 
 OverlayRecord = OverlayPointer
 """What a pointer file (`active.json`, `previous.json`) says an overlay is made of."""
@@ -30,10 +33,10 @@ class AcceptedSerials:
 
 @dataclass(frozen=True)
 class InstalledOverlay:
-    """An overlay whose pointer is valid and whose layer directories exist."""
+    """An overlay whose pointer is valid and whose backend module and runtime folder exist."""
 
     record: OverlayRecord
-    llama_dir: Path
+    module: Path
     runtime_lib_dir: Path
 
     @property
@@ -55,6 +58,11 @@ class InstalledOverlay:
     @property
     def layers(self) -> Mapping[str, str]:
         return self.record.layers
+
+
+def cuda_module_path(system: str = sys.platform) -> str:
+    """The backend module's path in the llama-cuda layer (`backends/libggml-cuda.so`)."""
+    return f"backends/{_MODULE_NAMES.get(system, 'libggml-cuda.so')}"
 
 
 def runtime_lib_subdir() -> str:

@@ -207,10 +207,19 @@ def pick_release(
     ]
     if not fitting:
         offered = "; ".join(_describe_entry(entry) for entry in offers) or "nothing"
+        other_build = any(
+            entry.platform == target.platform and entry.python_tag in target.python_tags
+            for entry in offers
+        )
+        why = (
+            "an overlay's backend module loads only into the llama_cpp it was built with: "
+            if other_build
+            else ""
+        )
         msg = (
             f"the release index {origin} offers no overlay for {target.platform}, python "
             f"{'/'.join(target.python_tags)} and llama_cpp {target.llama_cpp_version} (it "
-            f"offers: {offered}); update the application"
+            f"offers: {offered}); {why}update the application"
         )
         raise NoMatchingOverlay(msg)
     verdicts = [(entry, _verdict(entry, target)) for entry in fitting]

@@ -36,6 +36,7 @@ from llamaship.overlay.installed import (
     AcceptedSerials,
     InstalledOverlay,
     OverlayRecord,
+    cuda_module_path,
     runtime_lib_subdir,
 )
 from llamaship.paths import DataDirs
@@ -189,13 +190,13 @@ class OverlayStore:
     def _installed(self, record: OverlayRecord | None, name: str) -> InstalledOverlay | None:
         if record is None:
             return None
-        llama_dir = self.layer_dir(record.layers[LLAMA_LAYER])
+        module = self.layer_dir(record.layers[LLAMA_LAYER]) / cuda_module_path()
         runtime_lib_dir = self.layer_dir(record.layers[RUNTIME_LAYER]) / runtime_lib_subdir()
-        for needed in (llama_dir / "llama_cpp", runtime_lib_dir):
-            if not needed.is_dir():
+        for needed in (module, runtime_lib_dir):
+            if not needed.exists():
                 _log.warning("ignoring %s: %s is missing", name, needed)
                 return None
-        return InstalledOverlay(record=record, llama_dir=llama_dir, runtime_lib_dir=runtime_lib_dir)
+        return InstalledOverlay(record=record, module=module, runtime_lib_dir=runtime_lib_dir)
 
     def installed(self, record: OverlayRecord) -> InstalledOverlay:
         """`record` with its layer paths; raises StoreError if a layer is not installed."""
