@@ -17,7 +17,6 @@ from llamaship_build.cuda_module import (
     BUILD_RECORD,
     MODULE,
     cached_module,
-    compress_flags,
     cuda_flags,
     module_key,
 )
@@ -85,34 +84,28 @@ def test_a_wheel_path_leaving_the_toolkit_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "escape").exists()
 
 
-def test_a_chosen_compression_mode_compresses_every_image() -> None:
-    assert compress_flags("size") == ("--compress-mode=size", "-Xfatbin=-compress-all")
-    assert compress_flags("default") == ("--compress-mode=default",)
-    assert compress_flags("none") == ("--compress-mode=none",)
-
-
 def toolchain_at(tmp_path: Path) -> CudaToolchain:
     toolkit = CudaToolkit(tmp_path / "cuda", "13.5", "13.5.37", ("75", "80", "120"))
     return CudaToolchain(toolkit, "13.10.0.20", tmp_path / "cublas", tmp_path / "stub/libcuda.so")
 
 
 def test_the_module_gets_the_bundles_portable_flags_plus_cuda(tmp_path: Path) -> None:
-    flags = cuda_flags("75-real;120-virtual", toolchain_at(tmp_path))
+    flags = cuda_flags("75-real;120-virtual", "size", toolchain_at(tmp_path))
     assert flags[: len(PORTABLE.cmake_args)] == PORTABLE.cmake_args
     assert "-DGGML_CUDA=ON" in flags
+    # ggml passes it to nvcc last: a -compress-mode in CUDAFLAGS would lose to it.
+    assert "-DGGML_CUDA_COMPRESSION_MODE=size" in flags
     assert "-DCMAKE_CUDA_ARCHITECTURES=75-real;120-virtual" in flags
     assert f"-DCUDAToolkit_ROOT={tmp_path / 'cuda'}" in flags
 
 
 def test_compression_architectures_and_toolkit_each_key_their_own_module(tmp_path: Path) -> None:
-    flags = cuda_flags("75", toolchain_at(tmp_path))
-    base = {"cmake_args": flags, "compress_mode": "size", "nvcc": "13.5.37", "cublas": "13.10"}
+    toolchain = toolchain_at(tmp_path)
+    base = {"cmake_args": cuda_flags("75", "size", toolchain), "nvcc": "13.5.37", "cublas": "13.10"}
     keys = {
         module_key(PIN, "debian11", base),
-        module_key(PIN, "debian11", {**base, "compress_mode": "default"}),
-        module_key(
-            PIN, "debian11", {**base, "cmake_args": cuda_flags("80", toolchain_at(tmp_path))}
-        ),
+        module_key(PIN, "debian11", {**base, "cmake_args": cuda_flags("75", "none", toolchain)}),
+        module_key(PIN, "debian11", {**base, "cmake_args": cuda_flags("80", "size", toolchain)}),
         module_key(PIN, "debian11", {**base, "nvcc": "13.6.1"}),
         module_key(PIN, "host", base),
     }

@@ -18,7 +18,6 @@ from llamaship_build.cuda_toolchain import (
     build_driver_stub,
     check_archs,
     cuda_architectures,
-    cuda_flavour,
     driver_api_names,
     find_toolkit,
     parse_archs,
@@ -29,12 +28,7 @@ from llamaship_build.cuda_toolchain import (
 from llamaship_build.elf import Patchelf, find_patchelf
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import (
-    PORTABLE,
-    Flavour,
-    Pin,
-    cached_wheel,
     normalize_wheel,
-    wheel_key,
 )
 
 # Verbatim output of nvcc 13.0 (CUDA 13.0.88), the toolkit DESIGN.md §7 measured.
@@ -144,42 +138,14 @@ def test_no_real_arch_is_an_error() -> None:
         cuda_architectures([], ["75"])
 
 
-def test_cuda_flavour_adds_cuda_and_toolchain_to_the_portable_flags(tmp_path: Path) -> None:
-    toolchain = toolchain_at(tmp_path)
-    flavour = cuda_flavour(["75"], toolchain, ptx_archs=["75"])
-    assert flavour.name == "cuda13.0.88-75"
-    assert flavour.cmake_args[:2] == ("-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=75")
-    assert flavour.cmake_args[2 : 2 + len(PORTABLE.cmake_args)] == PORTABLE.cmake_args
-    args = dict(arg.split("=", 1) for arg in flavour.cmake_args)
+def test_the_toolchain_points_cmake_at_nvcc_cublas_and_the_stub(tmp_path: Path) -> None:
+    args = dict(arg.split("=", 1) for arg in toolchain_at(tmp_path).cmake_args())
     assert args["-DCMAKE_CUDA_COMPILER"] == str(tmp_path / "cuda/bin/nvcc")
     assert args["-DCUDAToolkit_ROOT"] == str(tmp_path / "cuda")
     assert args["-DCUDA_cublas_LIBRARY"] == str(tmp_path / "cublas/lib/libcublas.so")
     assert args["-DCUDA_cublasLt_LIBRARY"] == str(tmp_path / "cublas/lib/libcublasLt.so")
     assert args["-DCUDA_cuda_driver_LIBRARY"] == str(tmp_path / "stub/libcuda.so")
     assert args["-DCMAKE_CUDA_STANDARD_INCLUDE_DIRECTORIES"] == str(tmp_path / "cublas/include")
-
-
-def test_cuda_flavour_refuses_an_unsupported_ptx_arch(tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedArchError, match="61"):
-        cuda_flavour(["75"], toolchain_at(tmp_path), ptx_archs=["61"])
-
-
-def test_each_arch_set_is_its_own_wheelhouse_slot(tmp_path: Path) -> None:
-    pin = Pin("0.3.36", ("832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",))
-    sm75 = cuda_flavour(["75"], toolchain_at(tmp_path))
-    sm86 = cuda_flavour(["86"], toolchain_at(tmp_path))
-    assert wheel_key(pin, sm75) != wheel_key(pin, sm86)
-    wheelhouse = tmp_path / "wheelhouse"
-    assert cached_wheel(pin, sm75, wheelhouse) is None
-    slot = wheelhouse / f"{sm75.name}-{wheel_key(pin, sm75)}"
-    slot.mkdir(parents=True)
-    (slot / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"built")
-    assert (
-        cached_wheel(pin, sm75, wheelhouse)
-        == slot / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
-    )
-    assert cached_wheel(pin, sm86, wheelhouse) is None
-    assert cached_wheel(pin, Flavour(sm75.name, sm75.cmake_args[1:]), wheelhouse) is None
 
 
 def test_plan_uses_the_locked_cublas_and_a_built_stub(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from fixtures_overlay import BuiltOverlay
 from llamaship_build.errors import BuildError
-from llamaship_build.overlay_release import release
+from llamaship_build.overlay_release import MIN_DRIVER, min_driver, release
 from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import verify
 from overlay_kit.releases import published_entries
@@ -92,3 +92,14 @@ def test_overlay_without_a_signing_key_fails_before_any_download(tmp_path: Path)
     assert result.returncode != 0
     assert "LLAMASHIP_SIGNING_KEY" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_driver_floor_follows_the_compression_mode() -> None:
+    """CUDA 12 drivers before 550.54.14 cannot decompress `size`/`balance` fat binaries; any
+    CUDA 13 driver can; an unknown CUDA major has no floor to state."""
+    assert min_driver("12.9", "speed") == MIN_DRIVER["12"]
+    assert min_driver("12.9", "size") == {"linux": "550.54.14", "windows": "551.61"}
+    assert min_driver("12.9", "balance") == min_driver("12.9", "size")
+    assert min_driver("13.5", "size") == MIN_DRIVER["13"] == min_driver("13.5", "none")
+    with pytest.raises(BuildError, match="CUDA 14"):
+        min_driver("14.0", "size")

@@ -79,6 +79,10 @@ def _cache(tmp_path: Path) -> Path:
     tool.mkdir(parents=True)
     (tool / "llama-fit-params").write_bytes(b"tool")
     (cache / "fit-tool" / "llama-fit-params-fedcba9876543210.lock").write_bytes(b"")
+    module = cache / "cuda" / "00112233aabbccdd"
+    module.mkdir(parents=True)
+    (module / "libggml-cuda.so").write_bytes(b"module")
+    (module / "build.json").write_text('{"seconds": 1299}')
     return cache
 
 
@@ -88,11 +92,15 @@ def test_recorded_outputs_pass_and_any_changed_byte_fails(tmp_path: Path) -> Non
     pins_file = output_pins.record(cache, requirements)
     pins = json.loads(pins_file.read_text())["outputs"]
     assert pins == {
+        "cuda/00112233aabbccdd/libggml-cuda.so": _sha(b"module"),
         "fit-tool/llama-fit-params-fedcba9876543210/llama-fit-params": _sha(b"tool"),
         "wheelhouse/portable-0123456789abcdef/"
         "llama_cpp_python-0.3.16-cp311-cp311-linux_x86_64.whl": _sha(b"wheel"),
     }
-    assert output_pins.check(cache, requirements) == 2
+    assert output_pins.check(cache, requirements) == 3
+    # The build record (timings) is not an output: it may differ between two compiles.
+    (cache / "cuda" / "00112233aabbccdd" / "build.json").write_text('{"seconds": 1400}')
+    assert output_pins.check(cache, requirements) == 3
     (cache / "fit-tool" / "llama-fit-params-fedcba9876543210" / "llama-fit-params").write_bytes(
         b"poisoned"
     )
@@ -110,7 +118,7 @@ def test_an_output_of_an_unpinned_recipe_fails(tmp_path: Path) -> None:
         output_pins.check(cache, requirements)
 
 
-def test_nvidia_wheels_must_carry_a_hash_of_the_gpu_lock(tmp_path: Path) -> None:
+def test_nvidia_wheels_must_carry_a_hash_of_the_gpu_or_toolkit_lock(tmp_path: Path) -> None:
     cache, requirements = tmp_path / "cache", tmp_path / "requirements"
     (cache / "nvidia-wheels").mkdir(parents=True)
     requirements.mkdir()
@@ -120,10 +128,22 @@ def test_nvidia_wheels_must_carry_a_hash_of_the_gpu_lock(tmp_path: Path) -> None
     lock = f"nvidia-cuda-runtime==13.0.96 \\\n    --hash=sha256:{_sha(b'runtime')}\n"
     (requirements / "gpu.txt").write_text(lock)
     assert output_pins.check(cache, requirements) == 1
+    (cache / "nvidia-wheels" / "nvidia_cuda_nvcc-13.5.37-py3-none-manylinux.whl").write_bytes(
+        b"nvcc"
+    )
+    with pytest.raises(output_pins.UnpinnedOutput, match="nvidia_cuda_nvcc"):
+        output_pins.check(cache, requirements)
+    toolkit = f"nvidia-cuda-nvcc==13.5.37 \\\n    --hash=sha256:{_sha(b'nvcc')}\n"
+    (requirements / "cuda-toolkit.txt").write_text(toolkit)
+    assert output_pins.check(cache, requirements) == 2
+    (cache / "nvidia-wheels" / "nvidia_cuda_nvcc-13.5.37-py3-none-manylinux.whl").unlink()
     (cache / "nvidia-wheels" / "nvidia_cuda_runtime-13.0.96-py3-none-manylinux.whl").write_bytes(
         b"other"
     )
-    with pytest.raises(output_pins.UnpinnedOutput, match=r"has no hash in requirements/gpu\.txt"):
+    with pytest.raises(
+        output_pins.UnpinnedOutput,
+        match=r"has no hash in requirements/gpu\.txt or cuda-toolkit\.txt",
+    ):
         output_pins.check(cache, requirements)
 
 

@@ -14,8 +14,9 @@ from llamaship_build.release_index import DEFAULT_LIFETIME
 
 # How long a release index is believed (TUF's freeze attack); the scheduled job re-signs it.
 DEFAULT_EXPIRY_DAYS = DEFAULT_LIFETIME.days
-# nvcc's --compress-mode values (cuda_module checks them again; listed here to keep the CLI light).
-COMPRESS_MODES = ("default", "size", "speed", "balance", "none")
+# ggml's GGML_CUDA_COMPRESSION_MODE values, passed to nvcc as -compress-mode (cuda_module
+# checks them again; listed here to keep the CLI light).
+COMPRESS_MODES = ("size", "balance", "speed", "none")
 
 
 def _overlay(args: argparse.Namespace, project: Project) -> int:
@@ -171,7 +172,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--compress-mode",
         default="size",
         choices=COMPRESS_MODES,
-        help="nvcc's --compress-mode for --source build (default: size)",
+        help="nvcc's fat-binary compression for --source build (ggml's default: size)",
     )
     overlay.add_argument("--serial", type=int, help="release serial (default: epoch seconds)")
     overlay.add_argument("--level", type=int, default=19, help="zstd compression level")

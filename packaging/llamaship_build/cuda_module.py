@@ -7,9 +7,11 @@ target is built. nvcc comes from NVIDIA's pinned pip wheels (`cuda_toolkit`), cu
 the three folders are mounted into the root at their own paths. The module then needs only
 the glibc and libstdc++ of Debian 11, whatever the host has.
 
-`compress_mode` is nvcc's `--compress-mode` for the fat binaries (CUDA >= 12.8): `size`
-trades a slower first load for a smaller module; the driver decompresses it (CUDA 13: any
-driver CUDA 13 runs on; CUDA 12: 550.54.14 or newer, by NVIDIA's RAPIDS build rules).
+`compress_mode` is ggml's `GGML_CUDA_COMPRESSION_MODE`, which it passes to nvcc as
+`-compress-mode` (CUDA >= 12.8): `size` (ggml's default) trades a slower first load for the
+smallest module; the driver decompresses it (CUDA 13: any driver CUDA 13 runs on; CUDA 12:
+550.54.14 or newer, by NVIDIA's RAPIDS build rules). A `-compress-mode` in CUDAFLAGS would
+come first on nvcc's command line and lose to ggml's.
 
 Cached in `<cache>/cuda/<key>/` keyed by the sdist hashes, the flags, the architectures, the
 compression, the toolkit and cuBLAS, beside `build.json` (what it was built with, seconds).
@@ -52,9 +54,10 @@ _log = logging.getLogger(__name__)
 
 MODULE = "libggml-cuda.so"
 BUILD_RECORD = "build.json"
-COMPRESS_MODES = ("default", "size", "speed", "balance", "none")
+# ggml-cuda's choices; nvcc's own default is `speed`.
+COMPRESS_MODES = ("size", "balance", "speed", "none")
 # Bump when how the module is compiled changes (not its inputs): older modules are not reused.
-RECIPE = 1
+RECIPE = 2
 
 
 @dataclass(frozen=True)
@@ -65,22 +68,16 @@ class BuiltCudaModule:
     record: Mapping[str, object]
 
 
-def cuda_flags(architectures: str, toolchain: CudaToolchain) -> tuple[str, ...]:
-    """The CMake flags: the bundle's portable ones, CUDA for `architectures`, the toolchain."""
+def cuda_flags(architectures: str, compress_mode: str, toolchain: CudaToolchain) -> tuple[str, ...]:
+    """The CMake flags: the bundle's portable ones, CUDA for `architectures` compressed with
+    `compress_mode`, the toolchain."""
     return (
         *PORTABLE.cmake_args,
         "-DGGML_CUDA=ON",
         f"-DCMAKE_CUDA_ARCHITECTURES={architectures}",
+        f"-DGGML_CUDA_COMPRESSION_MODE={compress_mode}",
         *toolchain.cmake_args(),
     )
-
-
-def compress_flags(compress_mode: str) -> tuple[str, ...]:
-    """nvcc's flags for `compress_mode`. A chosen mode also compresses every image
-    (`-compress-all`, as NVIDIA's RAPIDS does): by default fatbinary leaves small ones as is."""
-    if compress_mode in ("default", "none"):
-        return (f"--compress-mode={compress_mode}",)
-    return (f"--compress-mode={compress_mode}", "-Xfatbin=-compress-all")
 
 
 def module_key(pin: Pin, toolchain_name: str, fields: Mapping[str, object]) -> str:
@@ -122,7 +119,7 @@ def ensure_cuda_module(
     cuda = plan_toolchain(toolkit, gpu_lock, cache)
     prepare_toolchain(cuda, gpu_lock, cache / "nvidia-wheels")
     architectures = cuda_architectures(archs, ptx_archs)
-    flags = cuda_flags(architectures, cuda)
+    flags = cuda_flags(architectures, compress_mode, cuda)
     # The folders nvcc, cuBLAS and the driver stub live in, seen at the same path in the root.
     binds = (toolkit.root, cuda.cublas_root, cuda.driver_stub.parent)
     toolchain = default_toolchain(binds)
@@ -132,7 +129,6 @@ def ensure_cuda_module(
         toolchain.name,
         {
             "cmake_args": flags,
-            "compress_mode": compress_mode,
             "nvcc": toolkit.build,
             "cublas": cuda.cublas_version,
         },
@@ -152,7 +148,7 @@ def ensure_cuda_module(
     slot = cache / "cuda" / key
     with toolchain.scratch() as scratch:
         started = time.monotonic()
-        module = _compile(pin, flags, compress_mode, scratch, toolchain)
+        module = _compile(pin, flags, scratch, toolchain)
         seconds = round(time.monotonic() - started)
         record = {
             "key": key,
@@ -179,9 +175,7 @@ def ensure_cuda_module(
     return BuiltCudaModule(slot / MODULE, record)
 
 
-def _compile(
-    pin: Pin, flags: Sequence[str], compress_mode: str, scratch: Path, toolchain: Toolchain
-) -> Path:
+def _compile(pin: Pin, flags: Sequence[str], scratch: Path, toolchain: Toolchain) -> Path:
     python = build_env(pin, scratch, toolchain)
     source = unpack_sdist(download_sdist(pin, scratch, toolchain, python), scratch / "src")
     build = scratch / "build"
@@ -194,7 +188,6 @@ def _compile(
     )
     jobs = str(os.cpu_count() or 1)
     env = prefix_map_env(scratch, toolchain)
-    env["CUDAFLAGS"] = " ".join([env["CUDAFLAGS"], *compress_flags(compress_mode)])
     env["CMAKE_BUILD_PARALLEL_LEVEL"] = jobs
     toolchain.run(
         [

@@ -24,8 +24,6 @@ from pathlib import Path, PurePosixPath
 
 from llamaship_build import locks
 from llamaship_build.errors import BuildError
-from llamaship_build.llama_wheel import PORTABLE, Flavour, Pin, cached_wheel, ensure_wheel
-from llamaship_build.project import cache_dir
 
 _log = logging.getLogger(__name__)
 
@@ -329,48 +327,3 @@ def build_driver_stub(cuda_header: Path, out_dir: Path, compiler: str = "gcc") -
         staging.rename(out_dir)
     _log.info("built a libcuda stub exporting %d driver functions in %s", len(names), out_dir)
     return out_dir / "libcuda.so"
-
-
-def cuda_flavour(
-    archs: Sequence[str], toolchain: CudaToolchain, ptx_archs: Sequence[str] = ()
-) -> Flavour:
-    """The portable CPU flags plus CUDA for `archs` (SASS) and `ptx_archs` (PTX for the JIT)."""
-    toolkit = toolchain.toolkit
-    check_archs([*archs, *ptx_archs], toolkit.archs, toolkit.release)
-    architectures = cuda_architectures(archs, ptx_archs)
-    return Flavour(
-        name=f"cuda{toolkit.build}-{architectures.replace(';', '_')}",
-        cmake_args=(
-            "-DGGML_CUDA=ON",
-            f"-DCMAKE_CUDA_ARCHITECTURES={architectures}",
-            *PORTABLE.cmake_args,
-            *toolchain.cmake_args(),
-        ),
-    )
-
-
-def build_cuda_wheel(
-    lock: Path,
-    archs: Sequence[str],
-    wheelhouse: Path,
-    *,
-    ptx_archs: Sequence[str] = (),
-    cache: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Path:
-    """The normalized CUDA wheel of the lock's llama-cpp-python for `archs`, compiled with the
-    local nvcc on a wheelhouse miss (40-60 minutes on 2 cores for one architecture).
-
-    `lock`: requirements/gpu.txt (pins llama-cpp-python and nvidia-cublas). `cache`: where
-    the toolchain and the downloaded wheels live (default: the build cache).
-    """
-    toolkit = find_toolkit(env)
-    root = cache_dir() if cache is None else cache
-    toolchain = plan_toolchain(toolkit, lock, root)
-    flavour = cuda_flavour(archs, toolchain, ptx_archs)  # refuses bad archs before downloads
-    pin = Pin.from_lock(lock)
-    cached = cached_wheel(pin, flavour, wheelhouse)
-    if cached is not None:
-        return cached
-    prepare_toolchain(toolchain, lock, root / "nvidia-wheels")
-    return ensure_wheel(pin, flavour, wheelhouse)

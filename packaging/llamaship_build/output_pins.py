@@ -2,15 +2,20 @@
 
 The release builds reuse what the build cache holds: the compiled llama-cpp-python wheel
 (`wheelhouse/<flavour>-<recipe key>/`), the fit tool (`fit-tool/llama-fit-params-<recipe
-key>/`) and NVIDIA's runtime wheels (`nvidia-wheels/`). A cache can be poisoned, and a hash
-kept in the same cache proves nothing, so before anything is signed every such file is
-checked against the repository:
+key>/`), the CUDA backend module (`cuda/<recipe key>/libggml-cuda.so`) and NVIDIA's wheels
+(`nvidia-wheels/`: the runtime the overlay ships and the compiler it is built with). A cache
+can be poisoned, and a hash kept in the same cache proves nothing, so before anything is
+signed every such file is checked against the repository:
 
 - compiled outputs against `requirements/build-outputs.json`: `{"outputs": {"<cache-relative
   path>": "<sha256>"}}`. The slot folder's name is the hash of its recipe (sources, flags,
   toolchain), and the compiles are reproducible, so a recipe has one known output, recorded
   like a lock (`record`, after `nox -s repro -- --compile` agreed);
-- NVIDIA's wheels against the hashes of `requirements/gpu.txt`.
+- NVIDIA's wheels against the hashes of `requirements/gpu.txt` and
+  `requirements/cuda-toolkit.txt`.
+
+A slot's `build.json` (what it was built with, and how long it took) is a record, not an
+output: nothing is built from it.
 
 `python -m llamaship_build.output_pins check|record [--cache DIR]`.
 """
@@ -30,8 +35,11 @@ from llamaship_contract.hashing import sha256_of
 
 PINS_FILE = "build-outputs.json"
 # Cache folders whose files are compiled here: one slot folder per recipe below each.
-COMPILED = ("wheelhouse", "fit-tool")
+COMPILED = ("wheelhouse", "fit-tool", "cuda")
 NVIDIA_WHEELS = "nvidia-wheels"
+# The locks whose hashes NVIDIA's wheels in the cache may have.
+NVIDIA_LOCKS = ("gpu.txt", "cuda-toolkit.txt")
+_RECORDS = ("build.json",)
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 # Bookkeeping next to the outputs, not outputs: file locks and unfinished copies.
 _SKIPPED_SUFFIXES = (".lock", ".partial")
@@ -49,7 +57,11 @@ def compiled_outputs(cache: Path) -> dict[str, str]:
         if not root.is_dir():
             continue
         for path in sorted(root.rglob("*")):
-            if path.is_file() and not path.name.endswith(_SKIPPED_SUFFIXES):
+            if (
+                path.is_file()
+                and not path.name.endswith(_SKIPPED_SUFFIXES)
+                and path.name not in _RECORDS
+            ):
                 if any(part.endswith(".partial") for part in path.relative_to(root).parts):
                     continue
                 found[path.relative_to(cache).as_posix()] = sha256_of(path)
@@ -87,14 +99,17 @@ def problems(
     if nvidia_allowed is not None and wheels.is_dir():
         for wheel in sorted(wheels.glob("*.whl")):
             if sha256_of(wheel) not in nvidia_allowed:
-                found.append(f"{NVIDIA_WHEELS}/{wheel.name} has no hash in requirements/gpu.txt")
+                found.append(
+                    f"{NVIDIA_WHEELS}/{wheel.name} has no hash in requirements/"
+                    f"{' or '.join(NVIDIA_LOCKS)}"
+                )
     return found
 
 
 def check(cache: Path, requirements: Path) -> int:
     """Raise unless every cached output matches the repository; returns how many were checked."""
-    gpu = requirements / "gpu.txt"
-    allowed = lock_hashes(gpu) if gpu.is_file() else None
+    locks = [requirements / name for name in NVIDIA_LOCKS if (requirements / name).is_file()]
+    allowed = frozenset().union(*map(lock_hashes, locks)) if locks else None
     wrong = problems(cache, load_pins(requirements / PINS_FILE), allowed)
     if wrong:
         msg = (

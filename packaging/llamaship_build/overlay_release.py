@@ -37,7 +37,23 @@ MIN_DRIVER: dict[str, dict[str, str]] = {
     "12": {"linux": "525.60.13", "windows": "527.41"},
     "13": {"linux": "580.65.06", "windows": "580.88"},
 }
+# The chosen fat-binary compression modes need a newer CUDA 12 driver to decompress
+# (NVIDIA's RAPIDS build rules: `balance` and `size` need the CUDA 12.4 driver); every
+# CUDA 13 driver reads them all.
+COMPRESSED_MIN_DRIVER: dict[str, dict[str, dict[str, str]]] = {
+    "12": {mode: {"linux": "550.54.14", "windows": "551.61"} for mode in ("balance", "size")},
+}
 DEFAULT_MIN_VRAM_MB = 1024
+
+
+def min_driver(cuda_version: str, compress_mode: str) -> dict[str, str]:
+    """The oldest driver per OS that runs a module of `cuda_version` built with
+    `compress_mode`: the CUDA version's floor, raised where the compression needs it."""
+    major = cuda_version.split(".")[0]
+    if major not in MIN_DRIVER:
+        msg = f"no driver floor is known for CUDA {major}: add it to MIN_DRIVER"
+        raise BuildError(msg)
+    return COMPRESSED_MIN_DRIVER.get(major, {}).get(compress_mode, MIN_DRIVER[major])
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ class OverlayOptions:
     key_file: Path | None
     out_dir: Path
     unsigned: bool = False  # no manifest signatures: `sign-release` adds them (release CI)
-    compress_mode: str = "size"  # nvcc's --compress-mode for `build`
+    compress_mode: str = "size"  # ggml's GGML_CUDA_COMPRESSION_MODE for `build`
 
 
 def cuda_module(project: Project, options: OverlayOptions, scratch: Path) -> Path:
@@ -99,7 +115,8 @@ def build(project: Project, options: OverlayOptions) -> list[Path]:
             options.out_dir,
             llama_cpp_version=llama_version,
             cuda_version=cuda_version,
-            min_driver=MIN_DRIVER[cuda_version.split(".")[0]],
+            # A wheel's module: ggml compresses with `size` unless its build chose otherwise.
+            min_driver=min_driver(cuda_version, options.compress_mode),
             min_vram_mb=DEFAULT_MIN_VRAM_MB,
             serial=options.serial,
             overlay_version=f"{llama_version}-cu{cuda_version}-{options.serial}",
