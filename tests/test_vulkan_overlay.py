@@ -8,6 +8,8 @@ device (lavapipe) is proven in the bundle tests (tests/test_bundle_vulkan.py).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -255,3 +257,56 @@ def test_the_launch_finds_a_vulkan_offer_once_a_day_and_never_a_quarantined_one(
     assert offer() == offered
     store.quarantine("0.3.36-vk-1", "it crashed twice")
     assert offer() is None
+
+
+def test_a_vulkan_overlay_made_for_another_llama_cpp_is_set_aside_at_launch(
+    releases: ReleaseFactory,
+    release_keys: Keys,
+    data_dirs: DataDirs,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its module cannot load into this bundle's ggml (another compile): the launch says so in
+    one event naming both versions and runs the CPU build, or offers the index's Vulkan
+    overlay for this bundle's version."""
+    from llamaship.launch.decide import Decision
+    from llamaship.launch.plan import Plan
+    from llamaship.launch.status import LaunchTracker
+    from llamaship.launch.vulkan_launch import prepare_vulkan
+
+    out = tmp_path / "release"
+    older = VulkanSpec(overlay_version="0.3.35-vk-1", llama_cpp_version="0.3.35")
+    made = [releases.vulkan_release(out, older), releases.vulkan_release(out, VulkanSpec())]
+    index = releases.publish_releases(out, made, 1)
+    report = _report(RADEON)
+    VulkanInstaller(
+        data_dirs,
+        [release_keys.public],
+        choice=vulkan_device_choice(report, resolve_settings(env={})),
+        module_probe=ProbeRecorder(),
+        options=FAST_OPTIONS,
+    ).install_vulkan(
+        str(index), dataclasses.replace(_target(report, 0), llama_cpp_version="0.3.35")
+    )
+    monkeypatch.delenv(BACKEND_PATH, raising=False)
+
+    def launch(**env: str) -> Plan:
+        settings = resolve_settings(env={"LLAMASHIP_HOME": str(data_dirs.home), **env})
+        plan = Plan(report, Decision("cpu", "no NVIDIA GPU detected", False), None, [])
+        keys = TrustedKeys(release=(release_keys.public,))
+        prepare_vulkan(plan, settings, OverlayStore(data_dirs), LaunchTracker(data_dirs), keys)
+        return plan
+
+    set_aside = (
+        "Vulkan overlay 0.3.35-vk-1 was made for llama-cpp-python 0.3.35, this bundle runs "
+        f"{LLAMA_CPP_VERSION}: it is not used until the overlay for this version is installed"
+    )
+    alone = launch()
+    assert alone.events == [set_aside]
+    assert alone.decision == Decision("cpu", f"{set_aside}; running on CPU", False)
+    assert alone.vulkan is None and alone.measure is None and BACKEND_PATH not in os.environ
+    offered = launch(LLAMASHIP_RELEASE_URL=str(index))
+    assert offered.events == [set_aside] and offered.vulkan is None
+    assert offered.decision.upgrade_available and offered.decision.variant == "cpu"
+    assert offered.decision.reason.startswith(f"{set_aside}; upgrade available ")
+    assert "overlay 0.3.36-vk-1 runs on AMD Radeon RX 6800" in offered.decision.reason

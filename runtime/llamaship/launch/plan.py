@@ -110,13 +110,14 @@ def bundle_llama_cpp_version() -> str:
         raise LlamashipError(msg) from None
 
 
-def other_build(installed: InstalledOverlay | None) -> str | None:
-    """Why the bundle's ggml cannot load `installed`'s backend module (it was made for another
-    llama-cpp-python version), or None when it can."""
+def other_build(installed: InstalledOverlay | VulkanOverlay | None) -> str | None:
+    """Why the bundle's ggml cannot load `installed`'s backend module (a CUDA or Vulkan overlay
+    made for another llama-cpp-python version), or None when it can."""
     if installed is None or installed.llama_cpp_version == bundle_llama_cpp_version():
         return None
+    kind = "Vulkan" if isinstance(installed, VulkanOverlay) else "CUDA"
     return (
-        f"CUDA overlay {installed.overlay_version} was made for llama-cpp-python "
+        f"{kind} overlay {installed.overlay_version} was made for llama-cpp-python "
         f"{installed.llama_cpp_version}, this bundle runs {bundle_llama_cpp_version()}: it is "
         "not used until the overlay for this version is installed"
     )

@@ -13,7 +13,7 @@ from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.launch.decide import UPGRADE_HINT, Decision, recommend
 from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
 from llamaship.launch.log import InstallProgressLog
-from llamaship.launch.plan import Plan, available_vulkan, bundle_llama_cpp_version
+from llamaship.launch.plan import Plan, available_vulkan, bundle_llama_cpp_version, other_build
 from llamaship.launch.status import LaunchTracker
 from llamaship.measure.choice import measured_choice
 from llamaship.measure.run import vulkan_setup
@@ -29,12 +29,17 @@ def prepare_vulkan(
 ) -> None:
     """Without a CUDA overlay to run: the Vulkan overlay when the rule says so (its module and
     device go into the environment every llama.cpp process of this launch inherits); without
-    one installed, whether the release index offers one for the chosen device."""
+    one installed for this bundle's llama-cpp-python, whether the release index offers one for
+    the chosen device."""
     overlay = installed_vulkan(store)
     choice = vulkan_device_choice(plan.report, settings)
-    if overlay is None:
+    foreign = other_build(overlay)
+    if foreign is not None:  # its module cannot load into this bundle's ggml
+        _stay_on_cpu(plan, foreign)
+    if overlay is None or foreign is not None:
         if choice.device_index is not None and not plan.decision.upgrade_available:
-            _offer_vulkan(plan, settings, store, keys, choice.device_index)
+            missing = foreign or "no Vulkan overlay installed"
+            _offer_vulkan(plan, settings, store, keys, choice.device_index, missing)
         return
     verdict = decide_vulkan(
         plan.report,
@@ -65,10 +70,16 @@ def prepare_vulkan(
 
 
 def _offer_vulkan(
-    plan: Plan, settings: Settings, store: OverlayStore, keys: TrustedKeys, device: int
+    plan: Plan,
+    settings: Settings,
+    store: OverlayStore,
+    keys: TrustedKeys,
+    device: int,
+    missing: str,
 ) -> None:
     """The release index's Vulkan overlay for `device` (checked at most once a day): offered
-    as an upgrade, as a CUDA overlay is (the page, `status` and the API show it)."""
+    as an upgrade, as a CUDA overlay is (the page, `status` and the API show it). `missing`
+    says why no installed Vulkan overlay runs."""
     offered = available_vulkan(settings, DataDirs(settings.home), store, plan, keys, device)
     if offered is None:
         return
@@ -76,9 +87,8 @@ def _offer_vulkan(
         plan.install, plan.vulkan_offer = True, device
     plan.decision = Decision(
         "cpu",
-        f"no Vulkan overlay installed; upgrade available ({UPGRADE_HINT}): overlay "
-        f"{offered.overlay_version} runs on {vulkan_driver(plan.report, device)}; "
-        "running on CPU until it is installed",
+        f"{missing}; upgrade available ({UPGRADE_HINT}): overlay {offered.overlay_version} "
+        f"runs on {vulkan_driver(plan.report, device)}; running on CPU until it is installed",
         True,
     )
 

@@ -54,6 +54,10 @@ class VulkanOverlay:
     def overlay_version(self) -> str:
         return self.pointer.overlay_version
 
+    @property
+    def llama_cpp_version(self) -> str:
+        return self.pointer.llama_cpp_version
+
 
 def module_path(manifest: LayerManifest) -> str:
     """The backend module's path in the layer (`backends/libggml-vulkan.so` on Linux)."""
