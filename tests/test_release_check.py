@@ -15,12 +15,13 @@ from llamaship.config import Settings, resolve_settings
 from llamaship.errors import ConfigError
 from llamaship.launch.decide import decide
 from llamaship.launch.plan import release_decision
-from llamaship.launch.release_check import CHECK_INTERVAL_S, check_file, check_release
+from llamaship.launch.release_check import CHECK_INTERVAL_S, Refusal, check_file, check_release
 from llamaship_contract.errors import LlamashipError
 from llamaship_contract.overlay import OverlayRequirements
+from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec
 from overlay_kit.server import OverlayServer, serving
 from test_bootstrap import boot
-from test_decide import CU13, RTX_3060, _gpu, _report
+from test_decide import CU13, GTX_1060, RTX_3060, _gpu, _report
 
 DAY = CHECK_INTERVAL_S
 
@@ -28,11 +29,11 @@ DAY = CHECK_INTERVAL_S
 class Index:
     """The lookup a launch passes in (the bounded find_overlay), counting its calls."""
 
-    def __init__(self, answer: OverlayRequirements | Exception | None) -> None:
+    def __init__(self, answer: OverlayRequirements | Refusal | Exception) -> None:
         self.answer = answer
         self.calls: list[str] = []
 
-    def __call__(self, url: str) -> OverlayRequirements | None:
+    def __call__(self, url: str) -> OverlayRequirements | Refusal:
         self.calls.append(url)
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -43,8 +44,11 @@ def settings(home: Path, **env: str) -> Settings:
     return resolve_settings(env={"LLAMASHIP_HOME": str(home), **env})
 
 
+NONE_FITS = Refusal("GPU 0 (NVIDIA GeForce GTX 1060) has compute capability 6.1")
+
+
 def test_without_a_release_url_nothing_is_checked_and_the_reason_says_so(tmp_path: Path) -> None:
-    index = Index(None)
+    index = Index(NONE_FITS)
     check = check_release(settings(tmp_path), tmp_path, "gpus", index)
     assert index.calls == [] and check.available is None
     assert check.unchecked is not None
@@ -52,7 +56,7 @@ def test_without_a_release_url_nothing_is_checked_and_the_reason_says_so(tmp_pat
 
 
 def test_the_off_switch_skips_the_check(tmp_path: Path) -> None:
-    index = Index(None)
+    index = Index(NONE_FITS)
     off = settings(tmp_path, LLAMASHIP_RELEASE_URL="https://x/r.json", LLAMASHIP_RELEASE_CHECK="0")
     check = check_release(off, tmp_path, "gpus", index)
     assert index.calls == []
@@ -73,6 +77,17 @@ def test_the_index_is_read_at_most_once_a_day_per_index_and_machine(tmp_path: Pa
     check_release(on, tmp_path, "other gpus", index, now=lambda: 1001.0 + DAY)
     assert len(index.calls) == 3  # a day later: checked again
     assert check_file(tmp_path).is_file()
+
+
+def test_why_the_index_offers_none_is_kept_for_the_day(tmp_path: Path) -> None:
+    index = Index(NONE_FITS)
+    on = settings(tmp_path, LLAMASHIP_RELEASE_URL="https://x/r.json")
+    first = check_release(on, tmp_path, "gpus", index, now=lambda: 0.0)
+    later = check_release(on, tmp_path, "gpus", index, now=lambda: 60.0)
+    assert len(index.calls) == 1
+    for check in (first, later):
+        assert check.available is None and check.unchecked is None
+        assert check.refused == NONE_FITS.reason
 
 
 def test_a_failed_check_says_it_was_not_checked_and_waits_a_day(tmp_path: Path) -> None:
@@ -154,6 +169,24 @@ def test_a_gpu_machine_is_offered_the_overlay_and_the_check_is_kept(
     decision = release_decision(off, report, (overlay_release.public_key,))
     assert not decision.upgrade_available
     assert "LLAMASHIP_RELEASE_CHECK is off" in decision.reason
+
+
+def test_a_pascal_gpu_is_told_why_no_cuda_overlay_fits_also_from_the_cache(
+    tmp_path: Path, releases: ReleaseFactory, release_keys: Keys
+) -> None:
+    """The release's CUDA overlay starts at Turing (sm_75): the decision says that a GTX 1060
+    (compute capability 6.1) cannot run it, not that no release offers one."""
+    home = tmp_path / "home"
+    index = releases.publish(tmp_path / "release", ReleaseSpec())
+    on = settings(home, LLAMASHIP_RELEASE_URL=str(index))
+    first = release_decision(on, _report(GTX_1060), (release_keys.public,))
+    index.unlink()  # the day's kept answer stands
+    later = release_decision(on, _report(GTX_1060), (release_keys.public,))
+    for decision in (first, later):
+        assert not decision.upgrade_available
+        assert decision.reason.startswith("no CUDA overlay is installed and none fits: ")
+        assert "GPU 0 (NVIDIA GeForce GTX 1060) has compute capability 6.1" in decision.reason
+        assert decision.reason.endswith("; running on CPU")
 
 
 def test_two_launches_read_the_index_once_and_status_shows_the_offer(

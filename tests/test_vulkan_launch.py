@@ -9,10 +9,17 @@ from typing import Any
 import httpx
 import pytest
 
-from hardware.fakes import FakeHardware, FakeVulkanDevice, llamaship_command, without_vulkan_loader
+from hardware.fakes import (
+    GTX_1060,
+    FakeHardware,
+    FakeVulkanDevice,
+    llamaship_command,
+    nvidia_driver_version,
+    without_vulkan_loader,
+)
 from llamaship.detect.vulkan_files import find_loader
 from llamaship_build.launch import launched
-from overlay_kit.releases import Keys, ReleaseFactory, VulkanSpec
+from overlay_kit.releases import Keys, ReleaseFactory, ReleaseSpec, VulkanSpec
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +117,53 @@ def test_a_radeon_is_offered_the_vulkan_overlay_and_auto_upgrade_tries_it(
     [note] = [event for event in tried["events"] if event.startswith("AUTO_UPGRADE_GPU")]
     assert "the Vulkan overlay was not installed" in note and "probe failed" in note, note
     assert not (hardware.home / "overlays" / "vulkan.json").exists()
+
+
+# The GTX 1060's Vulkan device, as NVIDIA's driver 580 lists it.
+VK_GTX_1060 = FakeVulkanDevice(
+    "NVIDIA GeForce GTX 1060 6GB",
+    0x10DE,
+    2,
+    6144,
+    5760,
+    0x1C03,
+    "1.4.312",
+    nvidia_driver_version(580, 95, 5),
+)
+
+
+def test_a_pascal_card_is_offered_the_vulkan_overlay_never_the_cuda_one(
+    hardware: FakeHardware, releases: ReleaseFactory, release_keys: Keys, tmp_path: Path
+) -> None:
+    """A GTX 1060 (compute capability 6.1) on a CUDA 13 driver, and a release offering a CUDA
+    overlay (built for sm_75 and newer: CUDA 13 cannot compile for Pascal) and a Vulkan one:
+    the launch offers the Vulkan overlay for the same GPU, saying why no CUDA overlay fits, and
+    AUTO_UPGRADE_GPU tries the Vulkan overlay, never the CUDA one."""
+    hardware.install_nvml()
+    hardware.gpus = [GTX_1060]
+    hardware.driver_version, hardware.cuda_version = "580.95.05", 13000
+    hardware.install_icd()
+    hardware.vulkan_devices = [VK_GTX_1060]
+    out = tmp_path / "release"
+    cuda, vulkan = releases.release(out, ReleaseSpec()), releases.vulkan_release(out, VulkanSpec())
+    index = releases.publish_releases(out, [cuda, vulkan], 1)
+    command = llamaship_command(release_keys.public)
+
+    offered = boot(hardware, command, LLAMASHIP_RELEASE_URL=str(index))
+    decision = offered["decision"]
+    assert (decision["variant"], decision["upgrade_available"]) == ("cpu", True), decision
+    reason = decision["reason"]
+    assert "upgrade available" in reason and "overlay 0.3.36-vk-1 runs on" in reason, reason
+    assert "NVIDIA GeForce GTX 1060 6GB / driver 580.95.5.0" in reason, reason
+    assert "no CUDA overlay fits: " in reason and "compute capability 6.1" in reason, reason
+    assert "can use the CUDA" not in reason and "\n" not in reason
+
+    tried = boot(hardware, command, LLAMASHIP_RELEASE_URL=str(index), AUTO_UPGRADE_GPU="true")
+    assert tried["llama_cpp"]["variant"] == "cpu"
+    assert "compute capability 6.1" in tried["decision"]["reason"], tried["decision"]
+    [note] = [event for event in tried["events"] if event.startswith("AUTO_UPGRADE_GPU")]
+    assert "the Vulkan overlay was not installed" in note and "probe failed" in note, note
+    overlays = hardware.home / "overlays"
+    assert not (overlays / "active.json").exists() and not (overlays / "vulkan.json").exists()
+    fetched = [path.name for path in overlays.rglob("*") if "cuda" in path.name]
+    assert fetched == [], fetched  # no CUDA layer was ever downloaded

@@ -110,12 +110,15 @@ def _plan(
     *,
     after_install: bool = False,
     available: OverlayRequirements | None = None,
+    cuda_refused: str | None = None,
 ) -> Plan:
-    """Decide (call under the launch lock); `install` says AUTO_UPGRADE_GPU should run first."""
+    """Decide (call under the launch lock); `install` says AUTO_UPGRADE_GPU should run first.
+    After an install, `available` and `cuda_refused` are the first decision's release check."""
     store.cleanup_leftovers()
     installed = store.active()
     report = load_or_detect(settings, dirs, detection_versions(installed))
     plan = Plan(report, Decision("cpu", "", False), installed, events, available)
+    plan.cuda_refused = cuda_refused
     foreign = other_build(installed)
     if foreign is not None:  # its module cannot load into this bundle's ggml
         plan.note(foreign)
@@ -129,6 +132,7 @@ def _plan(
             plan.available,
             quarantine_reason(store, plan.installed, plan.available),
             plan.unchecked,
+            plan.cuda_refused,
         )
 
     plan.decision = plan_decision()
@@ -269,6 +273,7 @@ def _choose(
                     events,
                     after_install=True,
                     available=plan.available,
+                    cuda_refused=plan.cuda_refused,
                 )
                 if plan.decision.variant == "cuda":
                     _prepare_overlay(plan, dirs, store, tracker)

@@ -56,13 +56,15 @@ def decide(
     available: OverlayRequirements | None,
     quarantine_reason: str | None,
     unchecked: str | None = None,
+    refused: str | None = None,
 ) -> Decision:
     """Boot cuda only when the installed overlay can run on a detected GPU; else cpu, and why.
 
     `quarantine_reason` says why the installed overlay (or, with none installed, the available
     one) was quarantined. `upgrade_available` is true when an overlay this machine can use is
     available and newer than the installed one (or none is installed). `unchecked` says why no
-    release index was read (then `available` is None for that reason, not for want of one).
+    release index was read (then `available` is None for that reason, not for want of one);
+    `refused` why the index read offers none this machine can run.
     """
     if not report.gpus:
         return Decision("cpu", _no_gpu_reason(report), False)
@@ -71,6 +73,12 @@ def decide(
         if available is None and unchecked is not None:
             return Decision(
                 "cpu", f"no CUDA overlay is installed and {unchecked}; running on CPU", False
+            )
+        if available is None and refused is not None:
+            return Decision(
+                "cpu",
+                f"no CUDA overlay is installed and none fits: {refused}; running on CPU",
+                False,
             )
         if available is None:
             return Decision(

@@ -52,6 +52,9 @@ class Plan:
     last_failure: LaunchProcess | None = None
     unchecked: str | None = None
     """Why no release index was read (the decision says so instead of "none offers one")."""
+    cuda_refused: str | None = None
+    """Why the release index offers no CUDA overlay this machine can run (the one rule's
+    problems: a Pascal GPU's compute capability, an old driver), read now or within the day."""
 
     def note(self, event: str) -> None:
         """An event of this launch: logged now, shown by /api/capabilities and `status`."""
@@ -98,6 +101,7 @@ def release_decision(
         available,
         quarantine_reason(store, installed, available),
         plan.unchecked,
+        plan.cuda_refused,
     )
 
 
@@ -131,10 +135,11 @@ def available_overlay(
     keys: TrustedKeys,
 ) -> OverlayRequirements | None:
     """The overlay the release index offers this machine (signed, checked), if any: asked at
-    most once a day (`release_check`); `plan.unchecked` says why it was not asked."""
+    most once a day (`release_check`); `plan.unchecked` says why it was not asked,
+    `plan.cuda_refused` why it offers none this machine can run."""
     from llamaship.io.fetch import Fetcher
     from llamaship.io.http_session import DownloadLimits
-    from llamaship.launch.release_check import check_release
+    from llamaship.launch.release_check import Refusal, check_release
     from llamaship.overlay.select import (
         IncompatibleOverlay,
         NoMatchingOverlay,
@@ -149,13 +154,13 @@ def available_overlay(
     )
     target = Target.current(plan.report, bundle_llama_cpp_version())
 
-    def lookup(url: str) -> OverlayRequirements | None:
+    def lookup(url: str) -> OverlayRequirements | Refusal:
         try:
             with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
-                return find_overlay(url, store, target, keys, fetcher).requirements
+                return find_overlay(url, store, target, keys, fetcher).record().requirements
         except (NoMatchingOverlay, IncompatibleOverlay) as error:
             plan.note(f"the release index offers no CUDA overlay for this machine: {error}")
-            return None
+            return Refusal(str(error))
 
     fingerprint = json.dumps(
         [
@@ -170,7 +175,7 @@ def available_overlay(
     )
     if check.note is not None:
         plan.note(check.note)
-    plan.unchecked = check.unchecked
+    plan.unchecked, plan.cuda_refused = check.unchecked, check.refused
     return check.available
 
 
@@ -187,7 +192,7 @@ def available_vulkan(
     from llamaship.io.fetch import Fetcher
     from llamaship.io.http_session import DownloadLimits
     from llamaship.launch.decide_vulkan import vulkan_driver
-    from llamaship.launch.release_check import check_release
+    from llamaship.launch.release_check import Refusal, check_release
     from llamaship.overlay.select import (
         IncompatibleOverlay,
         NoMatchingOverlay,
@@ -207,13 +212,13 @@ def available_vulkan(
         plan.note(str(error))
         return None
 
-    def lookup(url: str) -> VulkanRequirements | None:
+    def lookup(url: str) -> VulkanRequirements | Refusal:
         try:
             with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
                 found = find_overlay(url, store, target, keys, fetcher, kind="vulkan")
         except (NoMatchingOverlay, IncompatibleOverlay) as error:
             plan.note(f"the release index offers no Vulkan overlay for this machine: {error}")
-            return None
+            return Refusal(str(error))
         return vulkan_requirements(found.entry)
 
     fingerprint = json.dumps(

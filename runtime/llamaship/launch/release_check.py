@@ -3,10 +3,10 @@ switch, and saying so when no index was looked at.
 
 `check_release` reads the index (through `lookup`, the bootstrap's bounded `find_overlay`) only
 when the last answer for the same index, bundle and GPUs is a day old or more; that answer (the
-offered overlay's requirements, none, or why the index could not be read) is kept in
-`LLAMASHIP_HOME/state/release-check.json`. `LLAMASHIP_RELEASE_CHECK=false` turns the check
-off. `ReleaseCheck.unchecked` says why no index was read, so that the decision never claims
-that no release offers an overlay when none was checked.
+offered overlay's requirements, why it offers none for this machine, or why the index could not
+be read) is kept in `LLAMASHIP_HOME/state/release-check.json`. `LLAMASHIP_RELEASE_CHECK=false`
+turns the check off. `ReleaseCheck.unchecked` says why no index was read, so that the decision
+never claims that no release offers an overlay when none was checked.
 """
 
 from __future__ import annotations
@@ -36,8 +36,17 @@ CHECK_INTERVAL_S = 24 * 3600
 _MAX_SIZE = 64 * 1024
 
 R = TypeVar("R", OverlayRequirements, VulkanRequirements)
-Lookup = Callable[[str], R | None]
-"""Reads the index at a URL: the overlay it offers this machine, or None when it offers none;
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The index was read and offers this machine no overlay: why (the one rule's problems)."""
+
+    reason: str
+
+
+Lookup = Callable[[str], R | Refusal]
+"""Reads the index at a URL: the overlay it offers this machine, or why it offers none;
 raises (`LlamashipError`, `OSError`) when the index cannot be read or trusted."""
 
 
@@ -50,6 +59,8 @@ class ReleaseCheck(Generic[R]):
     """Why no release index was read (None: one was, now or within the last day)."""
     note: str | None = None
     """An event for the launch (a failed read)."""
+    refused: str | None = None
+    """Why the index, read now or within the last day, offers this machine no overlay."""
 
 
 def check_file(state_dir: Path, kind: LayerKind = "cuda") -> Path:
@@ -89,17 +100,20 @@ def check_release(
     if cached is not None:
         return cached
     try:
-        available = lookup(url)
+        found = lookup(url)
     except (LlamashipError, OSError) as error:
-        _save(path, key, moment, None, str(error))
+        _save(path, key, moment, None, error=str(error))
         return ReleaseCheck(
             None,
             f"the release index could not be checked ({error}); the next launch after "
             f"{_when(moment + CHECK_INTERVAL_S)} tries again",
             f"could not check for a {'CUDA' if kind == 'cuda' else 'Vulkan'} overlay: {error}",
         )
-    _save(path, key, moment, available, None)
-    return ReleaseCheck(available, None)
+    if isinstance(found, Refusal):
+        _save(path, key, moment, None, refused=found.reason)
+        return ReleaseCheck(None, None, refused=found.reason)
+    _save(path, key, moment, found)
+    return ReleaseCheck(found, None)
 
 
 def _save(
@@ -107,7 +121,9 @@ def _save(
     key: str,
     moment: float,
     available: OverlayRequirements | VulkanRequirements | None,
-    error: str | None,
+    *,
+    error: str | None = None,
+    refused: str | None = None,
 ) -> None:
     record = {
         "key": key,
@@ -115,6 +131,7 @@ def _save(
         # As JSON text: strict documents take tuples back only from JSON.
         "available": None if available is None else available.model_dump_json(),
         "error": error,
+        "refused": refused,
     }
     try:
         atomic_write_json(path, record)
@@ -143,7 +160,8 @@ def _cached(path: Path, key: str, moment: float, model: type[R]) -> ReleaseCheck
         )
     offered = record.get("available")
     if offered is None:
-        return ReleaseCheck(None, None)
+        refused = record.get("refused")
+        return ReleaseCheck(None, None, refused=refused if isinstance(refused, str) else None)
     if not isinstance(offered, str):
         return None
     try:

@@ -66,7 +66,14 @@ def prepare_vulkan(
     os.environ.update(vulkan_environment(overlay, choice))
     tracker.counting(overlay.overlay_version)
     plan.vulkan = overlay
-    plan.decision = Decision("vulkan", verdict.reason, plan.decision.upgrade_available)
+    reason = verdict.reason + _not_cuda(plan)
+    plan.decision = Decision("vulkan", reason, plan.decision.upgrade_available)
+
+
+def _not_cuda(plan: Plan) -> str:
+    """Why this machine's NVIDIA GPU gets no CUDA overlay (a Pascal GPU's compute capability,
+    by the release index's CUDA overlay), as a clause of a Vulkan reason; "" when unknown."""
+    return f"; no CUDA overlay fits: {plan.cuda_refused}" if plan.cuda_refused else ""
 
 
 def _offer_vulkan(
@@ -88,7 +95,8 @@ def _offer_vulkan(
     plan.decision = Decision(
         "cpu",
         f"{missing}; upgrade available ({UPGRADE_HINT}): overlay {offered.overlay_version} "
-        f"runs on {vulkan_driver(plan.report, device)}; running on CPU until it is installed",
+        f"runs on {vulkan_driver(plan.report, device)}{_not_cuda(plan)}; running on CPU "
+        "until it is installed",
         True,
     )
 
