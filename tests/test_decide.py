@@ -114,6 +114,15 @@ def test_too_low_compute_capability_boots_cpu() -> None:
     )
 
 
+def test_a_pascal_gpu_on_an_old_driver_is_not_told_to_update_it() -> None:
+    """No driver runs a CUDA 13 overlay on compute capability 6.1: the reason says so."""
+    decision = decide(_report(GTX_1060, driver="535.104.05", cuda="12.2"), CU13, None, None)
+
+    assert decision.variant == "cpu"
+    assert "has compute capability 6.1" in decision.reason
+    assert "driver" not in decision.reason
+
+
 @pytest.mark.parametrize(
     ("capability", "archs", "ptx", "runs"),
     [

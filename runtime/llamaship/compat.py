@@ -209,9 +209,6 @@ def judge(report: DetectionReport, requirements: OverlayRequirements) -> Verdict
         return Unusable(
             ("no NVIDIA GPU was detected: if this machine has one, install or update its driver",)
         )
-    driver = driver_problem(report, requirements)
-    if driver is not None:
-        return Unusable((driver,))
     usable: list[GpuInfo] = []
     problems: list[str] = []
     for gpu in report.gpus:
@@ -220,7 +217,10 @@ def judge(report: DetectionReport, requirements: OverlayRequirements) -> Verdict
             usable.append(gpu)
         else:
             problems.append(problem)
-    if not usable:
+    if not usable:  # a Pascal GPU stays unusable with any driver: no driver advice
         return Unusable(tuple(problems))
+    driver = driver_problem(report, requirements)
+    if driver is not None:
+        return Unusable((driver,))
     usable.sort(key=lambda gpu: (-gpu.vram_total_mb, gpu.index))
     return Usable(tuple(usable), tuple(problems))
