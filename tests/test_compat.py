@@ -204,3 +204,42 @@ def test_ptx_covers_newer_gpus() -> None:
     assert isinstance(judge(_machine(blackwell), requirements_for(CU13, "linux")), Usable)
     no_ptx = CU13.model_copy(update={"ptx_archs": ()})
     assert isinstance(judge(_machine(blackwell), requirements_for(no_ptx, "linux")), Unusable)
+
+
+def _family(arch: str, ptx: tuple[str, ...] = ()) -> ReleaseEntry:
+    entry = _entry("13.5", 9, (arch,), ptx, "580.65.06")
+    return entry.model_copy(update={"overlay_version": f"0.3.36-cu13.5-sm{arch}-9"})
+
+
+# A release of one overlay per architecture (`overlay --per-arch`), the PTX with the newest.
+FAMILIES = (
+    *(_family(arch) for arch in ("75", "80", "86", "89", "90", "100")),
+    _family("120", ("120",)),
+)
+RTX_3060 = _gpu(0, "NVIDIA GeForce RTX 3060", "8.6", 12288)
+A100 = _gpu(0, "NVIDIA A100-SXM4-40GB", "8.0", 40960)
+RTX_5090 = _gpu(0, "NVIDIA GeForce RTX 5090", "12.0", 32607)
+FUTURE = _gpu(0, "NVIDIA next generation", "13.0", 65536)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "family"),
+    [
+        (RTX_2080, "sm75"),
+        (A100, "sm80"),
+        (RTX_3060, "sm86"),  # sm_80 code runs too: the closest native code wins
+        (RTX_4090, "sm89"),
+        (H100, "sm90"),
+        (RTX_5090, "sm120"),
+        (FUTURE, "sm120"),  # only the newest family's PTX runs there
+    ],
+    ids=["turing", "a100", "ampere-consumer", "ada", "hopper", "blackwell", "future"],
+)
+def test_each_gpu_gets_the_family_built_for_it(gpu: GpuInfo, family: str) -> None:
+    chosen = pick_release(FAMILIES, _target(_machine(gpu)), "test index")
+    assert chosen.overlay_version == f"0.3.36-cu13.5-{family}-9"
+
+
+def test_a_pascal_card_gets_no_family() -> None:
+    with pytest.raises(NoMatchingOverlay, match=r"compute capability 6\.1"):
+        pick_release(FAMILIES, _target(_machine(GTX_1060)), "test index")

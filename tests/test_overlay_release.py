@@ -9,9 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_overlay import BuiltOverlay
+from fixtures_overlay import (
+    CREATED,
+    LLAMA_CPP_VERSION,
+    TEST_LEVEL,
+    BuiltOverlay,
+    KeyPair,
+)
+from fixtures_overlay import (
+    MIN_DRIVER as TEST_DRIVER,
+)
 from llamaship_build.errors import BuildError
-from llamaship_build.overlay_release import MIN_DRIVER, min_driver, release
+from llamaship_build.overlay_build import build_overlay
+from llamaship_build.overlay_release import (
+    MIN_DRIVER,
+    ArchFamily,
+    families,
+    min_driver,
+    release,
+)
+from llamaship_contract.overlay import LayerManifest, parse_manifest
 from llamaship_contract.release_index import parse_index
 from llamaship_contract.signing import verify
 from overlay_kit.releases import published_entries
@@ -103,3 +120,75 @@ def test_the_driver_floor_follows_the_compression_mode() -> None:
     assert min_driver("13.5", "size") == MIN_DRIVER["13"] == min_driver("13.5", "none")
     with pytest.raises(BuildError, match="CUDA 14"):
         min_driver("14.0", "size")
+
+
+def test_a_release_is_one_overlay_per_architecture_the_ptx_with_the_newest() -> None:
+    archs = ("120", "75", "80", "86", "89", "90", "100")
+    split = families(archs, ("120",), per_arch=True)
+    assert [family.label for family in split] == [
+        "sm75",
+        "sm80",
+        "sm86",
+        "sm89",
+        "sm90",
+        "sm100",
+        "sm120",
+    ]
+    assert all(family.archs == (family.label[2:],) for family in split)
+    assert [family.ptx_archs for family in split] == [()] * 6 + [("120",)]
+    assert families(archs, ("120",), per_arch=False) == [ArchFamily("", archs, ("120",))]
+    assert families(("75",), ("75",), per_arch=True) == [ArchFamily("", ("75",), ("75",))]
+
+
+def test_the_families_of_a_release_share_one_runtime_archive(
+    cuda_module: Path, cudart_wheel: Path, signing_keys: KeyPair, tmp_path: Path
+) -> None:
+    """The second family writes its own cuda-runtime manifest naming the first one's archive:
+    the release carries (and compresses) the CUDA runtime once, and each index entry pins it."""
+    out = tmp_path / "overlay"
+
+    def family(label: str, shared: LayerManifest | None = None) -> list[Path]:
+        return build_overlay(
+            cuda_module,
+            out,
+            llama_cpp_version=LLAMA_CPP_VERSION,
+            cuda_version="13.0",
+            min_driver=TEST_DRIVER,
+            min_vram_mb=1024,
+            serial=7,
+            overlay_version=f"0.3.36-cu13.0-{label}-7",
+            signing_key_b64=signing_keys.private,
+            runtime_wheels=[cudart_wheel],
+            runtime_libraries=["libcudart.so.13"],
+            compression_level=TEST_LEVEL,
+            created=CREATED,
+            release_version="0.3.36-cu13.0-7",
+            shared_runtime=shared,
+        )
+
+    first = family("sm75")
+    runtime_path = next(
+        p for p in first if p.name == "cuda-runtime-0.3.36-cu13.0-sm75-7-linux_x86_64.json"
+    )
+    runtime = parse_manifest(runtime_path.read_bytes(), origin="test")
+    assert runtime.archive.name == "cuda-runtime-0.3.36-cu13.0-7-linux_x86_64.tar.zst"
+    second = family("sm80", runtime)
+    assert not [
+        path for path in second if path.name.endswith(".tar.zst") and "runtime" in path.name
+    ]
+    assert sorted(path.name for path in out.glob("cuda-runtime-*.tar.zst")) == [
+        runtime.archive.name
+    ]
+    index, _ = release(
+        out, tmp_path / "release", serial=8, base_url="", signing_key_b64=signing_keys.private
+    )[-2:]
+    entries = {entry.overlay_version: entry for entry in published_entries(index)}
+    assert set(entries) == {"0.3.36-cu13.0-sm75-7", "0.3.36-cu13.0-sm80-7"}
+    runtime_archives = {
+        layer.archive
+        for entry in entries.values()
+        for layer in entry.layers
+        if layer.layer == "cuda-runtime"
+    }
+    assert len(runtime_archives) == 1
+    assert (tmp_path / "release" / runtime_archives.pop()).is_file()

@@ -17,6 +17,10 @@ DEFAULT_EXPIRY_DAYS = DEFAULT_LIFETIME.days
 # ggml's GGML_CUDA_COMPRESSION_MODE values, passed to nvcc as -compress-mode (cuda_module
 # checks them again; listed here to keep the CLI light).
 COMPRESS_MODES = ("size", "balance", "speed", "none")
+# The release's CUDA architectures: Turing (GTX 16xx, RTX 20xx) to Blackwell (RTX 50xx), one
+# overlay each; PTX of the newest lets the driver JIT for GPUs newer still.
+RELEASE_ARCHS = "75,80,86,89,90,100,120"
+RELEASE_PTX_ARCHS = "120"
 
 
 def _overlay(args: argparse.Namespace, project: Project) -> int:
@@ -47,6 +51,7 @@ def _overlay(args: argparse.Namespace, project: Project) -> int:
         out_dir=project.dist / "overlay",
         unsigned=args.unsigned,
         compress_mode=args.compress_mode,
+        per_arch=args.per_arch,
     )
     for path in overlay_release.build(project, options):
         print(path)
@@ -164,10 +169,23 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     overlay.add_argument(
         "--archs",
-        default="75,80,86,89,90",
-        help="real CUDA architectures for --source build (comma-separated)",
+        default=RELEASE_ARCHS,
+        help="real CUDA architectures for --source build, comma-separated (default: Turing "
+        f"to Blackwell, {RELEASE_ARCHS})",
     )
-    overlay.add_argument("--ptx-archs", default="", help="PTX architectures (JIT on newer GPUs)")
+    overlay.add_argument(
+        "--ptx-archs",
+        default=RELEASE_PTX_ARCHS,
+        help="PTX architectures, JIT-compiled by the driver on newer GPUs (default: "
+        f"{RELEASE_PTX_ARCHS})",
+    )
+    overlay.add_argument(
+        "--per-arch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one overlay per real architecture, the PTX with the newest: each GPU downloads "
+        "only its own (default; --no-per-arch puts them all in one)",
+    )
     overlay.add_argument(
         "--compress-mode",
         default="size",

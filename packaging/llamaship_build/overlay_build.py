@@ -5,6 +5,12 @@ the bundle's own ggml loads it. Output in `out_dir`, per layer:
 `<layer>-<overlay version>-<platform>.tar.zst`, its manifest `<same>.json` and the manifest's
 signature `<same>.json.sig`. The cuda-runtime layer is built first: the llama-cuda manifest
 `requires` its exact id and sha256.
+
+A release may offer one overlay per GPU architecture family (`overlay_release`): each family's
+llama-cuda layer is its own compile, while the CUDA runtime is the same bytes for all. The
+first family packs the runtime archive (named after the release, not the family); the others
+get a runtime manifest of their own that names that same archive (`shared_runtime`), so the
+release carries and compresses the 420 MB runtime once.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from llamaship_build.cuda_layer import runtime_needs, stage_cuda_layer
 from llamaship_build.elf import Patchelf, find_patchelf
@@ -150,10 +156,12 @@ def _pack_layer(
     created: str,
     target: OverlayTarget,
     signing_key_b64: str | None,
+    archive_version: str | None = None,
 ) -> tuple[LayerManifest, list[Path]]:
     stem = f"{layer}-{target.overlay_version}-{target.platform}"
+    archive_stem = f"{layer}-{archive_version or target.overlay_version}-{target.platform}"
     files = layer_files(root)
-    archive = write_layer_archive(root, files, out_dir / f"{stem}.tar.zst", level)
+    archive = write_layer_archive(root, files, out_dir / f"{archive_stem}.tar.zst", level)
     manifest = _manifest(layer, requires, archive, files, created, target, layer_floors(root))
     written = [out_dir / archive.name, *write_manifest(manifest, out_dir / stem, signing_key_b64)]
     _log.info(
@@ -169,6 +177,34 @@ def _pack_layer(
         manifest.glibcxx_floor or "-",
     )
     return manifest, written
+
+
+def _reuse_runtime(
+    shared: LayerManifest,
+    wanted: Sequence[str],
+    out_dir: Path,
+    created: str,
+    target: OverlayTarget,
+    signing_key_b64: str | None,
+) -> tuple[LayerManifest, list[Path]]:
+    """This overlay's cuda-runtime manifest for the archive another family's build packed."""
+    shipped = {PurePosixPath(entry.path).name for entry in shared.files}
+    missing = sorted(set(wanted) - shipped)
+    if missing:
+        msg = (
+            f"this module links {', '.join(missing)}, which the shared CUDA runtime layer "
+            f"{shared.archive.name} does not ship: build the families from one toolchain"
+        )
+        raise BuildError(msg)
+    if not (out_dir / shared.archive.name).is_file():
+        msg = f"the shared CUDA runtime archive {shared.archive.name} is not in {out_dir}"
+        raise BuildError(msg)
+    floors = (shared.glibc_floor, shared.glibcxx_floor)
+    manifest = _manifest(
+        "cuda-runtime", None, shared.archive, shared.files, created, target, floors
+    )
+    stem = out_dir / f"cuda-runtime-{target.overlay_version}-{target.platform}"
+    return manifest, write_manifest(manifest, stem, signing_key_b64)
 
 
 def build_overlay(
@@ -188,8 +224,15 @@ def build_overlay(
     compression_level: int = DEFAULT_LEVEL,
     created: datetime | None = None,
     patchelf: Patchelf | None = None,
+    release_version: str | None = None,
+    shared_runtime: LayerManifest | None = None,
 ) -> list[Path]:
-    """Build, sign and write both layers; returns [archive, manifest, signature] per layer.
+    """Build, sign and write both layers; returns [archive, manifest, signature] per layer
+    (no archive for a `shared_runtime`: the cuda-runtime manifest names that one's).
+
+    `release_version` names the cuda-runtime archive (default: `overlay_version`), so every
+    architecture family of a release shares it; `shared_runtime` is the cuda-runtime manifest
+    an earlier family of this build wrote in `out_dir`, whose archive this one reuses.
 
     `module` is the CUDA backend module (`libggml-cuda.so`) of llama-cpp-python
     `llama_cpp_version`, the bundle's pinned version. `signing_key_b64=None` leaves the
@@ -227,19 +270,25 @@ def build_overlay(
             min_vram_mb=min_vram_mb,
         )
         wanted = tuple(runtime_libraries) if runtime_libraries is not None else runtime_needs(info)
-        runtime_root = staging / "cuda-runtime"
-        stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
-        check_imports(runtime_root, "linux")
-        runtime, written = _pack_layer(
-            "cuda-runtime",
-            runtime_root,
-            out_dir,
-            compression_level,
-            None,
-            created_text,
-            target,
-            signing_key_b64,
-        )
+        if shared_runtime is not None:
+            runtime, written = _reuse_runtime(
+                shared_runtime, wanted, out_dir, created_text, target, signing_key_b64
+            )
+        else:
+            runtime_root = staging / "cuda-runtime"
+            stage_runtime_layer(runtime_wheels, wanted, runtime_root, tool)
+            check_imports(runtime_root, "linux")
+            runtime, written = _pack_layer(
+                "cuda-runtime",
+                runtime_root,
+                out_dir,
+                compression_level,
+                None,
+                created_text,
+                target,
+                signing_key_b64,
+                archive_version=release_version,
+            )
         requires = RequiredLayer(
             layer="cuda-runtime", id=layer_id(runtime), sha256=runtime.archive.sha256
         )

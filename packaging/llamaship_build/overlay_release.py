@@ -10,6 +10,7 @@ the bundle's own ggml loads, so it must come from the same sdist and portable fl
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from llamaship_build.overlay_build import build_overlay, download_runtime_wheels
 from llamaship_build.overlay_layers import module_from_wheel
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.release_index import DEFAULT_LIFETIME, write_release_index
-from llamaship_contract.overlay import parse_manifest
+from llamaship_contract.overlay import LayerManifest, parse_manifest
 from llamaship_contract.signing import load_signing_key
 
 _log = logging.getLogger(__name__)
@@ -70,9 +71,39 @@ class OverlayOptions:
     out_dir: Path
     unsigned: bool = False  # no manifest signatures: `sign-release` adds them (release CI)
     compress_mode: str = "size"  # ggml's GGML_CUDA_COMPRESSION_MODE for `build`
+    per_arch: bool = True  # `build`: one overlay per real architecture (see `families`)
 
 
-def cuda_module(project: Project, options: OverlayOptions, scratch: Path) -> Path:
+@dataclass(frozen=True)
+class ArchFamily:
+    """The architectures one overlay's module is compiled for, and its version's label."""
+
+    label: str  # "sm86", or "" for a single overlay
+    archs: tuple[str, ...]
+    ptx_archs: tuple[str, ...]
+
+
+def _arch_number(arch: str) -> tuple[int, str]:
+    digits = "".join(itertools.takewhile(str.isdigit, arch))
+    return (int(digits or 0), arch)
+
+
+def families(archs: Sequence[str], ptx_archs: Sequence[str], per_arch: bool) -> list[ArchFamily]:
+    """The overlays of a release: one per real architecture, the PTX going with the newest
+    (a GPU downloads only its own: about 20 MB instead of 120 MB for every card), or one
+    holding them all."""
+    if not per_arch or len(archs) < 2:
+        return [ArchFamily("", tuple(archs), tuple(ptx_archs))]
+    newest = max(archs, key=_arch_number)
+    return [
+        ArchFamily(f"sm{arch}", (arch,), tuple(ptx_archs) if arch == newest else ())
+        for arch in sorted(archs, key=_arch_number)
+    ]
+
+
+def cuda_module(
+    project: Project, options: OverlayOptions, family: ArchFamily, scratch: Path
+) -> Path:
     """The CUDA backend module from the chosen source (a wheel's copy goes into `scratch`)."""
     if options.source == "wheel":
         if options.wheel is None or not options.wheel.is_file():
@@ -85,7 +116,7 @@ def cuda_module(project: Project, options: OverlayOptions, scratch: Path) -> Pat
     from llamaship_build.cuda_module import ensure_cuda_module
 
     built = ensure_cuda_module(
-        project, options.archs, options.ptx_archs, compress_mode=options.compress_mode
+        project, family.archs, family.ptx_archs, compress_mode=options.compress_mode
     )
     _log.info("CUDA module %s (%s)", built.path, built.record)
     return built.path
@@ -108,22 +139,45 @@ def build(project: Project, options: OverlayOptions) -> list[Path]:
     )
     cuda_version = _cuda_version(runtime_wheels)
     llama_version = Pin.from_lock(project.requirements / "gpu.txt").version
-    with tempfile.TemporaryDirectory() as scratch:
-        module = cuda_module(project, options, Path(scratch))
-        return build_overlay(
-            module,
-            options.out_dir,
-            llama_cpp_version=llama_version,
-            cuda_version=cuda_version,
-            # A wheel's module: ggml compresses with `size` unless its build chose otherwise.
-            min_driver=min_driver(cuda_version, options.compress_mode),
-            min_vram_mb=DEFAULT_MIN_VRAM_MB,
-            serial=options.serial,
-            overlay_version=f"{llama_version}-cu{cuda_version}-{options.serial}",
-            signing_key_b64=key,
-            runtime_wheels=runtime_wheels,
-            compression_level=options.level,
-        )
+    release_version = f"{llama_version}-cu{cuda_version}-{options.serial}"
+    per_arch = options.per_arch and options.source == "build"  # a wheel holds one module
+    written: list[Path] = []
+    shared_runtime: LayerManifest | None = None
+    for family in families(options.archs, options.ptx_archs, per_arch):
+        with tempfile.TemporaryDirectory() as scratch:
+            module = cuda_module(project, options, family, Path(scratch))
+            paths = build_overlay(
+                module,
+                options.out_dir,
+                llama_cpp_version=llama_version,
+                cuda_version=cuda_version,
+                # A wheel's module: ggml compresses with `size` unless its build chose otherwise.
+                min_driver=min_driver(cuda_version, options.compress_mode),
+                min_vram_mb=DEFAULT_MIN_VRAM_MB,
+                serial=options.serial,
+                overlay_version=(
+                    f"{llama_version}-cu{cuda_version}-{family.label}-{options.serial}"
+                    if family.label
+                    else release_version
+                ),
+                signing_key_b64=key,
+                runtime_wheels=runtime_wheels,
+                compression_level=options.level,
+                release_version=release_version,
+                shared_runtime=shared_runtime,
+            )
+        written += paths
+        shared_runtime = shared_runtime or _runtime_manifest(paths)
+    return written
+
+
+def _runtime_manifest(paths: Sequence[Path]) -> LayerManifest:
+    """The cuda-runtime manifest among the files an overlay build wrote."""
+    for path in paths:
+        if path.name.startswith("cuda-runtime-") and path.suffix == ".json":
+            return parse_manifest(path.read_bytes(), origin=str(path))
+    msg = "the overlay build wrote no cuda-runtime manifest"
+    raise BuildError(msg)
 
 
 def default_serial() -> int:

@@ -76,6 +76,25 @@ def arch_runs_on(arch: str, capability: tuple[int, int], ptx: bool) -> bool:
     return built[0] == capability[0] and built[1] <= capability[1]
 
 
+def code_fit(gpu: GpuInfo, requirements: OverlayRequirements) -> tuple[int, int]:
+    """How closely an overlay's code fits `gpu`, to choose among overlays that all run on it
+    (a release offers one per architecture): native code before PTX, then the newest
+    architecture that runs (sm_86 code on an RTX 4090 before sm_80 code)."""
+    capability = capability_of(gpu)
+    if capability is None:
+        return (0, 0)
+    for native, archs in ((1, requirements.cuda_archs), (0, requirements.ptx_archs)):
+        fitting = [_number(arch) for arch in archs if arch_runs_on(arch, capability, not native)]
+        if fitting:
+            return (native, max(fitting))
+    return (0, 0)
+
+
+def _number(arch: str) -> int:
+    match = _ARCH.fullmatch(arch)
+    return int(match.group(1) + match.group(2)) if match else 0
+
+
 def capability_of(gpu: GpuInfo) -> tuple[int, int] | None:
     """The GPU's compute capability as (major, minor), or None when the driver gave nonsense."""
     major, _, minor = gpu.compute_capability.partition(".")

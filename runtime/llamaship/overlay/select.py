@@ -23,6 +23,7 @@ from llamaship.compat import (
     Unusable,
     Usable,
     Verdict,
+    code_fit,
     floor_problems,
     judge,
     judge_vulkan,
@@ -191,7 +192,8 @@ def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
 def pick_release(
     entries: Sequence[ReleaseEntry], target: Target, origin: str, kind: LayerKind = "cuda"
 ) -> ReleaseEntry:
-    """The `kind` release this machine can run (`llamaship.compat`): newest CUDA, then highest
+    """The `kind` release this machine can run (`llamaship.compat`): newest CUDA, then the
+    code closest to the GPU (a release offers one overlay per architecture), then highest
     serial.
 
     Only releases for the target's platform, python and llama_cpp version are considered;
@@ -223,7 +225,7 @@ def pick_release(
         )
         raise NoMatchingOverlay(msg)
     verdicts = [(entry, _verdict(entry, target)) for entry in fitting]
-    usable = [entry for entry, verdict in verdicts if isinstance(verdict, Usable)]
+    usable = [(entry, verdict) for entry, verdict in verdicts if isinstance(verdict, Usable)]
     if not usable:
         problems = "; ".join(
             f"{entry.overlay_version}: {', '.join(verdict.problems)}"
@@ -232,10 +234,22 @@ def pick_release(
         )
         msg = f"no overlay in the release index {origin} can run on this machine: {problems}"
         raise NoMatchingOverlay(msg)
-    return max(
+    chosen, _ = max(
         usable,
-        key=lambda entry: (version_key(entry.cuda_version or entry.vulkan_api), entry.serial),
+        key=lambda pair: (
+            version_key(pair[0].cuda_version or pair[0].vulkan_api),
+            _fit(pair[0], pair[1], target),
+            pair[0].serial,
+        ),
     )
+    return chosen
+
+
+def _fit(entry: ReleaseEntry, verdict: Usable, target: Target) -> tuple[int, int]:
+    """How closely a usable CUDA release's code fits the GPU it would run on (`code_fit`)."""
+    if entry.kind != "cuda" or not verdict.gpus:
+        return (0, 0)
+    return code_fit(verdict.best, requirements_for(entry, target.os_name))
 
 
 def _manifest_problems(manifest: LayerManifest, ref: LayerRef, entry: ReleaseEntry) -> list[str]:
