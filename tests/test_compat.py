@@ -214,7 +214,7 @@ def _family(arch: str, ptx: tuple[str, ...] = ()) -> ReleaseEntry:
 # A release of one overlay per architecture (`overlay --per-arch`), the PTX with the newest.
 FAMILIES = (
     *(_family(arch) for arch in ("75", "80", "86", "89", "90", "100")),
-    _family("120", ("120",)),
+    _family("120", ("100",)),  # ggml's 120 is 120a: the PTX for newer GPUs is compute_100
 )
 RTX_3060 = _gpu(0, "NVIDIA GeForce RTX 3060", "8.6", 12288)
 A100 = _gpu(0, "NVIDIA A100-SXM4-40GB", "8.0", 40960)

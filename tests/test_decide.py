@@ -248,6 +248,20 @@ def test_same_or_older_release_is_not_an_upgrade() -> None:
     assert decide(_report(RTX_3060), CU13, CU13, None).upgrade_available is False
 
 
+SM86 = CU13.model_copy(update={"overlay_version": "0.3.36-cu13.0-sm86-7", "cuda_archs": ("86",)})
+SM120 = CU13.model_copy(update={"overlay_version": "0.3.36-cu13.0-sm120-7", "cuda_archs": ("120",)})
+RTX_5090 = _gpu(0, "NVIDIA GeForce RTX 5090", "12.0", 32607)
+
+
+def test_a_new_gpu_is_offered_its_architectures_overlay_of_the_same_release() -> None:
+    """The RTX 3060 was swapped for an RTX 5090: the installed sm86 overlay cannot run, the
+    release's sm120 overlay (same serial) is offered; while the sm86 one runs, it is not."""
+    swapped = decide(_report(RTX_5090), SM86, SM120, None)
+    assert (swapped.variant, swapped.upgrade_available) == ("cpu", True)
+    assert "0.3.36-cu13.0-sm120-7" in swapped.reason
+    assert decide(_report(RTX_3060), SM86, SM120, None).upgrade_available is False
+
+
 def test_newer_release_the_gpu_cannot_use_is_not_an_upgrade() -> None:
     needs_more = CU13_NEWER.model_copy(update={"min_vram_mb": 16384})
 

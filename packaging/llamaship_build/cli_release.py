@@ -18,9 +18,11 @@ DEFAULT_EXPIRY_DAYS = DEFAULT_LIFETIME.days
 # checks them again; listed here to keep the CLI light).
 COMPRESS_MODES = ("size", "balance", "speed", "none")
 # The release's CUDA architectures: Turing (GTX 16xx, RTX 20xx) to Blackwell (RTX 50xx), one
-# overlay each; PTX of the newest lets the driver JIT for GPUs newer still.
+# overlay each. The PTX (JIT-compiled by the driver for GPUs newer still) goes with the newest
+# overlay and is compute_100: ggml compiles any 12X as the arch-specific 12Xa, whose PTX runs
+# on no other GPU.
 RELEASE_ARCHS = "75,80,86,89,90,100,120"
-RELEASE_PTX_ARCHS = "120"
+RELEASE_PTX_ARCHS = "100"
 
 
 def _overlay(args: argparse.Namespace, project: Project) -> int:

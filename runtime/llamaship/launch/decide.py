@@ -38,9 +38,15 @@ def _newer_usable(
     installed: OverlayRequirements,
     available: OverlayRequirements | None,
 ) -> OverlayRequirements | None:
-    if available is None or available.serial <= installed.serial:
+    """The offer, when it runs here and is newer, or is the same release's overlay for
+    another architecture while the installed one cannot run here (a new GPU)."""
+    if available is None or available.overlay_version == installed.overlay_version:
         return None
-    return available if isinstance(judge(report, available), Usable) else None
+    if available.serial < installed.serial or not isinstance(judge(report, available), Usable):
+        return None
+    if available.serial > installed.serial:
+        return available
+    return None if isinstance(judge(report, installed), Usable) else available
 
 
 def _no_gpu_reason(report: DetectionReport) -> str:

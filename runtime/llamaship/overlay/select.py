@@ -192,9 +192,9 @@ def _verdict(entry: ReleaseEntry, target: Target) -> Verdict:
 def pick_release(
     entries: Sequence[ReleaseEntry], target: Target, origin: str, kind: LayerKind = "cuda"
 ) -> ReleaseEntry:
-    """The `kind` release this machine can run (`llamaship.compat`): newest CUDA, then the
-    code closest to the GPU (a release offers one overlay per architecture), then highest
-    serial.
+    """The `kind` release this machine can run (`llamaship.compat`): newest CUDA, then highest
+    serial, then (among a release's overlays, one per architecture) the one that runs on the
+    most GPUs here, then the one whose code is closest to the GPU.
 
     Only releases for the target's platform, python and llama_cpp version are considered;
     when none of them can run, the error lists each one's problems.
@@ -238,15 +238,17 @@ def pick_release(
         usable,
         key=lambda pair: (
             version_key(pair[0].cuda_version or pair[0].vulkan_api),
-            _fit(pair[0], pair[1], target),
             pair[0].serial,
+            len(pair[1].gpus),
+            _fit(pair[0], pair[1], target),
         ),
     )
     return chosen
 
 
 def _fit(entry: ReleaseEntry, verdict: Usable, target: Target) -> tuple[int, int]:
-    """How closely a usable CUDA release's code fits the GPU it would run on (`code_fit`)."""
+    """How closely a usable CUDA release's code fits the GPU it would run on (`code_fit`):
+    among the overlays of one release (one per architecture), the one built for this GPU."""
     if entry.kind != "cuda" or not verdict.gpus:
         return (0, 0)
     return code_fit(verdict.best, requirements_for(entry, target.os_name))
