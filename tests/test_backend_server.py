@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import struct
@@ -155,3 +156,29 @@ def test_a_python_launch_restarts_with_the_interpreter_and_its_options(
 
     assert restart_command() == [sys.executable, "-X", "utf8", "-m", "llamaship", "serve"]
     assert "PYINSTALLER_RESET_ENVIRONMENT" not in restart_environment()
+
+
+def test_a_restart_starts_from_the_environment_before_the_launch(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The launch named a CUDA overlay's module and runtime folder in the environment: the
+    restarted process decides again without them (a CPU launch must not load the module),
+    and what the user had set stays."""
+    from llamaship.launch import launch_env
+    from llamaship.launch.activate import Loader, activate
+
+    monkeypatch.setattr(launch_env, "_before", {})  # this test's launch only
+    module = tmp_path / "backends" / "libggml-cuda.so"
+    module.parent.mkdir()
+    module.write_bytes(b"\x7fELF")
+    runtime = tmp_path / "lib"
+    runtime.mkdir()
+    monkeypatch.delenv("GGML_BACKEND_PATH", raising=False)
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/user/lib")
+    activate(module, runtime, Loader(system="linux", load=lambda path, mode: None))
+
+    assert os.environ["GGML_BACKEND_PATH"] == str(module)
+    assert os.environ["LD_LIBRARY_PATH"] == f"{runtime}:/opt/user/lib"
+    restarted = restart_environment()
+    assert "GGML_BACKEND_PATH" not in restarted
+    assert restarted["LD_LIBRARY_PATH"] == "/opt/user/lib"

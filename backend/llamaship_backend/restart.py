@@ -20,6 +20,8 @@ import sys
 import threading
 from collections.abc import Callable
 
+from llamaship.launch.launch_env import before_launch
+
 logger = logging.getLogger(__name__)
 
 RESTART_EXIT_CODE = 75
@@ -64,12 +66,13 @@ def restart_command() -> list[str]:
 
 
 def restart_environment() -> dict[str, str]:
-    """The environment for the new process.
+    """The environment for the new process: this one's as it was before the launch named an
+    overlay's module in it (the new launch decides again).
 
     A frozen build asks the PyInstaller bootloader to start as a new application instance,
     not as a worker subprocess of this one (PyInstaller >= 6.9).
     """
-    environment = dict(os.environ)
+    environment = before_launch(os.environ)
     if getattr(sys, "frozen", False):
         environment["PYINSTALLER_RESET_ENVIRONMENT"] = "1"
     return environment

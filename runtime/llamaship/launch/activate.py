@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamaship.launch.launch_env import set_for_launch
 from llamaship_contract.errors import LlamashipError
 
 BACKEND_PATH = "GGML_BACKEND_PATH"
@@ -149,7 +150,7 @@ def activate(
         msg = f"the overlay's CUDA backend module {module} is missing: reinstall the overlay"
         raise ActivationError(msg)
     preload_runtime_libraries(runtime_lib_dir, loader)
-    environment.update(cuda_environment(module, runtime_lib_dir, environment, loader))
+    set_for_launch(cuda_environment(module, runtime_lib_dir, environment, loader), environment)
 
 
 def deactivate(

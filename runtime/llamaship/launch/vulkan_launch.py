@@ -12,6 +12,7 @@ from llamaship.config import Settings
 from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.launch.decide import UPGRADE_HINT, Decision, recommend
 from llamaship.launch.decide_vulkan import decide_vulkan, vulkan_driver
+from llamaship.launch.launch_env import set_for_launch
 from llamaship.launch.log import InstallProgressLog
 from llamaship.launch.plan import Plan, available_vulkan, bundle_llama_cpp_version, other_build
 from llamaship.launch.status import LaunchTracker
@@ -63,7 +64,7 @@ def prepare_vulkan(
         return
     if measured.reason:
         plan.note(measured.reason)
-    os.environ.update(vulkan_environment(overlay, choice))
+    set_for_launch(vulkan_environment(overlay, choice), os.environ)
     tracker.counting(overlay.overlay_version)
     plan.vulkan = overlay
     reason = verdict.reason + _not_cuda(plan)
