@@ -130,6 +130,8 @@ def ensure_cuda_module(
         {
             "cmake_args": flags,
             "nvcc": toolkit.build,
+            # Every wheel of the toolkit (crt, nvvm, cccl too), by the hash of their bytes.
+            "toolkit": toolkit.root.name,
             "cublas": cuda.cublas_version,
         },
     )
@@ -211,6 +213,9 @@ def _compile(pin: Pin, flags: Sequence[str], scratch: Path, toolchain: Toolchain
     )
     found = sorted(build.rglob(MODULE))
     if len(found) != 1:
-        msg = f"the CUDA build left {len(found)} {MODULE} in {build}, not 1"
+        msg = (
+            f"the CUDA build left {len(found)} {MODULE} in {build}, not 1: this llama.cpp "
+            "builds its CUDA backend differently; update cuda_module.py for it"
+        )
         raise BuildError(msg)
     return found[0]

@@ -12,13 +12,12 @@ resolves; it is never shipped: the user's driver provides the real `libcuda.so.1
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import subprocess
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -28,9 +27,6 @@ from llamaship_build.errors import BuildError
 _log = logging.getLogger(__name__)
 
 CUBLAS_PACKAGE = "nvidia-cublas"
-# Where to look for a toolkit, in order; the first holding bin/nvcc wins.
-ROOT_VARIABLES = ("CUDAToolkit_ROOT", "CUDA_HOME", "CUDA_PATH")
-DEFAULT_ROOT = Path("/usr/local/cuda")
 DRIVER_SONAME = "libcuda.so.1"
 # cuda.h: "the CUDA driver that the application has loaded is a stub library".
 CUDA_ERROR_STUB_LIBRARY = 34
@@ -100,22 +96,14 @@ def parse_archs(list_text: str) -> tuple[str, ...]:
     return tuple(archs)
 
 
-def find_toolkit(env: Mapping[str, str] | None = None) -> CudaToolkit:
-    """The CUDA toolkit named by CUDAToolkit_ROOT, CUDA_HOME or CUDA_PATH, else /usr/local/cuda."""
-    environment = os.environ if env is None else env
-    candidates = [Path(environment[name]) for name in ROOT_VARIABLES if environment.get(name)]
-    candidates.append(DEFAULT_ROOT)
-    root = next((path for path in candidates if (path / "bin" / "nvcc").is_file()), None)
-    if root is None:
-        tried = ", ".join(str(path / "bin" / "nvcc") for path in candidates)
-        msg = (
-            f"no CUDA toolkit found (tried {tried}): install the CUDA 13 toolkit or set "
-            "CUDA_HOME to its root"
-        )
+def read_toolkit(root: Path) -> CudaToolkit:
+    """The toolkit at `root`: nvcc's release and the architectures it targets."""
+    nvcc = root / "bin" / "nvcc"
+    if not nvcc.is_file():
+        msg = f"{root} holds no CUDA toolkit ({nvcc} is missing): delete it to unpack it again"
         raise BuildError(msg)
-    nvcc = str(root / "bin" / "nvcc")
-    release, build = parse_release(_run([nvcc, "--version"], "nvcc --version"))
-    archs = parse_archs(_run([nvcc, "--list-gpu-arch"], "nvcc --list-gpu-arch"))
+    release, build = parse_release(_run([str(nvcc), "--version"], "nvcc --version"))
+    archs = parse_archs(_run([str(nvcc), "--list-gpu-arch"], "nvcc --list-gpu-arch"))
     return CudaToolkit(root=root, release=release, build=build, archs=archs)
 
 

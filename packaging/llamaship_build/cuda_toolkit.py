@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 from llamaship_build import locks
-from llamaship_build.cuda_toolchain import CudaToolkit, find_toolkit
+from llamaship_build.cuda_toolchain import CudaToolkit, read_toolkit
 from llamaship_build.errors import BuildError
 
 _log = logging.getLogger(__name__)
@@ -75,7 +75,10 @@ def unpack_toolkit(wheels: list[Path], dest: Path) -> Path:
             if (staging / "lib" / target).is_file():
                 (staging / "lib" / link).symlink_to(target)
         if not (staging / "bin" / "nvcc").is_file():
-            msg = f"the wheels {', '.join(w.name for w in wheels)} hold no nvidia/cu13/bin/nvcc"
+            msg = (
+                f"the wheels {', '.join(w.name for w in wheels)} hold no nvidia/cu13/bin/nvcc: "
+                f"requirements/{LOCK}.txt must pin nvidia-cuda-nvcc for CUDA 13"
+            )
             raise BuildError(msg)
         staging.rename(dest)
     return dest
@@ -95,4 +98,4 @@ def ensure_toolkit(requirements: Path, cache: Path) -> CudaToolkit:
     if not (root / "bin" / "nvcc").is_file():
         _log.info("unpacking the CUDA toolkit from %d NVIDIA wheels into %s", len(wheels), root)
         unpack_toolkit(wheels, root)
-    return find_toolkit({"CUDA_HOME": str(root)})
+    return read_toolkit(root)
