@@ -36,7 +36,10 @@ def prepare_vulkan(
     choice = vulkan_device_choice(plan.report, settings)
     foreign = other_build(overlay)
     if foreign is not None:  # its module cannot load into this bundle's ggml
-        _stay_on_cpu(plan, foreign)
+        if plan.decision.upgrade_available:  # the CUDA offer's reason stays the decision's
+            plan.note(foreign)
+        else:
+            _stay_on_cpu(plan, foreign)
     if overlay is None or foreign is not None:
         if choice.device_index is not None and not plan.decision.upgrade_available:
             missing = foreign or "no Vulkan overlay installed"
