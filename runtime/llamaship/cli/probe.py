@@ -29,6 +29,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from llamaship.fit.backoff import LlamaLog
     from llamaship.launch.activate import activate
+    from llamaship.launch.launch_env import BACKEND_PATH
     from llamaship.launch.probe import backend_devices, cuda_failure
     from llamaship.native import _ggml_library, load_ggml_backends, mapped_llama_libraries
     from llamaship_contract.document import dump_document
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     module: Path = args.backend_module
     if args.cuda_runtime is not None:
         activate(module, args.cuda_runtime)
-    _check_backend_path(module, os.environ.get("GGML_BACKEND_PATH"))
+    _check_backend_path(module, os.environ.get(BACKEND_PATH))
     import llama_cpp
 
     LlamaLog.install()

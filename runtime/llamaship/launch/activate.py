@@ -22,10 +22,9 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamaship.launch.launch_env import set_for_launch
+from llamaship.launch.launch_env import BACKEND_PATH, set_for_launch
 from llamaship_contract.errors import LlamashipError
 
-BACKEND_PATH = "GGML_BACKEND_PATH"
 # Load order: each library's dependencies first (libcudart.so.13, cublasLt64_13.dll, ...).
 _PRELOAD_ORDER = ("cudart", "cublasLt", "cublas")
 _LIBRARY_STEM = re.compile(r"^(?:lib)?([A-Za-z]+)")

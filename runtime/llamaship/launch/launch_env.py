@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 
+# ggml loads the backend module this names (`ggml_backend_load_all_from_path`).
+BACKEND_PATH = "GGML_BACKEND_PATH"
+
 # Each variable the launch set, with its value before the first change (None: it was unset).
 _before: dict[str, str | None] = {}
 

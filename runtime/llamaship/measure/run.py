@@ -26,6 +26,7 @@ from time import monotonic
 
 from llamaship.io.group_run import run_in_group, self_command
 from llamaship.launch.activate import cuda_environment
+from llamaship.launch.launch_env import BACKEND_PATH
 from llamaship.measure.cache import model_identity
 from llamaship.measure.verdict import judge_speeds
 from llamaship_contract.errors import LlamashipError
@@ -38,7 +39,6 @@ from llamaship_contract.measure import (
 
 logger = logging.getLogger(__name__)
 
-BACKEND_PATH_VARIABLE = "GGML_BACKEND_PATH"
 VULKAN_DEVICES_VARIABLE = "GGML_VK_VISIBLE_DEVICES"
 TOTAL_SECONDS = 60.0
 PROMPT_TOKENS = 128  # pp128: fits the bound on a slow CPU with a 7B model
@@ -72,9 +72,7 @@ class VariantSetup:
         return {**kept, **self.set_env}
 
 
-CPU_SETUP = VariantSetup(
-    "cpu", 0, unset_env=frozenset({BACKEND_PATH_VARIABLE, VULKAN_DEVICES_VARIABLE})
-)
+CPU_SETUP = VariantSetup("cpu", 0, unset_env=frozenset({BACKEND_PATH, VULKAN_DEVICES_VARIABLE}))
 
 
 def vulkan_setup(module: Path, device_index: int, n_gpu_layers: int = -1) -> VariantSetup:
@@ -83,7 +81,7 @@ def vulkan_setup(module: Path, device_index: int, n_gpu_layers: int = -1) -> Var
         "vulkan",
         n_gpu_layers,
         set_env={
-            BACKEND_PATH_VARIABLE: os.fspath(module),
+            BACKEND_PATH: os.fspath(module),
             VULKAN_DEVICES_VARIABLE: str(device_index),
         },
     )

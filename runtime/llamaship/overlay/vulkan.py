@@ -19,6 +19,7 @@ from pathlib import Path
 from llamaship.detect.vulkan_choice import VulkanChoice
 from llamaship.detect.vulkan_choice import vulkan_environment as device_environment
 from llamaship.io.fetch import Fetcher
+from llamaship.launch.launch_env import BACKEND_PATH
 from llamaship.overlay.install import (
     Installer,
     InstallOptions,
@@ -36,7 +37,6 @@ from llamaship_contract.trust import TrustedKeys
 
 _log = logging.getLogger(__name__)
 
-BACKEND_PATH = "GGML_BACKEND_PATH"
 _MODULE_NAMES = {"win32": "ggml-vulkan.dll", "darwin": "libggml-vulkan.dylib"}
 
 VulkanProbeFn = Callable[[Path, Mapping[str, str], float], ProbeResult]
