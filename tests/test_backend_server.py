@@ -164,10 +164,10 @@ def test_a_restart_starts_from_the_environment_before_the_launch(
     """The launch named a CUDA overlay's module and runtime folder in the environment: the
     restarted process decides again without them (a CPU launch must not load the module),
     and what the user had set stays."""
-    from llamaship.launch import launch_env
     from llamaship.launch.activate import Loader, activate
+    from llamaship.launch.launch_env import RECORD
 
-    monkeypatch.setattr(launch_env, "_before", {})  # this test's launch only
+    monkeypatch.delenv(RECORD, raising=False)  # this test's launch only
     module = tmp_path / "backends" / "libggml-cuda.so"
     module.parent.mkdir()
     module.write_bytes(b"\x7fELF")
@@ -182,3 +182,4 @@ def test_a_restart_starts_from_the_environment_before_the_launch(
     restarted = restart_environment()
     assert "GGML_BACKEND_PATH" not in restarted
     assert restarted["LD_LIBRARY_PATH"] == "/opt/user/lib"
+    assert RECORD not in restarted

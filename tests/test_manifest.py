@@ -58,14 +58,14 @@ def manifest_doc() -> dict[str, Any]:
         },
         "unpacked_size": 1070,
         "files": [
-            {"path": "llama_cpp/__init__.py", "size": 70, "sha256": PY_SHA},
+            {"path": "backends/__init__.py", "size": 70, "sha256": PY_SHA},
             {
-                "path": "llama_cpp/lib/libggml.so",
+                "path": "backends/lib/libggml.so",
                 "size": 1000,
                 "sha256": LIB_SHA,
                 "link": "libggml.so.0",
             },
-            {"path": "llama_cpp/lib/libggml.so.0", "size": 1000, "sha256": LIB_SHA},
+            {"path": "backends/lib/libggml.so.0", "size": 1000, "sha256": LIB_SHA},
         ],
         "created": "2026-11-25T00:00:00Z",
     }
@@ -161,11 +161,11 @@ def test_all_problems_are_reported_at_once() -> None:
     [
         "../x",
         "/etc/passwd",
-        "llama_cpp/../../x",
+        "backends/../../x",
         "C:/x",
-        "llama_cpp\\lib\\x.dll",
-        "llama_cpp//x",
-        "llama_cpp/./x",
+        "backends\\lib\\x.dll",
+        "backends//x",
+        "backends/./x",
         "",
         "other/x.py",
         "lib/libcudart.so.13",
@@ -225,7 +225,7 @@ def test_archive_name_must_be_a_plain_tar_zst_name() -> None:
     ("link", "reason"),
     [
         ("../../../etc/passwd", "must point to a regular file"),
-        ("/llama_cpp/lib/libggml.so.0", "must point to a regular file"),
+        ("/backends/lib/libggml.so.0", "must point to a regular file"),
         ("libmissing.so", "must point to a regular file"),
     ],
 )
@@ -250,8 +250,8 @@ def test_duplicate_paths_and_wrong_unpacked_size() -> None:
 
 def test_a_file_cannot_also_be_a_directory() -> None:
     document = manifest_doc()
-    document["files"].append({"path": "llama_cpp/lib/libggml.so/evil", "size": 0, "sha256": PY_SHA})
-    assert "lies under 'llama_cpp/lib/libggml.so'" in problems_of(document)
+    document["files"].append({"path": "backends/lib/libggml.so/evil", "size": 0, "sha256": PY_SHA})
+    assert "lies under 'backends/lib/libggml.so'" in problems_of(document)
 
 
 def test_layer_requirements_are_checked() -> None:
@@ -377,12 +377,12 @@ def test_index_expiry_reads_as_an_aware_time() -> None:
 )
 def test_path_component_longer_than_file_systems_allow_is_refused(component: str) -> None:
     document = manifest_doc()
-    document["files"][0]["path"] = f"llama_cpp/{component}"
+    document["files"][0]["path"] = f"backends/{component}"
     message = problems_of(document)
     assert "files[0].path" in message and "longer than file systems allow" in message
 
 
 def test_path_component_of_255_bytes_is_accepted() -> None:
     document = manifest_doc()
-    document["files"][0]["path"] = "llama_cpp/" + "x" * 255
+    document["files"][0]["path"] = "backends/" + "x" * 255
     assert parse_manifest(encode(document)).files[0].path.endswith("x" * 255)
