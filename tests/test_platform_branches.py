@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import sys
 import zipfile
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ import pytest
 
 from llamaship.launch import activate as activation
 from llamaship.launch.activate import ActivationError, Loader, activate, deactivate
+from llamaship.launch.launch_env import RECORD
 from llamaship.native import BackendLoadError, _ggml_library
 from llamaship.overlay.store import OverlayStore
 from llamaship.paths import DataDirs
@@ -78,6 +80,11 @@ def test_windows_activation_loads_the_runtime_by_path_and_puts_its_folder_first_
         ("cublasLt64_13.dll", 0),
         ("cublas64_13.dll", 0),
     ]
+    # what the launch changed, for a restart to start from the environment before it
+    assert json.loads(environ.pop(RECORD)) == {
+        "GGML_BACKEND_PATH": None,
+        "PATH": r"C:\Windows\system32;C:\app",
+    }
     # the children of the launch (fit tool, probe, measurement) find them through PATH
     assert environ == {
         "GGML_BACKEND_PATH": str(module),
@@ -103,6 +110,8 @@ def test_linux_activation_preloads_the_cuda_runtime_in_order_and_names_the_modul
         ("libcublas.so.13", ctypes.RTLD_GLOBAL),
     ]
     assert recorder.dll_directories == []
+    before = {"GGML_BACKEND_PATH": None, "LD_LIBRARY_PATH": "/app/_internal"}
+    assert json.loads(environ.pop(RECORD)) == before
     assert environ == {
         "GGML_BACKEND_PATH": str(module),
         "LD_LIBRARY_PATH": f"{runtime}:/app/_internal",
@@ -110,6 +119,7 @@ def test_linux_activation_preloads_the_cuda_runtime_in_order_and_names_the_modul
     }
     activate(module, runtime, recorder.loader("linux"), environ)  # once on the path
     assert environ["LD_LIBRARY_PATH"] == f"{runtime}:/app/_internal"
+    environ.pop(RECORD)
     deactivate(module, runtime, recorder.loader("linux"), environ)
     assert environ == {"LD_LIBRARY_PATH": "/app/_internal", "HOME": "/home/u"}
     with pytest.raises(ActivationError, match=r"backend module .* is missing: reinstall"):

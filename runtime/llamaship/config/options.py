@@ -222,10 +222,15 @@ ENV_FILE_VARIABLE = "LLAMASHIP_ENV_FILE"
 OWN_PREFIXES = ("LLAMASHIP_", "LLAMACPP_", "GPU_DETECTION_")
 # The build's own variables (`python -m llamaship_build`, nox, CI): never a runtime setting.
 BUILD_PREFIX = "LLAMASHIP_BUILD_"
-# Other LLAMASHIP_ variables that are not options (read elsewhere): the explicit .env path and
-# the release signing key (the build's and `llamaship keys`' CI secret).
-# The release signing keys are the build's (CI secrets), never a setting of the runtime.
-IGNORED_ENV = frozenset({ENV_FILE_VARIABLE, "LLAMASHIP_SIGNING_KEY", "LLAMASHIP_INDEX_KEY"})
+# What a launch set in the environment for its llama.cpp processes, and the values before it
+# (`llamaship.launch.launch_env`): every child of the launch inherits it.
+LAUNCH_RECORD = "LLAMASHIP_LAUNCH_SET"
+# Other LLAMASHIP_ variables that are not options (read elsewhere): the explicit .env path,
+# the launch's record, and the release signing keys (the build's CI secrets, never a setting
+# of the runtime).
+IGNORED_ENV = frozenset(
+    {ENV_FILE_VARIABLE, LAUNCH_RECORD, "LLAMASHIP_SIGNING_KEY", "LLAMASHIP_INDEX_KEY"}
+)
 # Options without one of `OWN_PREFIXES`: a close misspelling of one is refused too (in `.env`
 # files; warned about in the environment, which other programs share).
 UNPREFIXED = tuple(option.key for option in OPTIONS if not option.key.startswith(OWN_PREFIXES))

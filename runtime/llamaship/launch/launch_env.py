@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, MutableMapping
 
+from llamaship.config.options import LAUNCH_RECORD as RECORD
+
 # ggml loads the backend module this names (`ggml_backend_load_all_from_path`).
 BACKEND_PATH = "GGML_BACKEND_PATH"
-# {variable: its value before the launch, or null when it was unset}.
-RECORD = "LLAMASHIP_LAUNCH_SET"
+# RECORD: {variable: its value before the launch, or null when it was unset}.
 
 
 def _record(environ: Mapping[str, str]) -> dict[str, str | None]:
