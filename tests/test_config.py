@@ -194,6 +194,8 @@ def test_the_build_namespace_is_not_configuration(tmp_path: Path) -> None:
         "LLAMASHIP_BUILD_LINUX_TOOLCHAIN": "host",
         "LLAMASHIP_BUILD_NEW_KNOB": "anything",
         "LLAMASHIP_SIGNING_KEY": "secret",
+        # what a launch recorded in the environment its children (probe, measurement) inherit
+        "LLAMASHIP_LAUNCH_SET": '{"GGML_BACKEND_PATH": null}',
     }
     assert resolve_settings(env=env).home == tmp_path
     with pytest.raises(ConfigError, match="LLAMASHIP_LINUX_TOOLCHAIN"):  # the old name
