@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from llamaship_build.cuda_module import (
-    BUILD_RECORD,
     MODULE,
     cached_module,
     cuda_flags,
@@ -24,6 +23,7 @@ from llamaship_build.cuda_toolchain import CudaToolchain, CudaToolkit
 from llamaship_build.cuda_toolkit import toolkit_key, unpack_toolkit
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import PORTABLE, Pin
+from llamaship_build.module_slot import BUILD_RECORD
 
 REPO = Path(__file__).resolve().parents[1]
 PIN = Pin("0.3.36", ("a" * 64,))

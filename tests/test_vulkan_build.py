@@ -12,8 +12,8 @@ import pytest
 
 from llamaship_build.errors import BuildError
 from llamaship_build.llama_wheel import Pin
+from llamaship_build.module_slot import BUILD_RECORD
 from llamaship_build.vulkan_build import (
-    BUILD_RECORD,
     MODULE,
     cached_module,
     check_definitions,

@@ -13,17 +13,15 @@ smallest module; the driver decompresses it (CUDA 13: any driver CUDA 13 runs on
 550.54.14 or newer, by NVIDIA's RAPIDS build rules). A `-compress-mode` in CUDAFLAGS would
 come first on nvcc's command line and lose to ggml's.
 
-Cached in `<cache>/cuda/<key>/` keyed by the sdist hashes, the flags, the architectures, the
-compression, the toolkit and cuBLAS, beside `build.json` (what it was built with, seconds).
+Cached in `<cache>/cuda/<key>/` (`module_slot`) keyed by the sdist hashes, the flags, the
+architectures, the compression, the toolkit and cuBLAS, beside `build.json` (what it was built
+with, seconds).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,17 +45,18 @@ from llamaship_build.llama_wheel import (
     prefix_map_env,
     unpack_sdist,
 )
+from llamaship_build.module_slot import ModuleSlots
 from llamaship_build.project import Project, cache_dir
 from llamaship_build.toolchain import Toolchain, default_toolchain
 
 _log = logging.getLogger(__name__)
 
 MODULE = "libggml-cuda.so"
-BUILD_RECORD = "build.json"
 # ggml-cuda's choices; nvcc's own default is `speed`.
 COMPRESS_MODES = ("size", "balance", "speed", "none")
-# Bump when how the module is compiled changes (not its inputs): older modules are not reused.
-RECIPE = 2
+# Bump the recipe when how the module is compiled changes (not its inputs): older modules are
+# not reused.
+SLOTS = ModuleSlots("cuda", MODULE, recipe=2)
 
 
 @dataclass(frozen=True)
@@ -82,22 +81,13 @@ def cuda_flags(architectures: str, compress_mode: str, toolchain: CudaToolchain)
 
 def module_key(pin: Pin, toolchain_name: str, fields: Mapping[str, object]) -> str:
     """Cache key: recipe, sdist hashes, the build toolchain and the compile's own fields."""
-    material = {
-        "recipe": RECIPE,
-        "sdist_sha256": sorted(pin.sha256),
-        "version": pin.version,
-        "toolchain": toolchain_name,
-        **fields,
-    }
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+    return SLOTS.key(pin, toolchain_name, fields)
 
 
 def cached_module(cache: Path, key: str) -> BuiltCudaModule | None:
     """The module already compiled under `key`, if any."""
-    slot = cache / "cuda" / key
-    if not (slot / MODULE).is_file() or not (slot / BUILD_RECORD).is_file():
-        return None
-    return BuiltCudaModule(slot / MODULE, json.loads((slot / BUILD_RECORD).read_text()))
+    found = SLOTS.cached(cache, key)
+    return None if found is None else BuiltCudaModule(*found)
 
 
 def ensure_cuda_module(
@@ -147,14 +137,13 @@ def ensure_cuda_module(
         compress_mode,
         toolchain.name,
     )
-    slot = cache / "cuda" / key
     with toolchain.scratch() as scratch:
         started = time.monotonic()
         module = _compile(pin, flags, scratch, toolchain)
         seconds = round(time.monotonic() - started)
         record = {
             "key": key,
-            "recipe": RECIPE,
+            "recipe": SLOTS.recipe,
             "llama_cpp_version": pin.version,
             "sdist_sha256": list(pin.sha256),
             "cuda_architectures": architectures,
@@ -165,16 +154,9 @@ def ensure_cuda_module(
             "module_bytes": module.stat().st_size,
             "seconds": seconds,
         }
-        partial = slot.with_name(slot.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        shutil.copyfile(module, partial / MODULE)
-        (partial / MODULE).chmod(0o755)
-        (partial / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(slot, ignore_errors=True)
-        os.replace(partial, slot)
+        stored = SLOTS.store(cache, key, module, record)
     _log.info("CUDA backend compiled in %d s: %d bytes", seconds, record["module_bytes"])
-    return BuiltCudaModule(slot / MODULE, record)
+    return BuiltCudaModule(stored, record)
 
 
 def _compile(pin: Pin, flags: Sequence[str], scratch: Path, toolchain: Toolchain) -> Path:

@@ -19,11 +19,7 @@ versions of glslc and the Vulkan headers, beside `build.json` (what it was built
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,6 +35,7 @@ from llamaship_build.llama_wheel import (
     prefix_map_env,
     unpack_sdist,
 )
+from llamaship_build.module_slot import ModuleSlots
 from llamaship_build.toolchain import Toolchain
 from llamaship_build.vulkan_shaders import (
     VULKAN_SOURCE_DIR,
@@ -53,9 +50,9 @@ _log = logging.getLogger(__name__)
 
 VULKAN_FLAGS = (*PORTABLE.cmake_args, "-DGGML_VULKAN=ON")
 MODULE = "libggml-vulkan.so"
-BUILD_RECORD = "build.json"
-# Bump when how the module is compiled changes (not its inputs): older modules are not reused.
-RECIPE = 2
+# Bump the recipe when how the module is compiled changes (not its inputs): older modules are
+# not reused.
+SLOTS = ModuleSlots("vulkan", MODULE, recipe=2)
 _GENERATION_START = "    include(ExternalProject)\n"
 _GENERATION_END = '    source_group("Vulkan shaders"'
 _PREGENERATED = """\
@@ -92,15 +89,8 @@ class BuiltModule:
 
 def module_key(pin: Pin, toolchain_name: str, tools: Mapping[str, str]) -> str:
     """Cache key: sdist hashes, flags, recipe, toolchain and the shader tools' versions."""
-    fields = {
-        "recipe": RECIPE,
-        "sdist_sha256": sorted(pin.sha256),
-        "version": pin.version,
-        "cmake_args": VULKAN_FLAGS,
-        "toolchain": toolchain_name,
-        "tools": dict(sorted(tools.items())),
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    fields = {"cmake_args": VULKAN_FLAGS, "tools": dict(sorted(tools.items()))}
+    return SLOTS.key(pin, toolchain_name, fields)
 
 
 def use_pregenerated(cmakelists: str) -> str:
@@ -151,10 +141,8 @@ def check_definitions(shaders: tuple[str, ...], cxx: tuple[str, ...]) -> None:
 
 def cached_module(cache: Path, key: str) -> BuiltModule | None:
     """The module already compiled under `key`, if any."""
-    slot = cache / "vulkan" / key
-    if not (slot / MODULE).is_file() or not (slot / BUILD_RECORD).is_file():
-        return None
-    return BuiltModule(slot / MODULE, json.loads((slot / BUILD_RECORD).read_text()))
+    found = SLOTS.cached(cache, key)
+    return None if found is None else BuiltModule(*found)
 
 
 def ensure_vulkan_module(
@@ -167,7 +155,6 @@ def ensure_vulkan_module(
     existing = cached_module(cache, key)
     if existing is not None:
         return existing
-    slot = cache / "vulkan" / key
     _log.info("compiling the Vulkan backend of llama-cpp-python %s (%s)", pin.version, key)
     with toolchain.scratch() as scratch:
         python = build_env(pin, scratch, toolchain)
@@ -185,7 +172,7 @@ def ensure_vulkan_module(
         compile_seconds = time.monotonic() - started
         record = {
             "key": key,
-            "recipe": RECIPE,
+            "recipe": SLOTS.recipe,
             "llama_cpp_version": pin.version,
             "sdist_sha256": list(pin.sha256),
             "cmake_args": list(VULKAN_FLAGS),
@@ -193,16 +180,9 @@ def ensure_vulkan_module(
             "shaders": shaders.record(),
             "seconds": {"shaders": round(shader_seconds), "cxx": round(compile_seconds)},
         }
-        partial = slot.with_name(slot.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        shutil.copyfile(module, partial / MODULE)
-        (partial / MODULE).chmod(0o755)
-        (partial / BUILD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(slot, ignore_errors=True)
-        os.replace(partial, slot)
+        stored = SLOTS.store(cache, key, module, record)
     _log.info("Vulkan backend compiled: shaders %d s, C++ %d s", shader_seconds, compile_seconds)
-    return BuiltModule(slot / MODULE, record)
+    return BuiltModule(stored, record)
 
 
 def _compile(
