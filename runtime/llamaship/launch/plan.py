@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING
 
 from llamaship import __version__
 from llamaship.config import Settings
@@ -27,6 +28,9 @@ from llamaship_contract.launch import LaunchProcess
 from llamaship_contract.measure import VariantMeasurement
 from llamaship_contract.overlay import OverlayRequirements, VulkanRequirements
 from llamaship_contract.trust import TrustedKeys
+
+if TYPE_CHECKING:
+    from llamaship.io.fetch import Fetcher
 
 _log = logging.getLogger("llamaship.launch.bootstrap")
 AVAILABILITY_TIMEOUT_S = 3.0
@@ -137,8 +141,6 @@ def available_overlay(
     """The overlay the release index offers this machine (signed, checked), if any: asked at
     most once a day (`release_check`); `plan.unchecked` says why it was not asked,
     `plan.cuda_refused` why it offers none this machine can run."""
-    from llamaship.io.fetch import Fetcher
-    from llamaship.io.http_session import DownloadLimits
     from llamaship.launch.release_check import Refusal, check_release
     from llamaship.overlay.select import (
         IncompatibleOverlay,
@@ -147,16 +149,11 @@ def available_overlay(
         find_overlay,
     )
 
-    limits = DownloadLimits(
-        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
-        read_timeout_s=AVAILABILITY_TIMEOUT_S,
-        max_attempts=1,
-    )
     target = Target.current(plan.report, bundle_llama_cpp_version())
 
     def lookup(url: str) -> OverlayRequirements | Refusal:
         try:
-            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
+            with _launch_fetcher() as fetcher:
                 return find_overlay(url, store, target, keys, fetcher).record().requirements
         except (NoMatchingOverlay, IncompatibleOverlay) as error:
             plan.note(f"the release index offers no CUDA overlay for this machine: {error}")
@@ -179,6 +176,20 @@ def available_overlay(
     return check.available
 
 
+def _launch_fetcher() -> Fetcher:
+    """A fetcher for the launch's index check: one attempt, every read within
+    AVAILABILITY_TIMEOUT_S in all (a slow server never holds up the launch)."""
+    from llamaship.io.fetch import Fetcher
+    from llamaship.io.http_session import DownloadLimits
+
+    limits = DownloadLimits(
+        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
+        read_timeout_s=AVAILABILITY_TIMEOUT_S,
+        max_attempts=1,
+    )
+    return Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S)
+
+
 def available_vulkan(
     settings: Settings,
     dirs: DataDirs,
@@ -189,8 +200,6 @@ def available_vulkan(
 ) -> VulkanRequirements | None:
     """The Vulkan overlay the release index offers for the chosen `device`, if any: asked at
     most once a day, like the CUDA overlay (`release_check`); never a quarantined one."""
-    from llamaship.io.fetch import Fetcher
-    from llamaship.io.http_session import DownloadLimits
     from llamaship.launch.decide_vulkan import vulkan_driver
     from llamaship.launch.release_check import Refusal, check_release
     from llamaship.overlay.select import (
@@ -201,11 +210,6 @@ def available_vulkan(
     )
     from llamaship_contract.overlay import vulkan_requirements
 
-    limits = DownloadLimits(
-        connect_timeout_s=AVAILABILITY_TIMEOUT_S,
-        read_timeout_s=AVAILABILITY_TIMEOUT_S,
-        max_attempts=1,
-    )
     try:
         target = Target.current(plan.report, bundle_llama_cpp_version(), vulkan_device=device)
     except LlamashipError as error:  # no overlays for this OS or processor
@@ -214,7 +218,7 @@ def available_vulkan(
 
     def lookup(url: str) -> VulkanRequirements | Refusal:
         try:
-            with Fetcher(limits, deadline_s=AVAILABILITY_TIMEOUT_S) as fetcher:  # all reads
+            with _launch_fetcher() as fetcher:
                 found = find_overlay(url, store, target, keys, fetcher, kind="vulkan")
         except (NoMatchingOverlay, IncompatibleOverlay) as error:
             plan.note(f"the release index offers no Vulkan overlay for this machine: {error}")
