@@ -18,11 +18,12 @@ import pytest
 from llamaship.config import resolve_settings
 from llamaship.detect.vulkan_choice import vulkan_device_choice
 from llamaship.launch.decide_vulkan import decide_vulkan
+from llamaship.launch.launch_env import BACKEND_PATH
 from llamaship.overlay.best import install_best
 from llamaship.overlay.install import Installer
 from llamaship.overlay.select import NoMatchingOverlay, Target
 from llamaship.overlay.store import OverlayStore
-from llamaship.overlay.vulkan import BACKEND_PATH, VulkanInstaller, installed_vulkan
+from llamaship.overlay.vulkan import VulkanInstaller, VulkanOverlay, installed_vulkan
 from llamaship.paths import DataDirs
 from llamaship_contract.detection import DetectionReport, VulkanDevice, VulkanReport
 from llamaship_contract.launch import BackendDevice, ProbeResult
@@ -73,6 +74,20 @@ def _target(report: DetectionReport, device: int | None) -> Target:
         machine=report,
         vulkan_device=device,
     )
+
+
+def _install(
+    data_dirs: DataDirs,
+    key: str,
+    index: Path,
+    report: DetectionReport,
+    target: Target | None = None,
+) -> VulkanOverlay:
+    """Install the index's Vulkan overlay for the device the settings choose (probe recorded)."""
+    choice = vulkan_device_choice(report, resolve_settings(env={}))
+    return VulkanInstaller(
+        data_dirs, [key], choice=choice, module_probe=ProbeRecorder(), options=FAST_OPTIONS
+    ).install_vulkan(str(index), target or _target(report, choice.device_index))
 
 
 class ProbeRecorder:
@@ -180,13 +195,7 @@ def test_the_launch_uses_vulkan_only_for_a_usable_chosen_device(
     settings = resolve_settings(env={})
     choice = vulkan_device_choice(report, settings)
 
-    VulkanInstaller(
-        data_dirs,
-        [release_keys.public],
-        choice=choice,
-        module_probe=ProbeRecorder(),
-        options=FAST_OPTIONS,
-    ).install_vulkan(str(mixed_release), _target(report, choice.device_index))
+    _install(data_dirs, release_keys.public, mixed_release, report)
     pointer = OverlayStore(data_dirs).vulkan()
     assert pointer is not None
     assert decide_vulkan(report, pointer, choice, None).use
@@ -211,17 +220,8 @@ def test_overlay_status_shows_and_remove_deletes_the_vulkan_overlay(
 ) -> None:
     from llamaship.cli import main
     from llamaship.cli.overlay import status_document
-    from llamaship.overlay.vulkan import VulkanInstaller
 
-    report = _report(RADEON)
-    choice = vulkan_device_choice(report, resolve_settings(env={}))
-    VulkanInstaller(
-        data_dirs,
-        [release_keys.public],
-        choice=choice,
-        module_probe=ProbeRecorder(),
-        options=FAST_OPTIONS,
-    ).install_vulkan(str(mixed_release), _target(report, choice.device_index))
+    _install(data_dirs, release_keys.public, mixed_release, _report(RADEON))
     store = OverlayStore(data_dirs)
     assert status_document(store)["vulkan"]["module"] == "backends/libggml-vulkan.so"
     monkeypatch.setenv("LLAMASHIP_HOME", str(data_dirs.home))
@@ -279,15 +279,8 @@ def test_a_vulkan_overlay_made_for_another_llama_cpp_is_set_aside_at_launch(
     made = [releases.vulkan_release(out, older), releases.vulkan_release(out, VulkanSpec())]
     index = releases.publish_releases(out, made, 1)
     report = _report(RADEON)
-    VulkanInstaller(
-        data_dirs,
-        [release_keys.public],
-        choice=vulkan_device_choice(report, resolve_settings(env={})),
-        module_probe=ProbeRecorder(),
-        options=FAST_OPTIONS,
-    ).install_vulkan(
-        str(index), dataclasses.replace(_target(report, 0), llama_cpp_version="0.3.35")
-    )
+    older_bundle = dataclasses.replace(_target(report, 0), llama_cpp_version="0.3.35")
+    _install(data_dirs, release_keys.public, index, report, older_bundle)
     monkeypatch.delenv(BACKEND_PATH, raising=False)
 
     def launch(**env: str) -> Plan:
