@@ -47,7 +47,8 @@ from llamaship_build.llama_wheel import (
 )
 from llamaship_build.module_slot import ModuleSlots
 from llamaship_build.project import Project, cache_dir
-from llamaship_build.toolchain import Toolchain, default_toolchain
+from llamaship_build.settings import BuildSettings
+from llamaship_build.toolchain import Toolchain, configured_name, default_toolchain
 
 _log = logging.getLogger(__name__)
 
@@ -107,16 +108,13 @@ def ensure_cuda_module(
     check_archs([*archs, *ptx_archs], toolkit.archs, toolkit.release)
     gpu_lock = project.requirements / "gpu.txt"
     cuda = plan_toolchain(toolkit, gpu_lock, cache)
-    prepare_toolchain(cuda, gpu_lock, cache / "nvidia-wheels")
     architectures = cuda_architectures(archs, ptx_archs)
     flags = cuda_flags(architectures, compress_mode, cuda)
-    # The folders nvcc, cuBLAS and the driver stub live in, seen at the same path in the root.
-    binds = (toolkit.root, cuda.cublas_root, cuda.driver_stub.parent)
-    toolchain = default_toolchain(binds)
     pin = Pin.from_lock(gpu_lock)
+    # Keyed by the toolchain's name: a cached module needs no build root, nor cuBLAS unpacked.
     key = module_key(
         pin,
-        toolchain.name,
+        configured_name(BuildSettings.resolve(os.environ)),
         {
             "cmake_args": flags,
             "nvcc": toolkit.build,
@@ -128,6 +126,9 @@ def ensure_cuda_module(
     existing = cached_module(cache, key)
     if existing is not None:
         return existing
+    prepare_toolchain(cuda, gpu_lock, cache / "nvidia-wheels")
+    # The folders nvcc, cuBLAS and the driver stub live in, seen at the same path in the root.
+    toolchain = default_toolchain((toolkit.root, cuda.cublas_root, cuda.driver_stub.parent))
     _log.info(
         "compiling the CUDA backend of llama-cpp-python %s for %s with nvcc %s "
         "(--compress-mode=%s, %s toolchain): about 25 minutes per architecture on 2 cores",
